@@ -1,0 +1,53 @@
+"""The FederatedJob resource: typed spec and status models, and loading them from YAML."""
+
+from flotilla.api.errors import SpecError
+from flotilla.api.loader import load_job, parse_job
+from flotilla.api.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    ClientsSpec,
+    CompressionSpec,
+    CvatExportSource,
+    DataSource,
+    EvaluationSpec,
+    FederatedJob,
+    FederatedJobSpec,
+    InputSpec,
+    LimitsSpec,
+    ModelSpec,
+    ObjectMeta,
+    SiteSpec,
+    TrainingSpec,
+)
+from flotilla.api.status import ClientCounts, Condition, FederatedJobStatus, Phase
+from flotilla.api.strategy import StrategyName, StrategyParams, StrategySpec
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "KIND",
+    "ClientCounts",
+    "ClientsSpec",
+    "CompressionSpec",
+    "Condition",
+    "CvatExportSource",
+    "DataSource",
+    "EvaluationSpec",
+    "FederatedJob",
+    "FederatedJobSpec",
+    "FederatedJobStatus",
+    "InputSpec",
+    "LimitsSpec",
+    "ModelSpec",
+    "ObjectMeta",
+    "Phase",
+    "SiteSpec",
+    "SpecError",
+    "StrategyName",
+    "StrategyParams",
+    "StrategySpec",
+    "TrainingSpec",
+    "load_job",
+    "parse_job",
+]

@@ -1,0 +1,276 @@
+"""The FederatedJob custom resource as typed, immutable models, with its cross-field rules.
+
+Pure: no file or network I/O. ``flotilla.api.loader`` reads YAML; the operator reads the same
+models from the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
+from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
+from flotilla.api.status import FederatedJobStatus
+from flotilla.api.strategy import StrategySpec
+
+API_GROUP = "flotilla.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "FederatedJob"
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class ObjectMeta(ApiModel):
+    """The part of Kubernetes metadata Flotilla reads; the API server's other keys are kept."""
+
+    # The API server adds managedFields, ownerReferences etc.; rejecting them would make objects
+    # read back from the cluster unparseable.
+    model_config = ConfigDict(extra="allow")
+
+    name: DnsLabel
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    creation_timestamp: str | None = None
+
+
+class InputSpec(ApiModel):
+    """The image tensor the model takes: images are resized to height x width."""
+
+    channels: int = Field(default=3, ge=1, le=4)
+    height: int = Field(ge=1, le=4096)
+    width: int = Field(ge=1, le=4096)
+
+
+class ModelSpec(ApiModel):
+    """A built-in architecture by name, or a user function ``pkg.module:build``: exactly one."""
+
+    name: Literal["cnn-small", "mlp"] | None = None
+    entrypoint: Entrypoint | None = None
+    input: InputSpec
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelSpec:
+        if self.name is not None and self.entrypoint is not None:
+            problem = FieldProblem(("entrypoint",), "set only one of name or entrypoint", "both")
+            raise_problems([problem])
+        if self.name is None and self.entrypoint is None:
+            raise_problems([FieldProblem((), "set one of name or entrypoint (got neither)")])
+        return self
+
+
+class CvatExportSource(ApiModel):
+    """A CVAT dataset export unpacked in a directory on the site."""
+
+    path: NonEmptyStr
+    format: Literal["cvat-images-1.1"] = "cvat-images-1.1"
+
+
+class DataSource(ApiModel):
+    """Where a site's labelled images come from."""
+
+    cvat_export: CvatExportSource
+
+    def resolved(self, base_dir: Path) -> DataSource:
+        path = Path(self.cvat_export.path)
+        if path.is_absolute():
+            return self
+        export = self.cvat_export.model_copy(update={"path": str(base_dir.absolute() / path)})
+        return self.model_copy(update={"cvat_export": export})
+
+
+class SiteSpec(ApiModel):
+    """One participant; without its own data it uses ``spec.data``."""
+
+    name: DnsLabel
+    data: DataSource | None = None
+
+
+class EvaluationSpec(ApiModel):
+    test_data: DataSource | None = None
+    federated: bool = True
+
+
+class ClientsSpec(ApiModel):
+    """Where clients run and how many a round needs."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    min_clients: int = Field(default=1, ge=1)
+    per_round: int | None = Field(default=None, ge=1)
+    round_deadline_seconds: float = Field(default=300.0, gt=0)
+    join_grace_seconds: float = Field(default=10.0, ge=0)
+    max_round_retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _per_round_covers_minimum(self) -> ClientsSpec:
+        if self.per_round is not None and self.per_round < self.min_clients:
+            message = f"must be >= minClients ({self.min_clients})"
+            raise_problems([FieldProblem(("perRound",), message, self.per_round)])
+        return self
+
+
+class TrainingSpec(ApiModel):
+    """Local training on each client, per round."""
+
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_seconds: float | None = Field(default=None, gt=0)
+    validation_fraction: float = Field(default=0.1, ge=0, le=0.9)
+
+    @model_validator(mode="after")
+    def _momentum_only_for_sgd(self) -> TrainingSpec:
+        if self.momentum != 0 and self.optimizer != "sgd":
+            message = f"only used by optimizer 'sgd', not {self.optimizer!r}"
+            raise_problems([FieldProblem(("momentum",), message, self.momentum)])
+        return self
+
+
+class CompressionSpec(ApiModel):
+    """How model tensors are encoded on the wire; int8 uses one scale per tensor."""
+
+    dtype: Literal["float32", "float16", "int8"] = "float32"
+    zstd: bool = False
+    zstd_level: int = Field(default=3, ge=1, le=22)
+
+
+class LimitsSpec(ApiModel):
+    max_update_norm: float | None = Field(default=None, gt=0)
+
+
+class FederatedJobSpec(ApiModel):
+    """The desired federated training run."""
+
+    rounds: int = Field(ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0)
+    task: Literal["classification"] = "classification"
+    labels: list[NonEmptyStr] = Field(min_length=2)
+    model: ModelSpec
+    data: DataSource | None = None
+    sites: list[SiteSpec] = Field(default_factory=list)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    clients: ClientsSpec = Field(default_factory=ClientsSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> FederatedJobSpec:
+        problems = _duplicates("labels", self.labels)
+        problems += _duplicates("sites", [site.name for site in self.sites], suffix=("name",))
+        problems += _strategy_fits_clients(self.strategy, self.clients)
+        raise_problems(problems)
+        return self
+
+
+def _duplicates(
+    field: str, values: list[str], *, suffix: tuple[str, ...] = ()
+) -> list[FieldProblem]:
+    first: dict[str, int] = {}
+    problems: list[FieldProblem] = []
+    for index, value in enumerate(values):
+        if value in first:
+            message = f"duplicate of {field}[{first[value]}]"
+            problems.append(FieldProblem((field, index, *suffix), message, value))
+        first.setdefault(value, index)
+    return problems
+
+
+def _strategy_fits_clients(strategy: StrategySpec, clients: ClientsSpec) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    if strategy.name in ("krum", "multikrum"):
+        # Krum scores each update by its n - f - 2 nearest neighbours: it needs n > 2f + 2.
+        needed = 2 * strategy.byzantine + 3
+        if clients.min_clients < needed:
+            message = (
+                f"strategy {strategy.name!r} with byzantineClients={strategy.byzantine} "
+                f"needs minClients >= {needed} (n > 2f + 2)"
+            )
+            problems.append(FieldProblem(("clients", "minClients"), message, clients.min_clients))
+    selected, per_round = strategy.selected, clients.per_round
+    if selected is not None and per_round is not None and selected > per_round:
+        message = f"must be <= clients.perRound ({per_round})"
+        problems.append(FieldProblem(("strategy", "selected"), message, selected))
+    return problems
+
+
+class FederatedJob(ApiModel):
+    """A FederatedJob custom resource (``flotilla.dev/v1alpha1``)."""
+
+    api_version: Literal["flotilla.dev/v1alpha1"]
+    kind: Literal["FederatedJob"]
+    metadata: ObjectMeta
+    spec: FederatedJobSpec
+    status: FederatedJobStatus | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> FederatedJob:
+        """Validate a camelCase mapping; every problem is reported at once in a SpecError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise SpecError(problems_from(error), source=source) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe camelCase form, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def resolve_paths(self, base_dir: Path) -> FederatedJob:
+        """A copy with every relative ``cvatExport.path`` made absolute against ``base_dir``."""
+        spec = self.spec
+
+        def resolve(source: DataSource | None) -> DataSource | None:
+            return None if source is None else source.resolved(base_dir)
+
+        sites = [site.model_copy(update={"data": resolve(site.data)}) for site in spec.sites]
+        evaluation = spec.evaluation.model_copy(
+            update={"test_data": resolve(spec.evaluation.test_data)}
+        )
+        new_spec = spec.model_copy(
+            update={"data": resolve(spec.data), "sites": sites, "evaluation": evaluation}
+        )
+        return self.model_copy(update={"spec": new_spec})
+
+    def site_data(self, site_name: str) -> DataSource:
+        """The site's own data source, else ``spec.data``; a SpecError if it has neither."""
+        for index, site in enumerate(self.spec.sites):
+            if site.name == site_name:
+                data = site.data or self.spec.data
+                if data is None:
+                    raise SpecError([_no_data_line(index)])
+                return data
+        known = ", ".join(site.name for site in self.spec.sites) or "none"
+        raise SpecError(
+            [problem_line(("spec", "sites"), f"no site {site_name!r} (sites: {known})")]
+        )
+
+    def require_local_sites(self) -> None:
+        """Check what a local run needs: at least one site, data for each, enough sites."""
+        sites = self.spec.sites
+        problems: list[str] = []
+        if not sites:
+            problems.append(problem_line(("spec", "sites"), "a local run needs at least one site"))
+        if self.spec.data is None:
+            problems += [_no_data_line(i) for i, site in enumerate(sites) if site.data is None]
+        min_clients = self.spec.clients.min_clients
+        if sites and min_clients > len(sites):
+            message = f"more than the {len(sites)} sites: no round could open"
+            problems.append(problem_line(("spec", "clients", "minClients"), message, min_clients))
+        if problems:
+            raise SpecError(problems)
+
+
+def _no_data_line(index: int) -> str:
+    message = "site has no data source and spec.data is not set"
+    return problem_line(("spec", "sites", index, "data"), message)

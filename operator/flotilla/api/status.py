@@ -1,0 +1,44 @@
+"""The observed state of a FederatedJob, as the operator writes it to ``.status``.
+
+Only the latest round and its global metrics live here; per-round history goes to MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from flotilla.api.base import ApiModel, CamelCaseReason
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition, keyed by ``type`` (e.g. ``Ready``, ``Succeeded``)."""
+
+    type: str = Field(min_length=1)
+    status: Literal["True", "False", "Unknown"]
+    reason: CamelCaseReason
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ClientCounts(ApiModel):
+    desired: int = Field(default=0, ge=0)
+    ready: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+
+
+class FederatedJobStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    round: int | None = Field(default=None, ge=0)
+    rounds: int | None = Field(default=None, ge=1)
+    clients: ClientCounts = Field(default_factory=ClientCounts)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None

@@ -1,0 +1,111 @@
+"""The aggregation strategy section of a FederatedJob: which parameters each strategy takes.
+
+A parameter the chosen strategy does not use is an error rather than silently ignored, and
+``StrategySpec.params()`` fills in each strategy's defaults so the runtime never sees None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from flotilla.api.base import ApiModel
+from flotilla.api.errors import FieldProblem, raise_problems
+
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "trimmedmean",
+    "krum",
+    "multikrum",
+]
+
+_ADAPTIVE = ("server_learning_rate", "beta1", "beta2", "tau")
+# Which optional parameters each strategy reads; anything else set is an error.
+_USES: dict[str, tuple[str, ...]] = {
+    "fedavg": ("server_learning_rate",),
+    "fedprox": ("proximal_mu", "server_learning_rate"),
+    "fedadam": _ADAPTIVE,
+    "fedyogi": _ADAPTIVE,
+    # Adagrad accumulates squared updates without a second moment decay: no beta2.
+    "fedadagrad": ("server_learning_rate", "beta1", "tau"),
+    "fedmedian": (),
+    "trimmedmean": ("trim_fraction",),
+    "krum": ("byzantine_clients",),
+    "multikrum": ("byzantine_clients", "selected"),
+}
+# Adaptive server optimisers take small steps on the averaged delta; plain averaging takes it whole.
+_ADAPTIVE_SERVER_LR = 0.01
+_PLAIN_SERVER_LR = 1.0
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """Every strategy parameter with its default filled in; unused ones keep a neutral value."""
+
+    proximal_mu: float
+    server_learning_rate: float
+    beta1: float
+    beta2: float
+    tau: float
+    trim_fraction: float
+    byzantine_clients: int
+    # None: all answered clients minus byzantine_clients, known only once a round is in.
+    selected: int | None
+
+
+class StrategySpec(ApiModel):
+    """How the aggregator combines client updates; unset parameters take the strategy's default."""
+
+    name: StrategyName = "fedavg"
+    proximal_mu: float | None = Field(default=None, gt=0)
+    server_learning_rate: float | None = Field(default=None, gt=0)
+    beta1: float | None = Field(default=None, ge=0, lt=1)
+    beta2: float | None = Field(default=None, ge=0, lt=1)
+    tau: float | None = Field(default=None, gt=0)
+    trim_fraction: float | None = Field(default=None, gt=0, lt=0.5)
+    byzantine_clients: int | None = Field(default=None, ge=0)
+    selected: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _only_used_parameters(self) -> StrategySpec:
+        used = _USES[self.name]
+        problems = [
+            FieldProblem(
+                (field.alias or name,), f"not used by strategy {self.name!r}", getattr(self, name)
+            )
+            for name, field in type(self).model_fields.items()
+            if name != "name" and name not in used and getattr(self, name) is not None
+        ]
+        raise_problems(problems)
+        return self
+
+    @property
+    def byzantine(self) -> int:
+        """Byzantine clients tolerated (0 unless krum/multikrum set it)."""
+        return self.byzantine_clients or 0
+
+    def params(self) -> StrategyParams:
+        adaptive = self.name in ("fedadam", "fedyogi", "fedadagrad")
+        default_lr = _ADAPTIVE_SERVER_LR if adaptive else _PLAIN_SERVER_LR
+        default_mu = 0.01 if self.name == "fedprox" else 0.0
+        return StrategyParams(
+            proximal_mu=_or(self.proximal_mu, default_mu),
+            server_learning_rate=_or(self.server_learning_rate, default_lr),
+            beta1=_or(self.beta1, 0.9),
+            beta2=_or(self.beta2, 0.99),
+            tau=_or(self.tau, 1e-3),
+            trim_fraction=_or(self.trim_fraction, 0.1),
+            byzantine_clients=self.byzantine,
+            selected=self.selected,
+        )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -1,0 +1,287 @@
+"""The FederatedJob model: the example parses, defaults hold, errors name field and value."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flotilla.api import (
+    FederatedJob,
+    SpecError,
+    StrategyParams,
+    load_job,
+    parse_job,
+)
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "digits.yaml"
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "FederatedJob",
+        "metadata": {"name": "job"},
+        "spec": {
+            "rounds": 3,
+            "labels": ["cat", "dog"],
+            "model": {"name": "mlp", "input": {"height": 8, "width": 8}},
+        },
+    }
+
+
+def with_spec(**section: Any) -> dict[str, Any]:
+    data = minimal()
+    data["spec"].update(copy.deepcopy(section))
+    return data
+
+
+def error_of(data: object) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_job(data, source="test.yaml")
+    return str(caught.value)
+
+
+def test_example_parses_with_paths_resolved_next_to_the_file() -> None:
+    job = load_job(EXAMPLE)
+
+    assert job.metadata.name == "digits"
+    assert job.spec.labels == [str(d) for d in range(10)]
+    assert [s.name for s in job.spec.sites] == ["site-a", "site-b", "site-c", "site-d"]
+    assert job.spec.training.momentum == 0.9
+    site_a = job.site_data("site-a").cvat_export.path
+    assert Path(site_a) == EXAMPLE.parent.absolute() / "data/digits/site-a"
+    assert job.spec.evaluation.test_data is not None
+    assert job.spec.evaluation.test_data.cvat_export.path.endswith("data/digits/test")
+    job.require_local_sites()
+
+
+def test_defaults() -> None:
+    spec = parse_job(minimal(), source="t").spec
+
+    assert (spec.seed, spec.task, spec.sites, spec.data) == (0, "classification", [], None)
+    assert spec.model.input.channels == 3
+    assert spec.clients.min_clients == 1 and spec.clients.per_round is None
+    assert spec.clients.round_deadline_seconds == 300 and spec.clients.join_grace_seconds == 10
+    assert spec.training.optimizer == "sgd" and spec.training.learning_rate == 0.05
+    assert spec.training.validation_fraction == 0.1
+    assert spec.evaluation.federated is True
+    assert spec.compression.dtype == "float32" and spec.compression.zstd_level == 3
+    assert spec.limits.max_update_norm is None
+    assert spec.strategy.name == "fedavg"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ({"name": "fedprox"}, {"proximal_mu": 0.01, "server_learning_rate": 1.0}),
+        ({"name": "fedadam", "beta2": 0.999}, {"server_learning_rate": 0.01, "beta2": 0.999}),
+        ({"name": "trimmedmean"}, {"trim_fraction": 0.1, "proximal_mu": 0.0}),
+        ({"name": "multikrum", "selected": 2}, {"byzantine_clients": 0, "selected": 2}),
+    ],
+)
+def test_strategy_params_fill_in_defaults(
+    strategy: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    data = with_spec(strategy=strategy, clients={"minClients": 3})
+
+    params = parse_job(data, source="t").spec.strategy.params()
+
+    assert isinstance(params, StrategyParams)
+    for name, value in expected.items():
+        assert getattr(params, name) == value
+
+
+def test_snake_case_names_are_accepted_too() -> None:
+    data = with_spec(training={"learning_rate": 0.1})
+
+    assert parse_job(data, source="t").spec.training.learning_rate == 0.1
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            with_spec(training={"learnRate": 0.1}),
+            "spec.training.learnRate: unknown field (got 0.1)",
+        ),
+        (with_spec(training={"optimizer": "rmsprop"}), "spec.training.optimizer: Input should be"),
+        (with_spec(training={"optimizer": "rmsprop"}), "(got 'rmsprop')"),
+        (
+            with_spec(training={"learningRate": -1}),
+            "spec.training.learningRate: Input should be greater than 0 (got -1)",
+        ),
+        (with_spec(rounds=0), "spec.rounds: Input should be greater than or equal to 1 (got 0)"),
+        (
+            with_spec(strategy={"trimFraction": 0.2}),
+            "spec.strategy.trimFraction: not used by strategy 'fedavg' (got 0.2)",
+        ),
+        (
+            with_spec(training={"optimizer": "adam", "momentum": 0.9}),
+            "spec.training.momentum: only used by optimizer 'sgd', not 'adam' (got 0.9)",
+        ),
+        (
+            with_spec(clients={"minClients": 3, "perRound": 2}),
+            "spec.clients.perRound: must be >= minClients (3) (got 2)",
+        ),
+        (
+            with_spec(strategy={"name": "krum", "byzantineClients": 1}, clients={"minClients": 4}),
+            "spec.clients.minClients: strategy 'krum' with byzantineClients=1 needs minClients >= 5"
+            " (n > 2f + 2) (got 4)",
+        ),
+        (
+            with_spec(
+                strategy={"name": "multikrum", "selected": 4},
+                clients={"minClients": 3, "perRound": 3},
+            ),
+            "spec.strategy.selected: must be <= clients.perRound (3) (got 4)",
+        ),
+        (
+            with_spec(sites=[{"name": "a"}, {"name": "b"}, {"name": "a"}]),
+            "spec.sites[2].name: duplicate of sites[0] (got 'a')",
+        ),
+        (with_spec(sites=[{"name": "Site_A"}]), "spec.sites[0].name: must be a DNS-1123 label"),
+        (with_spec(labels=["a", "b", "a"]), "spec.labels[2]: duplicate of labels[0] (got 'a')"),
+        (with_spec(labels=["a"]), "spec.labels: List should have at least 2 items"),
+        (
+            with_spec(model={"entrypoint": "my-pkg:build", "input": {"height": 1, "width": 1}}),
+            "spec.model.entrypoint: must look like 'package.module:function' (got 'my-pkg:build')",
+        ),
+        (
+            with_spec(
+                model={"name": "mlp", "entrypoint": "p.m:f", "input": {"height": 1, "width": 1}}
+            ),
+            "spec.model.entrypoint: set only one of name or entrypoint (got 'both')",
+        ),
+        (
+            with_spec(model={"input": {"height": 1, "width": 1}}),
+            "spec.model: set one of name or entrypoint (got neither)",
+        ),
+        (with_spec(model={"name": "mlp"}), "spec.model.input: required field is missing"),
+        ({**minimal(), "apiVersion": "v1"}, "apiVersion: Input should be 'flotilla.dev/v1alpha1'"),
+        ({**minimal(), "kind": "Job"}, "kind: Input should be 'FederatedJob' (got 'Job')"),
+        ({**minimal(), "metadata": {"name": "x" * 64}}, "metadata.name: must be a DNS-1123 label"),
+    ],
+)
+def test_errors_name_the_camel_case_path_and_value(data: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_every_problem_is_listed_one_per_line() -> None:
+    data = with_spec(rounds=0, training={"batchSize": 0, "learningRate": 0})
+
+    problems = error_of(data).splitlines()[1:]
+
+    assert [line.strip().split(":")[0] for line in problems] == [
+        "spec.rounds",
+        "spec.training.batchSize",
+        "spec.training.learningRate",
+    ]
+
+
+def test_multiple_unused_strategy_params_are_all_reported() -> None:
+    message = error_of(with_spec(strategy={"name": "fedmedian", "tau": 1, "beta1": 0.5}))
+
+    assert "spec.strategy.beta1: not used by strategy 'fedmedian' (got 0.5)" in message
+    assert "spec.strategy.tau: not used by strategy 'fedmedian' (got 1.0)" in message
+
+
+def test_metadata_keeps_what_the_api_server_adds() -> None:
+    data = minimal()
+    data["metadata"].update(generation=2, uid="u", managedFields=[{"manager": "kubectl"}])
+
+    job = parse_job(data, source="t")
+
+    assert job.metadata.generation == 2
+    assert job.to_dict()["metadata"]["managedFields"] == [{"manager": "kubectl"}]
+
+
+def test_status_parses() -> None:
+    data = minimal()
+    data["status"] = {
+        "phase": "Running",
+        "round": 2,
+        "clients": {"desired": 4, "ready": 3},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "RoundOpen"}],
+        "mlflowRunId": "abc",
+    }
+
+    status = parse_job(data, source="t").status
+
+    assert status is not None and status.clients.ready == 3 and status.mlflow_run_id == "abc"
+    data["status"]["conditions"][0]["reason"] = "round open"
+    assert "status.conditions[0].reason: must be CamelCase" in error_of(data)
+
+
+def test_round_trip_through_to_dict() -> None:
+    job = load_job(EXAMPLE)
+
+    assert parse_job(job.to_dict(), source="wire") == job
+    assert "perRound" not in job.to_dict()["spec"]["clients"]
+
+
+def test_resolve_paths_leaves_absolute_paths_alone(tmp_path: Path) -> None:
+    data = with_spec(
+        data={"cvatExport": {"path": "shared"}},
+        sites=[{"name": "a", "data": {"cvatExport": {"path": "/abs/a"}}}, {"name": "b"}],
+    )
+
+    job = parse_job(data, source="t").resolve_paths(tmp_path)
+
+    assert job.site_data("a").cvat_export.path == "/abs/a"
+    assert job.site_data("b").cvat_export.path == str(tmp_path / "shared")
+
+
+def test_site_data_and_local_sites_explain_what_is_missing() -> None:
+    job = parse_job(with_spec(sites=[{"name": "a"}], clients={"minClients": 2}), source="t")
+
+    with pytest.raises(SpecError, match=r"spec.sites\[0\].data: site has no data source"):
+        job.site_data("a")
+    with pytest.raises(SpecError, match="no site 'zz'"):
+        job.site_data("zz")
+    with pytest.raises(SpecError) as caught:
+        job.require_local_sites()
+    assert "spec.clients.minClients: more than the 1 sites" in str(caught.value)
+    assert "spec.sites[0].data" in str(caught.value)
+    with pytest.raises(SpecError, match=r"spec\.sites: a local run needs at least one site"):
+        parse_job(minimal(), source="t").require_local_sites()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"nope\.yaml.*\n.*file not found"):
+        load_job(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("spec:\n  rounds: [1, 2\n", "YAML syntax error at line 3"),
+        ("a: 1\na: 2\n", "duplicate key 'a'"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("a: 1\n---\nb: 2\n", "expected one YAML document, found 2"),
+        ("# nothing\n", "no YAML document"),
+    ],
+)
+def test_bad_yaml_files(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+
+    with pytest.raises(SpecError) as caught:
+        load_job(path)
+
+    assert expected in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_models_are_frozen() -> None:
+    job = parse_job(minimal(), source="t")
+
+    with pytest.raises(ValueError, match="frozen"):
+        job.spec.rounds = 5  # type: ignore[misc]
+
+
+def test_from_dict_raises_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"spec\.rounds: required field is missing"):
+        FederatedJob.from_dict({**minimal(), "spec": {"labels": ["a", "b"]}})
