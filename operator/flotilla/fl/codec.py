@@ -1,0 +1,99 @@
+"""Update compression and the numeric checks every received delta must pass.
+
+Clients compress their float32 delta to float16, or to int8 with one float32
+scale per tensor (value = q * scale, q in [-127, 127]), optionally zstd on top.
+The aggregator never dequantizes into a new buffer: the aggregation rules fold
+int8 and float16 tensors with their scale directly (see strategies.base).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import zstandard
+
+from flotilla.fl.wire import SCALE_SUFFIX, Layout, WireDtype, WireError, update_layout
+
+
+@dataclass(frozen=True)
+class DecodedUpdate:
+    """A received delta: tensors by layout name (views) and int8 scales."""
+
+    tensors: dict[str, torch.Tensor]
+    scales: dict[str, float]
+    norm: float
+
+
+class UpdateEncoder:
+    """Client side: turns a float32 delta into the job's wire encoding, reusing one buffer."""
+
+    def __init__(self, model: Layout, *, dtype: WireDtype, zstd_level: int | None) -> None:
+        self.layout = update_layout(model, dtype)
+        self._dtype = dtype
+        self._zstd = zstandard.ZstdCompressor(level=zstd_level) if zstd_level else None
+        self._buffer: bytearray | None = None
+
+    @property
+    def content_encoding(self) -> str | None:
+        return "zstd" if self._zstd else None
+
+    def encode(self, delta_buffer: bytearray, delta: Mapping[str, torch.Tensor]) -> memoryview:
+        """The body to upload. For float32 it is `delta_buffer` itself: no copy."""
+        if self._dtype == "float32":
+            body = memoryview(delta_buffer)
+        else:
+            if self._buffer is None:
+                self._buffer = self.layout.allocate()
+            out = self.layout.views(self._buffer)
+            for name, tensor in delta.items():
+                if self._dtype == "float16":
+                    out[name].copy_(tensor)
+                else:
+                    out[name + SCALE_SUFFIX].fill_(_quantize_int8(tensor, out[name]))
+            body = memoryview(self._buffer)
+        if self._zstd is not None:
+            return memoryview(self._zstd.compress(body))
+        return body
+
+
+def _quantize_int8(tensor: torch.Tensor, out: torch.Tensor) -> float:
+    peak = float(tensor.abs().max()) if tensor.numel() else 0.0
+    scale = peak / 127.0 if peak > 0 else 0.0
+    if scale == 0.0:
+        out.zero_()
+    else:
+        out.copy_(torch.round(tensor / scale).clamp_(-127, 127))
+    return scale
+
+
+def decode_update(
+    views: dict[str, torch.Tensor], *, max_norm: float | None
+) -> DecodedUpdate:
+    """Split int8 scales from tensors and check the values: finite, and within the norm bound.
+
+    One pass over the data: the L2 norm of a tensor is non-finite exactly when it
+    holds a NaN or an infinity (or overflows float32, which is no model update).
+    """
+    scales = {
+        name[: -len(SCALE_SUFFIX)]: float(t) for name, t in views.items() if name.endswith(SCALE_SUFFIX)
+    }
+    tensors = {name: t for name, t in views.items() if not name.endswith(SCALE_SUFFIX)}
+    for name, scale in scales.items():
+        if not math.isfinite(scale) or scale < 0:
+            raise WireError(f"tensor {name!r}: int8 scale {scale!r} is not a finite number >= 0")
+    total = 0.0
+    for name, tensor in tensors.items():
+        if tensor.dtype == torch.int8:
+            norm = float(torch.linalg.vector_norm(tensor.to(torch.float32))) * scales.get(name, 1.0)
+        else:
+            norm = float(torch.linalg.vector_norm(tensor, dtype=torch.float32))
+        if not math.isfinite(norm):
+            raise WireError(f"tensor {name!r} holds NaN or infinite values")
+        total += norm * norm
+    norm = math.sqrt(total)
+    if max_norm is not None and norm > max_norm:
+        raise WireError(f"update norm {norm:.4g} exceeds the job's limit maxUpdateNorm={max_norm}")
+    return DecodedUpdate(tensors=tensors, scales=scales, norm=norm)

@@ -1,0 +1,192 @@
+"""The wire format: layouts, streaming receive, compression and the value checks."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+import zstandard
+from safetensors.torch import load, save
+
+from flotilla.fl.codec import UpdateEncoder, decode_update
+from flotilla.fl.receive import SafetensorsReceiver
+from flotilla.fl.wire import WireError, model_layout, update_layout
+
+
+def _state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "conv.weight": torch.randn(4, 1, 3, 3),
+        "conv.bias": torch.randn(4),
+        "fc.weight": torch.randn(10, 36),
+        "steps": torch.tensor(3),  # integer buffers stay local
+    }
+
+
+def _fill(layout_state: dict[str, torch.Tensor]) -> tuple[bytearray, dict[str, torch.Tensor]]:
+    layout = model_layout(layout_state)
+    buffer = layout.allocate()
+    views = layout.views(buffer)
+    for name, view in views.items():
+        view.copy_(layout_state[name])
+    return buffer, views
+
+
+def _receive(layout, body: bytes, *, zstd: bool = False, chunk: int = 7):
+    into = memoryview(bytearray(layout.data_size))
+    receiver = SafetensorsReceiver(layout, into, zstd=zstd)
+    for start in range(0, len(body), chunk):
+        receiver.feed(body[start : start + chunk])
+    offsets = receiver.finish()
+    return layout.views(into, offsets=offsets, base=0)
+
+
+def test_global_buffer_is_a_safetensors_file_any_reader_loads() -> None:
+    state = _state()
+    buffer, _ = _fill(state)
+
+    loaded = load(bytes(buffer))
+
+    assert set(loaded) == {"conv.weight", "conv.bias", "fc.weight"}
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, state[name])
+
+
+def test_views_write_through_to_the_buffer() -> None:
+    layout = model_layout(_state())
+    buffer = layout.allocate()
+
+    layout.views(buffer)["conv.bias"].fill_(2.5)
+
+    assert torch.equal(load(bytes(buffer))["conv.bias"], torch.full((4,), 2.5))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_receiver_accepts_a_file_written_by_the_safetensors_library(chunk: int) -> None:
+    state = {k: v for k, v in _state().items() if v.is_floating_point()}
+    layout = model_layout(state)
+    body = save(state)  # the library orders tensors its own way: offsets come from its header
+
+    views = _receive(layout, body, chunk=chunk)
+
+    for name, tensor in state.items():
+        assert torch.equal(views[name], tensor)
+
+
+def test_receiver_decompresses_zstd() -> None:
+    state = _state()
+    buffer, _ = _fill(state)
+    layout = model_layout(state)
+    body = zstandard.ZstdCompressor().compress(bytes(buffer))
+
+    views = _receive(layout, body, zstd=True, chunk=11)
+
+    assert torch.equal(views["fc.weight"], state["fc.weight"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s | {"extra": torch.zeros(1)}, "unexpected 'extra'"),
+        (lambda s: {k: v for k, v in s.items() if k != "conv.bias"}, "missing 'conv.bias'"),
+        (lambda s: s | {"conv.bias": torch.zeros(5)}, r"shape \[5\], expected \[4\]"),
+        (lambda s: s | {"conv.bias": torch.zeros(4, dtype=torch.float64)}, "dtype 'F64'"),
+    ],
+)
+def test_receiver_rejects_a_header_that_differs_from_the_layout(mutate, message) -> None:
+    state = {k: v for k, v in _state().items() if v.is_floating_point()}
+    layout = model_layout(state)
+
+    with pytest.raises(WireError, match=message):
+        _receive(layout, save(mutate(dict(state))))
+
+
+def test_receiver_rejects_truncated_and_overlong_bodies() -> None:
+    state = _state()
+    buffer, _ = _fill(state)
+    layout = model_layout(state)
+
+    with pytest.raises(WireError, match="truncated"):
+        _receive(layout, bytes(buffer)[:-5])
+    with pytest.raises(WireError, match="truncated"):
+        _receive(layout, bytes(buffer)[:20])
+    with pytest.raises(WireError, match="longer than its header"):
+        _receive(layout, bytes(buffer) + b"\0")
+
+
+def test_receiver_refuses_a_huge_header_claim_before_reading_it() -> None:
+    layout = model_layout(_state())
+
+    with pytest.raises(WireError, match="header claims"):
+        _receive(layout, struct.pack("<Q", 1 << 40) + b"{}")
+
+
+def test_receiver_refuses_a_zstd_bomb_at_the_layout_size() -> None:
+    state = _state()
+    buffer, _ = _fill(state)
+    layout = model_layout(state)
+    bomb = zstandard.ZstdCompressor().compress(bytes(buffer) + b"\0" * 50_000_000)
+
+    with pytest.raises(WireError, match="longer than its header"):
+        _receive(layout, bomb, zstd=True, chunk=1 << 16)
+
+
+def test_receiver_rejects_overlapping_offsets() -> None:
+    layout = model_layout({"a": torch.zeros(2), "b": torch.zeros(2)})
+    header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
+             b'"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    body = struct.pack("<Q", len(header)) + header + b"\0" * 16
+
+    with pytest.raises(WireError, match="contiguous"):
+        _receive(layout, body)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3),
+                                                  ("int8", 0.02)])
+@pytest.mark.parametrize("zstd_level", [None, 3])
+def test_encoded_updates_decode_to_the_delta(dtype, tolerance, zstd_level) -> None:
+    state = _state()
+    model = model_layout(state)
+    delta_buffer, delta = _fill({k: v * 0.01 for k, v in state.items() if k != "steps"})
+    expected = {k: v.clone() for k, v in delta.items()}
+    encoder = UpdateEncoder(model, dtype=dtype, zstd_level=zstd_level)
+
+    body = bytes(encoder.encode(delta_buffer, delta))
+    decoded = decode_update(_receive(encoder.layout, body, zstd=zstd_level is not None),
+                            max_norm=None)
+
+    for name, tensor in expected.items():
+        value = decoded.tensors[name].to(torch.float32) * decoded.scales.get(name, 1.0)
+        assert torch.allclose(value, tensor, atol=tolerance * float(tensor.abs().max()) + 1e-8)
+
+
+def test_int8_is_about_four_times_smaller_than_float32() -> None:
+    model = model_layout({"w": torch.zeros(1000, 100)})
+
+    ratio = update_layout(model, "float32").total_size / update_layout(model, "int8").total_size
+
+    assert ratio > 3.9
+
+
+def test_decode_rejects_non_finite_values_naming_the_tensor() -> None:
+    layout = model_layout({"a": torch.zeros(3), "b": torch.zeros(3)})
+    buffer = layout.allocate()
+    views = layout.views(buffer)
+    views["b"][1] = float("nan")
+
+    with pytest.raises(WireError, match="'b' holds NaN"):
+        decode_update(views, max_norm=None)
+    views["b"][1] = float("inf")
+    with pytest.raises(WireError, match="'b' holds NaN or infinite"):
+        decode_update(views, max_norm=None)
+
+
+def test_decode_enforces_the_norm_bound() -> None:
+    layout = model_layout({"a": torch.zeros(4)})
+    views = layout.views(layout.allocate())
+    views["a"].fill_(1.0)  # norm 2
+
+    assert decode_update(views, max_norm=2.5).norm == pytest.approx(2.0)
+    with pytest.raises(WireError, match="norm 2 exceeds"):
+        decode_update(views, max_norm=1.5)
