@@ -1,0 +1,287 @@
+"""Aggregation rules: how one round's client deltas become one aggregated delta.
+
+`WeightedMean` streams (FedAvg's rule: one model of memory whatever the number of
+clients). The robust rules (`CoordinateMedian`, `TrimmedMean`, `Krum`) need every
+delta at once, so they keep a float32 copy of each; they ignore client weights,
+because a Byzantine client could claim any example count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from flotilla.fl.strategies.base import (
+    AggregationError,
+    MutableTensorMap,
+    RoundAggregate,
+    TensorMap,
+)
+
+_DeltaList = list[dict[str, torch.Tensor]]
+
+
+def _check_delta(out: TensorMap, delta: TensorMap) -> None:
+    """Refuse a delta whose layout is not `out`'s, before anything is folded.
+
+    Checked up front because `add_` would broadcast a wrong shape silently and a
+    half-folded delta could not be taken back out of the streaming buffer.
+    """
+    if delta.keys() != out.keys():
+        missing = sorted(out.keys() - delta.keys())
+        extra = sorted(delta.keys() - out.keys())
+        raise AggregationError(f"delta layout differs: missing {missing}, unexpected {extra}")
+    for name, target in out.items():
+        if delta[name].shape != target.shape:
+            raise AggregationError(
+                f"delta tensor {name!r} has shape {tuple(delta[name].shape)}, "
+                f"expected {tuple(target.shape)}"
+            )
+
+
+class _Round:
+    """Bookkeeping shared by every rule's round: the count and the finished guard."""
+
+    def __init__(self, out: MutableTensorMap) -> None:
+        self._out = out
+        self._count = 0
+        self._finished = False
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def _start_add(self, delta: TensorMap) -> None:
+        if self._finished:
+            raise AggregationError("round already finished: no more updates can be added")
+        _check_delta(self._out, delta)
+
+    def _start_finish(self) -> None:
+        if self._finished:
+            # A second finish would, for example, divide the weighted mean twice.
+            raise AggregationError("round already finished")
+        if self._count == 0:
+            raise AggregationError("no updates to aggregate")
+        self._finished = True
+
+
+class _WeightedMeanRound(_Round):
+    def __init__(self, out: MutableTensorMap) -> None:
+        super().__init__(out)
+        self._total_weight = 0.0
+
+    def add(self, delta: TensorMap, *, weight: float, scales: Mapping[str, float]) -> None:
+        if not math.isfinite(weight) or weight < 0:
+            raise AggregationError(f"weight must be finite and >= 0, got {weight}")
+        self._start_add(delta)
+        for name, target in self._out.items():
+            # add_ reads float16 and int8 `other` into the float32 target directly,
+            # so the delta is folded without a dequantized copy.
+            target.add_(delta[name], alpha=weight * scales.get(name, 1.0))
+        self._total_weight += weight
+        self._count += 1
+
+    def finish(self) -> None:
+        self._start_finish()
+        if self._total_weight <= 0:
+            raise AggregationError(f"total weight is {self._total_weight}: nothing to average")
+        for target in self._out.values():
+            target.div_(self._total_weight)
+
+
+class WeightedMean:
+    """FedAvg's rule: the mean of the deltas weighted by the clients' example counts."""
+
+    name: str = "weighted_mean"
+
+    @property
+    def streaming(self) -> bool:
+        return True
+
+    def begin(self, out: MutableTensorMap) -> RoundAggregate:
+        return _WeightedMeanRound(out)
+
+    def min_updates(self) -> int:
+        return 1
+
+
+class _CollectingRound(_Round):
+    """A round that keeps a float32, dequantized copy of every delta until `finish`."""
+
+    def __init__(self, out: MutableTensorMap) -> None:
+        super().__init__(out)
+        self._deltas: _DeltaList = []
+
+    def add(self, delta: TensorMap, *, weight: float, scales: Mapping[str, float]) -> None:
+        del weight  # robust rules are unweighted: a client's claimed count is not trusted
+        self._start_add(delta)
+        copy: dict[str, torch.Tensor] = {}
+        for name in self._out:
+            # copy=True: the delta may be a view into a receive buffer that is reused.
+            tensor = delta[name].to(dtype=torch.float32, copy=True)
+            scale = scales.get(name, 1.0)
+            if scale != 1.0:
+                tensor.mul_(scale)
+            copy[name] = tensor
+        self._deltas.append(copy)
+        self._count += 1
+
+    def finish(self) -> None:
+        self._start_finish()
+        self._combine(self._deltas)
+        self._deltas = []  # the copies are the round's whole memory cost: drop them now
+
+    def _stacked(self, name: str, deltas: _DeltaList) -> torch.Tensor:
+        return torch.stack([d[name] for d in deltas])
+
+    def _combine(self, deltas: _DeltaList) -> None:
+        raise NotImplementedError
+
+
+class _MedianRound(_CollectingRound):
+    def _combine(self, deltas: _DeltaList) -> None:
+        n = len(deltas)
+        for name, target in self._out.items():
+            ordered = self._stacked(name, deltas).sort(dim=0).values
+            # torch.median takes the lower middle value; numpy's (and FedMedian's)
+            # mean of the two middle values is the symmetric choice.
+            if n % 2:
+                target.copy_(ordered[n // 2])
+            else:
+                torch.add(ordered[n // 2 - 1], ordered[n // 2], out=target).mul_(0.5)
+
+
+class CoordinateMedian:
+    """FedMedian: the unweighted coordinate-wise median of the deltas."""
+
+    name: str = "median"
+
+    @property
+    def streaming(self) -> bool:
+        return False
+
+    def begin(self, out: MutableTensorMap) -> RoundAggregate:
+        return _MedianRound(out)
+
+    def min_updates(self) -> int:
+        return 1
+
+
+class _TrimmedMeanRound(_CollectingRound):
+    def __init__(self, out: MutableTensorMap, *, trim_fraction: float) -> None:
+        super().__init__(out)
+        self._trim_fraction = trim_fraction
+
+    def _combine(self, deltas: _DeltaList) -> None:
+        n = len(deltas)
+        cut = math.floor(self._trim_fraction * n)
+        if n - 2 * cut < 1:
+            raise AggregationError(
+                f"trim_fraction={self._trim_fraction} drops {cut} of {n} updates "
+                "from each end: nothing remains"
+            )
+        for name, target in self._out.items():
+            ordered = self._stacked(name, deltas).sort(dim=0).values
+            torch.mean(ordered[cut : n - cut], dim=0, out=target)
+
+
+class TrimmedMean:
+    """The coordinate-wise mean after dropping the `trim_fraction` largest and smallest."""
+
+    name: str = "trimmed_mean"
+
+    def __init__(self, *, trim_fraction: float) -> None:
+        # Below one half, at least one value always remains whatever the count.
+        if not 0.0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+        self.trim_fraction = trim_fraction
+
+    @property
+    def streaming(self) -> bool:
+        return False
+
+    def begin(self, out: MutableTensorMap) -> RoundAggregate:
+        return _TrimmedMeanRound(out, trim_fraction=self.trim_fraction)
+
+    def min_updates(self) -> int:
+        return 1
+
+
+def _squared_distances(deltas: _DeltaList, names: list[str]) -> torch.Tensor:
+    """Pairwise squared L2 distances between deltas, all tensors flattened together."""
+    n = len(deltas)
+    distances = torch.zeros(n, n, dtype=torch.float64)
+    # One tensor name at a time, so the temporaries are one layer of n clients.
+    for name in names:
+        stacked = torch.stack([d[name].reshape(-1) for d in deltas])
+        for i in range(n):
+            diff = (stacked - stacked[i]).square_()
+            distances[i] += diff.sum(dim=1, dtype=torch.float64)
+    return distances
+
+
+def _krum_scores(distances: torch.Tensor, *, byzantine_clients: int) -> list[float]:
+    """Each delta's sum of squared distances to its n - f - 2 nearest other deltas."""
+    n = distances.shape[0]
+    neighbours = n - byzantine_clients - 2
+    scores: list[float] = []
+    for i in range(n):
+        others = torch.cat([distances[i, :i], distances[i, i + 1 :]])
+        scores.append(float(others.sort().values[:neighbours].sum()))
+    return scores
+
+
+class _KrumRound(_CollectingRound):
+    def __init__(self, out: MutableTensorMap, *, rule: Krum) -> None:
+        super().__init__(out)
+        self._rule = rule
+
+    def _combine(self, deltas: _DeltaList) -> None:
+        n, f = len(deltas), self._rule.byzantine_clients
+        if n < self._rule.min_updates():
+            raise AggregationError(
+                f"Krum with byzantine_clients={f}, selected={self._rule.selected} needs at "
+                f"least {self._rule.min_updates()} updates (n > 2f + 2 = {2 * f + 2}), got {n}"
+            )
+        selected = self._rule.selected if self._rule.selected is not None else n - f
+        scores = _krum_scores(_squared_distances(deltas, list(self._out)), byzantine_clients=f)
+        # Sorting on (score, index) breaks ties towards the lowest index, deterministically.
+        chosen = sorted(range(n), key=lambda i: (scores[i], i))[:selected]
+        for name, target in self._out.items():
+            for i in chosen:
+                target.add_(deltas[i][name])
+            target.div_(len(chosen))
+
+
+class Krum:
+    """Krum (selected=1) and multi-Krum (Blanchard et al. 2017; El Mhamdi et al. 2018).
+
+    Scores each delta by its squared distances to its n - f - 2 nearest others and
+    averages, unweighted, the `selected` lowest-scored (n - f when None).
+    """
+
+    name: str = "krum"
+
+    def __init__(self, *, byzantine_clients: int, selected: int | None = None) -> None:
+        if byzantine_clients < 0:
+            raise ValueError(f"byzantine_clients must be >= 0, got {byzantine_clients}")
+        if selected is not None and selected < 1:
+            raise ValueError(f"selected must be >= 1 or None, got {selected}")
+        self.byzantine_clients = byzantine_clients
+        self.selected = selected
+
+    @property
+    def streaming(self) -> bool:
+        return False
+
+    def begin(self, out: MutableTensorMap) -> RoundAggregate:
+        return _KrumRound(out, rule=self)
+
+    def min_updates(self) -> int:
+        bound = 2 * self.byzantine_clients + 3
+        if self.selected is None:
+            return bound
+        # Multi-Krum selects among the n - f deltas it trusts at most.
+        return max(bound, self.selected + self.byzantine_clients)
