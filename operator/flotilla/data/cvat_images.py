@@ -1,0 +1,214 @@
+"""Read a "CVAT for images 1.1" export (a folder or CVAT's zip) as classification samples.
+
+The export is `annotations.xml` plus the images under `images/`. Tags make
+classification samples; the job's label list is the global index, so every site
+maps names the same way. Labels the job does not know are skipped and reported;
+an image with two usable tags is ambiguous for single-label training and skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import xml.etree.ElementTree as ElementTree
+import zipfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+ANNOTATIONS = "annotations.xml"
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+class DataSourceError(Exception):
+    """A site's data cannot be read; the message names the path and the problem."""
+
+
+@dataclass(frozen=True)
+class ClassificationSample:
+    image: str  # path of the image file inside the export
+    label: int  # index into the job's label list
+    subset: str | None
+
+
+@dataclass(frozen=True)
+class ExportIndex:
+    samples: tuple[ClassificationSample, ...]
+    ignored_labels: Mapping[str, int]
+    unannotated: int
+    multi_tagged: int
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
+    labels: torch.Tensor  # int64 [N]
+    subsets: tuple[str | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, index: Sequence[int]) -> LabelledImages:
+        rows = torch.as_tensor(list(index), dtype=torch.long)
+        return LabelledImages(
+            self.images[rows], self.labels[rows], tuple(self.subsets[i] for i in index)
+        )
+
+
+class _Export:
+    """Files of an export, from a folder or a zip (at its root or under one folder)."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        if not source.exists():
+            raise DataSourceError(f"CVAT export {source} does not exist")
+        self._zip: zipfile.ZipFile | None = None
+        self._root = PurePosixPath()
+        if source.is_dir():
+            return
+        if not zipfile.is_zipfile(source):
+            raise DataSourceError(f"CVAT export {source} is neither a folder nor a zip file")
+        try:
+            self._zip = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DataSourceError(f"CVAT export {source} is not a readable zip: {error}") from None
+        names = self._zip.namelist()
+        tops = [n for n in names if PurePosixPath(n).name == ANNOTATIONS]
+        if tops:
+            self._root = PurePosixPath(min(tops, key=len)).parent
+
+    def read(self, relative: str) -> bytes:
+        try:
+            if self._zip is None:
+                return (self.source / relative).read_bytes()
+            return self._zip.read(str(self._root / relative))
+        except (KeyError, OSError) as error:
+            raise FileNotFoundError(relative) from error
+
+    def exists(self, relative: str) -> bool:
+        if self._zip is None:
+            return (self.source / relative).is_file()
+        return str(self._root / relative) in set(self._zip.namelist())
+
+
+def _annotations(export: _Export) -> ElementTree.Element:
+    try:
+        raw = export.read(ANNOTATIONS)
+    except FileNotFoundError:
+        raise DataSourceError(f"CVAT export {export.source} has no {ANNOTATIONS}") from None
+    # ElementTree expands internal entities; a DOCTYPE has no business in a CVAT export.
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        raise DataSourceError(f"{export.source}/{ANNOTATIONS}: DTDs and entities are refused")
+    try:
+        root = ElementTree.fromstring(raw)
+    except ElementTree.ParseError as error:
+        raise DataSourceError(f"{export.source}/{ANNOTATIONS} is not valid XML: {error}") from None
+    version = (root.findtext("version") or "").strip()
+    if root.tag != "annotations" or version != "1.1":
+        raise DataSourceError(
+            f"{export.source}/{ANNOTATIONS} is not a 'CVAT for images 1.1' export "
+            f"(root <{root.tag}>, version {version or 'missing'!r})"
+        )
+    return root
+
+
+def read_classification_index(
+    source: Path, *, labels: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> ExportIndex:
+    return _index(_Export(source), labels=labels, aliases=aliases or {})
+
+
+def _index(export: _Export, *, labels: Sequence[str], aliases: Mapping[str, str]) -> ExportIndex:
+    position = {name: i for i, name in enumerate(labels)}
+    samples: list[ClassificationSample] = []
+    ignored: Counter[str] = Counter()
+    unannotated = multi = 0
+    for image in _annotations(export).iter("image"):
+        name = image.get("name")
+        if not name:
+            raise DataSourceError(f"{export.source}: an <image> (id {image.get('id')}) has no name")
+        found = {aliases.get(t.get("label", ""), t.get("label", "")) for t in image.iter("tag")}
+        usable = sorted(position[n] for n in found if n in position)
+        ignored.update(n for n in found if n not in position)
+        if not usable:
+            unannotated += 1
+        elif len(usable) > 1:
+            multi += 1
+        else:
+            samples.append(
+                ClassificationSample(
+                    _image_path(export, name), usable[0], image.get("subset") or None
+                )
+            )
+    if ignored:
+        log.warning("%s: ignored labels the job does not know: %s", export.source, dict(ignored))
+    if not samples:
+        raise DataSourceError(
+            f"no annotated images with the job's labels in {export.source}: found labels "
+            f"{sorted(ignored) or 'none'}; expected some of {list(labels)}"
+        )
+    return ExportIndex(tuple(samples), dict(ignored), unannotated, multi)
+
+
+def _image_path(export: _Export, name: str) -> str:
+    for candidate in (f"images/{name}", name):
+        if export.exists(candidate):
+            return candidate
+    raise DataSourceError(f"{export.source}: image {name!r} is listed but its file is missing")
+
+
+def load_classification(
+    source: Path,
+    *,
+    labels: Sequence[str],
+    channels: int,
+    height: int,
+    width: int,
+    aliases: Mapping[str, str] | None = None,
+) -> LabelledImages:
+    if channels not in _MODES:
+        raise DataSourceError(f"images with {channels} channels are not supported (1, 3 or 4)")
+    export = _Export(source)
+    index = _index(export, labels=labels, aliases=aliases or {})
+    images = np.empty((len(index.samples), channels, height, width), dtype=np.float32)
+    for row, sample in enumerate(index.samples):
+        images[row] = _pixels(export, sample.image, channels, height, width)
+    return LabelledImages(
+        images=torch.from_numpy(images),
+        labels=torch.tensor([s.label for s in index.samples], dtype=torch.int64),
+        subsets=tuple(s.subset for s in index.samples),
+    )
+
+
+def _pixels(export: _Export, path: str, channels: int, height: int, width: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(export.read(path))) as opened:
+            image = opened.convert(_MODES[channels])
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, FileNotFoundError) as error:
+        raise DataSourceError(f"{export.source}: cannot read image {path!r}: {error}") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def split_train_holdout(
+    data: LabelledImages, *, validation_fraction: float, seed: int
+) -> tuple[LabelledImages, LabelledImages]:
+    """CVAT's subsets when the export has a Validation subset; a seeded split otherwise."""
+    marked = [(s or "").lower() == "validation" for s in data.subsets]
+    if any(marked):
+        holdout = [i for i, m in enumerate(marked) if m]
+        train = [i for i, m in enumerate(marked) if not m]
+    else:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+        cut = round(len(data) * validation_fraction)
+        holdout, train = sorted(order[:cut]), sorted(order[cut:])
+    return data.select(train), data.select(holdout)
