@@ -134,16 +134,19 @@ def test_receiver_refuses_a_zstd_bomb_at_the_layout_size() -> None:
 
 def test_receiver_rejects_overlapping_offsets() -> None:
     layout = model_layout({"a": torch.zeros(2), "b": torch.zeros(2)})
-    header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
-             b'"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    header = (
+        b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    )
     body = struct.pack("<Q", len(header)) + header + b"\0" * 16
 
     with pytest.raises(WireError, match="contiguous"):
         _receive(layout, body)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3),
-                                                  ("int8", 0.02)])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3), ("int8", 0.02)]
+)
 @pytest.mark.parametrize("zstd_level", [None, 3])
 def test_encoded_updates_decode_to_the_delta(dtype, tolerance, zstd_level) -> None:
     state = _state()
@@ -153,8 +156,9 @@ def test_encoded_updates_decode_to_the_delta(dtype, tolerance, zstd_level) -> No
     encoder = UpdateEncoder(model, dtype=dtype, zstd_level=zstd_level)
 
     body = bytes(encoder.encode(delta_buffer, delta))
-    decoded = decode_update(_receive(encoder.layout, body, zstd=zstd_level is not None),
-                            max_norm=None)
+    decoded = decode_update(
+        _receive(encoder.layout, body, zstd=zstd_level is not None), max_norm=None
+    )
 
     for name, tensor in expected.items():
         value = decoded.tensors[name].to(torch.float32) * decoded.scales.get(name, 1.0)

@@ -1,0 +1,1 @@
+"""The federated-learning runtime: wire format, strategies, aggregator, client."""

@@ -69,16 +69,16 @@ def _quantize_int8(tensor: torch.Tensor, out: torch.Tensor) -> float:
     return scale
 
 
-def decode_update(
-    views: dict[str, torch.Tensor], *, max_norm: float | None
-) -> DecodedUpdate:
+def decode_update(views: dict[str, torch.Tensor], *, max_norm: float | None) -> DecodedUpdate:
     """Split int8 scales from tensors and check the values: finite, and within the norm bound.
 
     One pass over the data: the L2 norm of a tensor is non-finite exactly when it
     holds a NaN or an infinity (or overflows float32, which is no model update).
     """
     scales = {
-        name[: -len(SCALE_SUFFIX)]: float(t) for name, t in views.items() if name.endswith(SCALE_SUFFIX)
+        name[: -len(SCALE_SUFFIX)]: float(t)
+        for name, t in views.items()
+        if name.endswith(SCALE_SUFFIX)
     }
     tensors = {name: t for name, t in views.items() if not name.endswith(SCALE_SUFFIX)}
     for name, scale in scales.items():

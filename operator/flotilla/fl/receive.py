@@ -33,7 +33,10 @@ class SafetensorsReceiver:
         # A stream writer hands decompressed data over in bounded pieces, so a
         # compression bomb is refused at the first byte past the layout's size.
         self._decompressor = (
-            zstandard.ZstdDecompressor().stream_writer(_Sink(self), write_size=1 << 18)
+            zstandard.ZstdDecompressor().stream_writer(
+                _Sink(self),  # type: ignore[arg-type]
+                write_size=1 << 18,
+            )
             if zstd
             else None
         )
@@ -85,7 +88,7 @@ class SafetensorsReceiver:
     def finish(self) -> dict[str, tuple[int, int]]:
         if self._decompressor is not None:
             try:
-                self._decompressor.flush()
+                self._decompressor.flush()  # type: ignore[no-untyped-call]
             except zstandard.ZstdError as error:
                 raise WireError(f"the zstd stream is corrupt: {error}") from None
         if self._offsets is None:

@@ -116,9 +116,13 @@ class Layout:
         views: dict[str, torch.Tensor] = {}
         for spec in self.tensors:
             start, _ = offsets[spec.name]
-            flat = torch.frombuffer(
-                buffer, dtype=_TORCH_DTYPES[spec.code], count=spec.numel, offset=base + start
-            ) if spec.numel else torch.empty(0, dtype=_TORCH_DTYPES[spec.code])
+            flat = (
+                torch.frombuffer(
+                    buffer, dtype=_TORCH_DTYPES[spec.code], count=spec.numel, offset=base + start
+                )
+                if spec.numel
+                else torch.empty(0, dtype=_TORCH_DTYPES[spec.code])
+            )
             views[spec.name] = flat.view(spec.shape)
         return views
 
@@ -144,9 +148,7 @@ def update_layout(model: Layout, dtype: WireDtype) -> Layout:
     return Layout.of(specs)
 
 
-def parse_header(
-    raw: bytes, expected: Layout
-) -> dict[str, tuple[int, int]]:
+def parse_header(raw: bytes, expected: Layout) -> dict[str, tuple[int, int]]:
     """Check a received JSON header against the layout; return its data offsets.
 
     The sender may order tensors as it likes, so offsets come from its header,

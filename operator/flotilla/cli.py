@@ -1,0 +1,218 @@
+"""The `flotilla` command: run a job locally, or be one of its processes (aggregator, client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flotilla import __version__
+from flotilla.api import SpecError, load_job
+
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("FLOTILLA_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+        return code
+    except SpecError as error:
+        print(f"flotilla: invalid job spec:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flotilla",
+        description="Federated training of vision models on data that stays where it was labelled.",
+    )
+    parser.add_argument("--version", action="version", version=f"flotilla {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a FederatedJob as local processes")
+    run.add_argument("job", type=Path, help="FederatedJob YAML file")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="checkpoints and logs; run again with the same directory to resume "
+        "(default: a new .flotilla/runs/JOB-TIME)",
+    )
+    run.add_argument("--summary-json", type=Path, help="write the run's summary here as JSON")
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per client process (default 1: best on a shared CPU)",
+    )
+    run.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="where clients train (default cpu)",
+    )
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a FederatedJob file and exit")
+    validate.add_argument("job", type=Path)
+    validate.set_defaults(handler=_validate)
+
+    aggregator = commands.add_parser("aggregator", help="serve a job's rounds over HTTP")
+    aggregator.add_argument("--job", type=Path, required=True, help="FederatedJob YAML file")
+    aggregator.add_argument(
+        "--tokens-file", type=Path, required=True, help="JSON object: site name -> bearer token"
+    )
+    aggregator.add_argument(
+        "--state-dir", type=Path, required=True, help="checkpoints; an existing one is resumed"
+    )
+    aggregator.add_argument("--host", default="0.0.0.0")
+    aggregator.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    aggregator.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit when the job ends instead of serving its status",
+    )
+    aggregator.add_argument(
+        "--ready-line",
+        action="store_true",
+        help="print 'FLOTILLA-READY URL' on stdout once listening",
+    )
+    aggregator.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="where central evaluation runs",
+    )
+    aggregator.set_defaults(handler=_aggregator)
+
+    client = commands.add_parser("client", help="train on this site's data for a job")
+    client.add_argument("--aggregator", required=True, help="aggregator URL, http(s)://host:port")
+    client.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding this client's token (default: $FLOTILLA_TOKEN)",
+    )
+    client.add_argument(
+        "--data", type=Path, help="this site's CVAT export (default: the site's data in the spec)"
+    )
+    client.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    client.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    client.add_argument(
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        help="seconds without an answer from the aggregator before exiting",
+    )
+    client.set_defaults(handler=_client)
+
+    examples = commands.add_parser("examples", help="write example data sets")
+    which = examples.add_subparsers(required=True, metavar="EXAMPLE")
+    digits = which.add_parser("digits", help="scikit-learn digits as per-site CVAT exports")
+    digits.add_argument("--out", type=Path, default=Path("examples/data/digits"))
+    digits.add_argument(
+        "--sites", default="site-a,site-b,site-c,site-d", help="comma-separated site names"
+    )
+    digits.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration of the label skew (smaller: less IID)",
+    )
+    digits.add_argument("--seed", type=int, default=0)
+    digits.set_defaults(handler=_digits)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flotilla.local.runner import RunFailed, RunOptions, job_failed, run_local
+
+    job = load_job(args.job)
+    options = RunOptions(
+        job_path=args.job.resolve(),
+        state_dir=args.state_dir,
+        summary_json=args.summary_json,
+        threads=args.threads,
+        device=args.device,
+    )
+    try:
+        summary = asyncio.run(run_local(job, options))
+    except RunFailed as error:
+        print(f"flotilla: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED if "interrupted" in str(error) else EXIT_JOB_FAILED
+    return EXIT_JOB_FAILED if job_failed(summary) else 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    spec = job.spec
+    print(
+        f"{args.job}: valid FederatedJob {job.metadata.name!r}: {spec.rounds} rounds of "
+        f"{spec.strategy.name}, {len(spec.sites)} sites, {len(spec.labels)} labels"
+    )
+    return 0
+
+
+def _aggregator(args: argparse.Namespace) -> int:
+    from flotilla.fl.aggregator.main import AggregatorOptions, load_tokens, serve
+
+    job = load_job(args.job)
+    tokens = load_tokens(args.tokens_file)
+    options = AggregatorOptions(
+        state_dir=args.state_dir,
+        host=args.host,
+        port=args.port,
+        exit_when_done=args.exit_when_done,
+        device=args.device,
+    )
+
+    def ready(url: str) -> None:
+        logging.getLogger("flotilla").info("aggregator listening on %s", url)
+        if args.ready_line:
+            print(f"FLOTILLA-READY {url}", flush=True)
+
+    return asyncio.run(serve(job, tokens=tokens, options=options, on_ready=ready))
+
+
+def _client(args: argparse.Namespace) -> int:
+    from flotilla.fl.client.loop import ClientOptions, FederatedClient
+    from flotilla.fl.client.transport import AggregatorConnection, Backoff
+    from flotilla.ml.training import configure_threads
+
+    token = (
+        args.token_file.read_text().strip()
+        if args.token_file
+        else os.environ.get("FLOTILLA_TOKEN", "")
+    )
+    if not token:
+        print("flotilla client: no token: pass --token-file or set FLOTILLA_TOKEN", file=sys.stderr)
+        return EXIT_USAGE
+    configure_threads(args.threads)
+    connection = AggregatorConnection(
+        args.aggregator, token, backoff=Backoff(give_up_after=args.give_up_after)
+    )
+    client = FederatedClient(connection, ClientOptions(data_path=args.data, device=args.device))
+    phase = client.run()
+    return 0 if phase == "done" else EXIT_JOB_FAILED
+
+
+def _digits(args: argparse.Namespace) -> int:
+    from flotilla.data.digits_example import write_digits_example
+
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    example = write_digits_example(args.out, sites=sites, alpha=args.alpha, seed=args.seed)
+    print(f"wrote the digits example to {args.out}: {example}")
+    return 0

@@ -1,0 +1,1 @@
+"""The aggregator: the round engine behind an HTTP API."""

@@ -1,0 +1,133 @@
+"""The aggregator process: build the engine from the spec (or resume it), serve HTTP, run rounds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.checkpoint import CheckpointStore
+from flotilla.fl.aggregator.engine import Phase, RoundEngine
+from flotilla.fl.aggregator.evaluation import CentralEvaluator
+from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.modelstate import initial_global_model
+from flotilla.fl.strategies import build_strategy
+
+log = logging.getLogger(__name__)
+
+RELEASE_CLIENTS_SECONDS = 5.0
+SHUTDOWN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class AggregatorOptions:
+    state_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 8080
+    exit_when_done: bool = False
+    device: str = "cpu"
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """A JSON object mapping each site to its bearer token."""
+    try:
+        tokens = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the tokens file {path}: {error}") from None
+    if (
+        not isinstance(tokens, dict)
+        or not tokens
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) >= 16 for k, v in tokens.items()
+        )
+    ):
+        raise ValueError(
+            f"the tokens file {path} must map site names to tokens of 16 characters or more"
+        )
+    return tokens
+
+
+def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOptions) -> RoundEngine:
+    layout, model = initial_global_model(job)
+    test_data = job.spec.evaluation.test_data
+    evaluator = (
+        CentralEvaluator(job, Path(test_data.cvat_export.path), device=options.device)
+        if test_data is not None
+        else None
+    )
+    store = CheckpointStore(options.state_dir)
+    engine = RoundEngine(
+        job=job,
+        sites=sites,
+        strategy=build_strategy(job.spec.strategy),
+        layout=layout,
+        initial_model=model,
+        store=store,
+        evaluator=evaluator,
+    )
+    loaded = store.load(layout)
+    if loaded is not None:
+        engine.restore(loaded[0])
+    return engine
+
+
+async def serve(
+    job: FederatedJob,
+    *,
+    tokens: Mapping[str, str],
+    options: AggregatorOptions,
+    on_ready: Callable[[str], None],
+) -> int:
+    """Run the job to its end (or forever, unless exit_when_done). Returns the exit code."""
+    engine = build_engine(job, sites=sorted(tokens), options=options)
+    # Long keep-alive: an idle connection is how the aggregator knows a training
+    # client is still there; its close is how it learns that the client died.
+    runner = web.AppRunner(
+        build_app(engine, tokens=tokens),
+        keepalive_timeout=3600,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port)
+    await site.start()
+    address = runner.addresses[0]
+    on_ready(f"http://{address[0]}:{address[1]}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    engine_task = asyncio.create_task(engine.run())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({engine_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if engine_task.done() and options.exit_when_done:
+            await engine.wait_released(timeout=RELEASE_CLIENTS_SECONDS)
+        elif engine_task.done():
+            await stop.wait()
+    finally:
+        stopper.cancel()
+        engine_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine_task
+        await runner.cleanup()
+        _write_summary(options.state_dir / "summary.json", engine.summary())
+    if stop.is_set() and engine.phase not in (Phase.DONE, Phase.FAILED):
+        log.info("stopped by signal at round %d", engine.current_round)
+        return 143
+    return 0 if engine.phase is Phase.DONE else 1
+
+
+def _write_summary(path: Path, summary: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(summary, indent=2))
+    temporary.replace(path)

@@ -1,0 +1,164 @@
+"""What the aggregator remembers of each round: the history that status, checkpoints and
+summaries are built from. Plain data, JSON in and out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one client sent with its update: counts and metrics, never data."""
+
+    site: str
+    examples: int
+    train_loss: float
+    train_accuracy: float
+    train_seconds: float
+    wire_bytes: int
+    norm: float
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A client's evaluation of one global model version on its local hold-out."""
+
+    site: str
+    model_version: int
+    loss: float
+    accuracy: float
+    examples: int
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sampled: list[str]
+    answered: list[str]
+    attempts: int
+    started_at: float
+    duration_seconds: float
+    aggregation_seconds: float
+    bytes_received: int
+    train_loss: float
+    train_accuracy: float
+    central: dict[str, float] | None = None
+    federated: dict[str, float] | None = None
+    clients: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> RoundRecord:
+        # Derived keys (loss, accuracy) ride along in JSON; they are not state.
+        return RoundRecord(**{f.name: data[f.name] for f in fields(RoundRecord) if f.name in data})
+
+    @property
+    def loss(self) -> float | None:
+        """The headline loss: central evaluation when there is one, else federated."""
+        source = self.central or self.federated
+        return None if source is None else source.get("loss")
+
+    @property
+    def accuracy(self) -> float | None:
+        source = self.central or self.federated
+        return None if source is None else source.get("accuracy")
+
+
+def summarize_round(
+    *,
+    round_number: int,
+    sampled: list[str],
+    reports: list[ClientReport],
+    attempts: int,
+    started_at: float,
+    duration: float,
+    aggregation_seconds: float,
+) -> RoundRecord:
+    examples = sum(r.examples for r in reports) or 1
+    return RoundRecord(
+        round=round_number,
+        sampled=sorted(sampled),
+        answered=sorted(r.site for r in reports),
+        attempts=attempts,
+        started_at=started_at,
+        duration_seconds=duration,
+        aggregation_seconds=aggregation_seconds,
+        bytes_received=sum(r.wire_bytes for r in reports),
+        train_loss=sum(r.train_loss * r.examples for r in reports) / examples,
+        train_accuracy=sum(r.train_accuracy * r.examples for r in reports) / examples,
+        clients={
+            r.site: {
+                "examples": r.examples,
+                "loss": r.train_loss,
+                "accuracy": r.train_accuracy,
+                "trainSeconds": r.train_seconds,
+                "bytes": r.wire_bytes,
+                "updateNorm": r.norm,
+            }
+            for r in reports
+        },
+    )
+
+
+def federated_metrics(reports: list[EvalReport]) -> dict[str, float] | None:
+    """Example-weighted loss and accuracy over the clients' hold-outs."""
+    usable = [r for r in reports if r.examples > 0 and math.isfinite(r.loss)]
+    total = sum(r.examples for r in usable)
+    if not total:
+        return None
+    return {
+        "loss": sum(r.loss * r.examples for r in usable) / total,
+        "accuracy": sum(r.accuracy * r.examples for r in usable) / total,
+        "examples": float(total),
+        "clients": float(len(usable)),
+    }
+
+
+def job_summary(
+    *,
+    job: str,
+    phase: str,
+    failure: str | None,
+    rounds: int,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The machine-readable end of a job: what `flotilla run --summary-json` writes."""
+    rows = [
+        {
+            "round": r["round"],
+            "clientsSampled": len(r["sampled"]),
+            "clientsAnswered": len(r["answered"]),
+            "sites": r["answered"],
+            "loss": r["loss"],
+            "accuracy": r["accuracy"],
+            "trainLoss": r["train_loss"],
+            "durationSeconds": r["duration_seconds"],
+            "aggregationSeconds": r["aggregation_seconds"],
+            "bytesReceived": r["bytes_received"],
+            "attempts": r["attempts"],
+            "central": r["central"],
+            "federated": r["federated"],
+        }
+        for r in history
+    ]
+    last = rows[-1] if rows else None
+    return {
+        "job": job,
+        "phase": phase,
+        "failure": failure,
+        "rounds": rounds,
+        "roundsCompleted": len(rows),
+        "final": None
+        if last is None
+        else {
+            "loss": last["loss"],
+            "accuracy": last["accuracy"],
+            "central": last["central"],
+            "federated": last["federated"],
+        },
+        "history": rows,
+    }

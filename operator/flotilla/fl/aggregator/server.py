@@ -1,0 +1,273 @@
+"""The aggregator's HTTP API (aiohttp): clients dial in, long-poll for work, pull the model,
+push their update. Translates HTTP to `RoundEngine` calls and `Rejected` to 4xx answers.
+
+Routes (all under /v1; every client route takes `Authorization: Bearer <token>`):
+    GET  /healthz                      liveness
+    GET  /v1/status?after=SEQ&wait=S   job progress; long-polls until it changes
+    GET  /v1/history                   every completed round's record
+    GET  /v1/job                       the job's spec, as the client needs it
+    GET  /v1/task?wait=S               the caller's next action; long-polls
+    GET  /v1/model/VERSION             the global model, safetensors
+    PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors (zstd optional)
+    POST /v1/evaluations/VERSION       the caller's evaluation of the final model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from flotilla.fl.aggregator.engine import RoundEngine
+from flotilla.fl.aggregator.intake import Rejected
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 20.0
+SEND_CHUNK = 4 << 20
+MAX_METRICS_HEADER = 16 * 1024
+MAX_EXAMPLES = 10**9
+
+ENGINE = web.AppKey("engine", RoundEngine)
+TOKENS = web.AppKey("tokens", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(engine: RoundEngine, *, tokens: Mapping[str, str]) -> web.Application:
+    """`tokens` maps each site to its bearer token."""
+    app = web.Application(middlewares=[_errors])
+    app[ENGINE] = engine
+    app[TOKENS] = dict(tokens)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/history", _history)
+    app.router.add_get("/v1/job", _job)
+    app.router.add_get("/v1/task", _task)
+    app.router.add_get("/v1/model/{version}", _model)
+    app.router.add_put("/v1/rounds/{round}/update", _update)
+    app.router.add_post("/v1/evaluations/{version}", _evaluation)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Rejected as rejected:
+        if request.method in ("PUT", "POST"):
+            await _drain(request, request.app[ENGINE].intake.max_body_bytes)
+        log.info(
+            "%s %s refused (%d %s): %s",
+            request.method,
+            request.path,
+            rejected.status,
+            rejected.reason,
+            rejected,
+        )
+        return web.json_response(
+            {"error": str(rejected), "reason": rejected.reason}, status=rejected.status
+        )
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read what is left of a refused body, so the client reads our answer, not a reset."""
+    if (request.content_length or 0) > limit:
+        return
+    seen = 0
+    with contextlib.suppress(OSError, aiohttp.ClientError, HttpProcessingError):
+        async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if seen > limit:
+                return
+
+
+def _site(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        for site, expected in request.app[TOKENS].items():
+            if hmac.compare_digest(token.encode(), expected.encode()):
+                engine = request.app[ENGINE]
+                engine.touch(site, _link_alive(request))
+                return str(site)
+    raise Rejected(401, "unauthorized", "missing or unknown bearer token")
+
+
+def _link_alive(request: web.Request) -> Callable[[], bool]:
+    transport = request.transport
+    return lambda: transport is not None and not transport.is_closing()
+
+
+def _number(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Rejected(
+            400, "bad_query", f"query parameter {name}={raw!r} is not a number"
+        ) from None
+    if not math.isfinite(value):
+        raise Rejected(400, "bad_query", f"query parameter {name}={raw!r} is not finite")
+    return value
+
+
+def _path_int(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit():
+        raise Rejected(400, "bad_path", f"{name} {raw!r} is not a non-negative integer")
+    return int(raw)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "phase": request.app[ENGINE].phase.value})
+
+
+async def _status(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    after = int(_number(request, "after", -1))
+    wait = min(max(_number(request, "wait", 0), 0), MAX_WAIT_SECONDS)
+    return web.json_response(await engine.wait_status(after=after, timeout=wait))
+
+
+async def _history(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ENGINE].history_json())
+
+
+async def _job(request: web.Request) -> web.Response:
+    site = _site(request)
+    engine = request.app[ENGINE]
+    return web.json_response(
+        {
+            "site": site,
+            "spec": engine.job.to_dict(),
+            "layoutHeader": engine.layout.header[8:].decode().rstrip(),
+        }
+    )
+
+
+async def _task(request: web.Request) -> web.Response:
+    site = _site(request)
+    wait = min(max(_number(request, "wait", 0), 0), MAX_WAIT_SECONDS)
+    return web.json_response(await request.app[ENGINE].wait_task(site, timeout=wait))
+
+
+async def _model(request: web.Request) -> web.StreamResponse:
+    _site(request)
+    engine = request.app[ENGINE]
+    version = _path_int(request, "version")
+    payload = memoryview(engine.model_payload(version))
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Flotilla-Model-Version": str(version),
+        }
+    )
+    response.content_length = len(payload)
+    await response.prepare(request)
+    # Bounded pieces: a slow reader holds at most one piece in its transport
+    # buffer, not a whole model copy per client.
+    for start in range(0, len(payload), SEND_CHUNK):
+        await response.write(payload[start : start + SEND_CHUNK])
+    await response.write_eof()
+    return response
+
+
+async def _update(request: web.Request) -> web.Response:
+    site = _site(request)
+    engine = request.app[ENGINE]
+    limit = engine.intake.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejected(
+            413,
+            "too_large",
+            f"the body has {request.content_length} bytes; this job's updates have at most {limit}",
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").lower()
+    if encoding not in ("identity", "zstd"):
+        raise Rejected(415, "bad_encoding", f"Content-Encoding {encoding!r} is not supported")
+    examples = _examples(request)
+    metrics = _metrics(request)
+    result = await engine.receive_update(
+        site=site,
+        round_number=_path_int(request, "round"),
+        body=request.content.iter_any(),
+        zstd=encoding == "zstd",
+        examples=examples,
+        metrics=metrics,
+    )
+    return web.json_response(result)
+
+
+async def _evaluation(request: web.Request) -> web.Response:
+    site = _site(request)
+    version = _path_int(request, "version")
+    if (request.content_length or 0) > MAX_METRICS_HEADER:
+        raise Rejected(413, "too_large", "the evaluation report is too large")
+    try:
+        report = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Rejected(400, "bad_json", f"the evaluation report is not JSON: {error}") from None
+    request.app[ENGINE].receive_evaluation(site=site, version=version, metrics=_eval_report(report))
+    return web.json_response({"accepted": True})
+
+
+def _examples(request: web.Request) -> int:
+    raw = request.headers.get("X-Flotilla-Examples", "")
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_EXAMPLES:
+        raise Rejected(
+            400,
+            "bad_examples",
+            f"X-Flotilla-Examples must be an integer in 1..{MAX_EXAMPLES}, got {raw!r}",
+        )
+    return int(raw)
+
+
+def _metrics(request: web.Request) -> dict[str, Any]:
+    raw = request.headers.get("X-Flotilla-Metrics", "{}")
+    if len(raw) > MAX_METRICS_HEADER:
+        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics is too large")
+    try:
+        metrics = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise Rejected(400, "bad_metrics", f"X-Flotilla-Metrics is not JSON: {error}") from None
+    if not isinstance(metrics, dict):
+        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics must be a JSON object")
+    train = metrics.get("train", {})
+    if not isinstance(train, dict) or not all(
+        _finite(train.get(k, 0.0)) for k in ("loss", "accuracy", "seconds")
+    ):
+        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics.train must hold finite numbers")
+    if metrics.get("eval") is not None:
+        metrics["eval"] = _eval_report(metrics["eval"]) | {
+            "modelVersion": metrics["eval"].get("modelVersion")
+        }
+    return metrics
+
+
+def _eval_report(report: Any) -> dict[str, Any]:
+    if not isinstance(report, dict):
+        raise Rejected(400, "bad_metrics", "an evaluation report must be a JSON object")
+    examples = report.get("examples")
+    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
+        raise Rejected(400, "bad_metrics", f"evaluation examples {examples!r} is not a count")
+    for key in ("loss", "accuracy"):
+        if not _finite(report.get(key)) and examples > 0:
+            raise Rejected(
+                400, "bad_metrics", f"evaluation {key} {report.get(key)!r} is not finite"
+            )
+    return {k: report.get(k) for k in ("loss", "accuracy", "examples")}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,1 @@
+"""The federated client that runs at each site."""

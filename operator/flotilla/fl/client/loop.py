@@ -1,0 +1,205 @@
+"""A federated client: one long-lived process per site that trains on the site's own data.
+
+Loop: long-poll the aggregator for a task; on `train`, fetch the global model if
+its version changed, evaluate it on the local hold-out, train, and upload the
+delta with the example count and metrics; on `evaluate`, report the final model's
+hold-out metrics; stop on `done` or `failed`. Only weights and numbers leave the
+site: images and annotations are read here and never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flotilla.api import FederatedJob, parse_job
+from flotilla.data import load_classification, split_train_holdout
+from flotilla.data.cvat_images import LabelledImages
+from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
+from flotilla.fl.codec import UpdateEncoder
+from flotilla.fl.modelstate import build_job_model, load_weights
+from flotilla.fl.wire import model_layout
+from flotilla.ml.training import TrainingConfig, evaluate, select_device, train_local
+
+log = logging.getLogger(__name__)
+
+LONG_POLL_SECONDS = 20.0
+# Refusals that mean "the round moved on without you", not "you are broken".
+STALE = frozenset({"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating"})
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    data_path: Path | None = None
+    device: str = "auto"
+
+
+class FederatedClient:
+    def __init__(self, connection: AggregatorConnection, options: ClientOptions) -> None:
+        self.conn = connection
+        self.options = options
+        self.device = select_device(options.device)
+        info = self.conn.get_json("/v1/job")
+        self.site: str = info["site"]
+        self.job: FederatedJob = parse_job(info["spec"], source="the aggregator's /v1/job")
+        self.train, self.holdout = self._load_data()
+        spec = self.job.spec
+        self.model = build_job_model(self.job).to(self.device)
+        self.layout = model_layout(self.model.state_dict())
+        if self.layout.header[8:].decode().rstrip() != info["layoutHeader"]:
+            raise RuntimeError(
+                "this client and the aggregator build different tensors for the job's model "
+                "(are they different Flotilla versions?)"
+            )
+        self.global_buffer = self.layout.allocate()
+        self.global_views = self.layout.views(self.global_buffer)
+        self.cached_version: int | None = None
+        self.encoder = UpdateEncoder(
+            self.layout,
+            dtype=spec.compression.dtype,
+            zstd_level=spec.compression.zstd_level if spec.compression.zstd else None,
+        )
+        log.info(
+            "site %s: %d training and %d hold-out examples on %s",
+            self.site,
+            len(self.train),
+            len(self.holdout),
+            self.device,
+        )
+
+    def _load_data(self) -> tuple[LabelledImages, LabelledImages]:
+        spec = self.job.spec
+        path = self.options.data_path or Path(self.job.site_data(self.site).cvat_export.path)
+        data = load_classification(
+            path,
+            labels=spec.labels,
+            channels=spec.model.input.channels,
+            height=spec.model.input.height,
+            width=spec.model.input.width,
+        )
+        return split_train_holdout(
+            data, validation_fraction=spec.training.validation_fraction, seed=spec.seed
+        )
+
+    def run(self) -> str:
+        """Work until the job ends; returns the job's final phase ("done" or "failed")."""
+        while True:
+            task = self.conn.get_json(
+                "/v1/task", params={"wait": LONG_POLL_SECONDS}, wait=LONG_POLL_SECONDS
+            )
+            action = task["action"]
+            try:
+                if action == "train":
+                    self._train_round(task)
+                elif action == "evaluate":
+                    self._evaluate_final(task)
+                elif action in ("done", "failed"):
+                    log.info("site %s: the job is %s", self.site, action)
+                    return str(action)
+            except AggregatorRefused as refused:
+                if refused.reason not in STALE:
+                    raise
+                log.warning("site %s: %s", self.site, refused)
+
+    def _ensure_model(self, version: int) -> None:
+        if self.cached_version == version:
+            return
+        self.conn.download_into(f"/v1/model/{version}", self.global_buffer)
+        if bytes(self.global_buffer[: len(self.layout.header)]) != self.layout.header:
+            self.cached_version = None
+            raise RuntimeError("the aggregator sent a model with another layout")
+        load_weights(self.model, self.global_views)
+        self.cached_version = version
+
+    def _holdout_metrics(self, version: int) -> dict[str, Any] | None:
+        if not self.job.spec.evaluation.federated or len(self.holdout) == 0:
+            return None
+        result = evaluate(
+            self.model,
+            self.holdout.images,
+            self.holdout.labels,
+            batch_size=self.job.spec.training.batch_size,
+            device=self.device,
+        )
+        return {
+            "modelVersion": version,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "examples": result.examples,
+        }
+
+    def _train_round(self, task: dict[str, Any]) -> None:
+        round_number, version = int(task["round"]), int(task["modelVersion"])
+        self._ensure_model(version)
+        evaluation = self._holdout_metrics(version)
+        training = self.job.spec.training
+        config = TrainingConfig(
+            local_epochs=training.local_epochs,
+            batch_size=training.batch_size,
+            optimizer=training.optimizer,
+            learning_rate=training.learning_rate,
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
+            max_seconds=training.max_seconds,
+            proximal_mu=float(task.get("proximalMu", 0.0)),
+        )
+        result = train_local(
+            self.model,
+            self.train.images,
+            self.train.labels,
+            config=config,
+            seed=self.job.spec.seed * 100_003 + round_number,
+            device=self.device,
+            global_weights=self.global_views if config.proximal_mu > 0 else None,
+        )
+        body = self._delta_body()
+        metrics = {
+            "train": {
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "seconds": result.seconds,
+                "epochs": result.epochs,
+            },
+            "eval": evaluation,
+        }
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Flotilla-Examples": str(result.examples),
+            "X-Flotilla-Metrics": json.dumps(metrics),
+        }
+        if self.encoder.content_encoding:
+            headers["Content-Encoding"] = self.encoder.content_encoding
+        answer = self.conn.upload(f"/v1/rounds/{round_number}/update", body, headers)
+        log.info(
+            "site %s: round %d sent (%d examples, loss %.4f, norm %.3g)",
+            self.site,
+            round_number,
+            result.examples,
+            result.loss,
+            answer.get("updateNorm", 0.0),
+        )
+
+    def _delta_body(self) -> memoryview:
+        """The delta (local minus global), computed in place over the global model's buffer.
+
+        Saves a model-sized allocation per round; the cached global model is gone
+        afterwards, which costs a download only when the same version is asked for
+        again (a retried round).
+        """
+        state = self.model.state_dict()
+        self.cached_version = None
+        with torch.no_grad():
+            for name, view in self.global_views.items():
+                torch.sub(state[name].detach().to("cpu"), view, out=view)
+        return self.encoder.encode(self.global_buffer, self.global_views)
+
+    def _evaluate_final(self, task: dict[str, Any]) -> None:
+        version = int(task["modelVersion"])
+        self._ensure_model(version)
+        report = self._holdout_metrics(version) or {"loss": None, "accuracy": None, "examples": 0}
+        self.conn.post_json(f"/v1/evaluations/{version}", report)

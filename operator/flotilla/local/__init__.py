@@ -1,0 +1,1 @@
+"""The job as local processes: `flotilla run`."""

@@ -1,0 +1,109 @@
+"""What `flotilla run` prints: a bar per round as rounds complete, and a closing summary.
+
+On a terminal the current round's line is redrawn as clients answer; anywhere
+else (CI logs, pipes) only completed rounds are printed, one line each.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from flotilla.api import FederatedJob
+
+BAR_WIDTH = 20
+
+
+class Progress:
+    def __init__(
+        self, job: FederatedJob, *, out: TextIO | None = None, live: bool | None = None
+    ) -> None:
+        self._job = job
+        self._out = out or sys.stdout
+        self._live = self._out.isatty() if live is None else live
+        self._printed = 0  # rounds printed
+        self._pending = False  # a live line is on screen
+
+    def started(self, *, state_dir: Path) -> None:
+        spec = self._job.spec
+        model = spec.model.name or spec.model.entrypoint
+        self._print(
+            f"Job {self._job.metadata.name}: {spec.rounds} rounds of {spec.strategy.name}, "
+            f"{len(spec.sites)} sites, model {model}\n"
+            f"  state and logs: {state_dir}"
+        )
+
+    def update(self, status: dict[str, Any]) -> None:
+        last = status.get("lastRound")
+        if last and last["round"] > self._printed:
+            self._clear_live()
+            self._print(self._round_line(last))
+            self._printed = last["round"]
+        if self._live and status.get("phase") == "training":
+            clients = status["clients"]
+            line = (
+                f"round {status['round']:>3}/{status['rounds']} training: "
+                f"{clients['answered']}/{clients['sampled']} clients answered"
+            )
+            self._out.write("\r" + line.ljust(78))
+            self._out.flush()
+            self._pending = True
+
+    def _round_line(self, record: dict[str, Any]) -> str:
+        rounds = self._job.spec.rounds
+        done = round(BAR_WIDTH * record["round"] / rounds)
+        bar = "#" * done + "." * (BAR_WIDTH - done)
+        return (
+            f"round {record['round']:>3}/{rounds} [{bar}] "
+            f"clients {len(record['answered'])}/{len(record['sampled'])}  "
+            f"loss {_num(record['loss'])}  acc {_num(record['accuracy'])}  "
+            f"{record['duration_seconds']:.2f}s"
+        )
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        self._clear_live()
+        for record in summary.get("history", [])[self._printed :]:
+            self._print(
+                f"round {record['round']:>3}/{summary['rounds']} "
+                f"clients {record['clientsAnswered']}/{record['clientsSampled']}  "
+                f"loss {_num(record['loss'])}  acc {_num(record['accuracy'])}"
+            )
+        final = summary.get("final") or {}
+        verdict = "succeeded" if summary.get("phase") == "done" else "FAILED"
+        lines = [
+            f"Job {summary['job']} {verdict}: {summary['roundsCompleted']}/{summary['rounds']} "
+            "rounds"
+        ]
+        if summary.get("failure"):
+            lines.append(f"  reason: {summary['failure']}")
+        if final.get("central"):
+            c = final["central"]
+            lines.append(
+                f"  test accuracy {_num(c['accuracy'])}, loss {_num(c['loss'])} "
+                f"({int(c['examples'])} held-out examples no client trained on)"
+            )
+        if final.get("federated"):
+            f = final["federated"]
+            lines.append(
+                f"  client hold-out accuracy {_num(f['accuracy'])}, loss "
+                f"{_num(f['loss'])} ({int(f['clients'])} clients)"
+            )
+        lines.append(f"  state, checkpoints and logs: {summary['stateDir']}")
+        self._print("\n".join(lines))
+
+    def _clear_live(self) -> None:
+        if self._pending:
+            self._out.write("\r" + " " * 78 + "\r")
+            self._pending = False
+
+    def _print(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+def _num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "  -   "
+    return f"{value:.4f}"

@@ -1,0 +1,121 @@
+"""The round engine end to end: a real aggregator and real client processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import cluster, flotilla, write_job
+
+pytestmark = pytest.mark.integration
+
+SITES = ["site-a", "site-b", "site-c"]
+
+
+def test_three_clients_improve_accuracy_and_a_rerun_resumes_the_finished_job(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    job = write_job(tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=4)
+    command = flotilla(
+        "run",
+        str(job),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+    )
+
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    history = summary["history"]
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    assert all(r["clientsAnswered"] == 3 for r in history)
+    assert history[-1]["accuracy"] > history[0]["accuracy"]
+    assert history[-1]["accuracy"] > 0.8
+    assert summary["final"]["federated"]["clients"] == 3
+    assert "round   4/4" in first.stdout and "succeeded" in first.stdout
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = json.loads((tmp_path / "summary.json").read_text())
+    assert rerun["history"] == history  # resumed at the end: nothing trained twice
+
+
+def test_a_client_killed_mid_round_lets_the_round_close_at_its_deadline(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    deadline = 6.0
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=3,
+        overrides={
+            "clients": {"minClients": 2, "roundDeadlineSeconds": deadline, "joinGraceSeconds": 1},
+            # Long enough local work that the victim is still training when killed.
+            "training": {"localEpochs": 25},
+        },
+    )
+    with cluster(tmp_path, job, SITES) as running:
+        running.start_aggregator()
+        for site in SITES:
+            running.start_client(site)
+        running.wait_for(lambda s: s["phase"] == "training" and s["round"] == 2, timeout=120)
+        running.kill(running.clients["site-c"])
+
+        assert running.wait_aggregator(timeout=180) == 0, running.log("aggregator")
+        summary = running.summary()
+
+    history = summary["history"]
+    assert summary["phase"] == "done"
+    assert [r["round"] for r in history] == [1, 2, 3]
+    assert history[1]["clientsSampled"] == 3
+    assert history[1]["sites"] == ["site-a", "site-b"]
+    assert history[1]["durationSeconds"] >= deadline
+    assert history[2]["sites"] == ["site-a", "site-b"]  # the dead client is not waited for
+
+
+def test_the_aggregator_killed_mid_job_resumes_from_its_checkpoint(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=5,
+        overrides={"training": {"localEpochs": 5}},
+    )
+    with cluster(tmp_path, job, SITES) as running:
+        running.start_aggregator()
+        for site in SITES:
+            running.start_client(site)
+        running.wait_for(lambda s: s["completedRounds"] >= 2, timeout=120)
+        assert running.aggregator is not None
+        running.kill(running.aggregator)
+        state = json.loads(
+            (
+                running.state_dir / "checkpoints" / _latest(running.state_dir) / "state.json"
+            ).read_text()
+        )
+        before = state["history"]
+
+        running.start_aggregator()  # same port and state dir; clients re-dial by themselves
+
+        assert running.wait_aggregator(timeout=180) == 0, running.log("aggregator")
+        summary = running.summary()
+        assert f"resumed from checkpoint: {len(before)} of 5" in running.log("aggregator")
+
+    rounds = [r["round"] for r in summary["history"]]
+    assert rounds == [1, 2, 3, 4, 5]  # none lost, none repeated
+    for old, new in zip(before, summary["history"], strict=False):
+        assert new["durationSeconds"] == old["duration_seconds"]  # the same completed rounds
+
+
+def _latest(state_dir: Path) -> str:
+    return (state_dir / "checkpoints" / "LATEST").read_text().strip()
