@@ -1,0 +1,45 @@
+# Flotilla: two commands on a fresh machine.
+#   make run    installs into .venv, writes the digits example data, runs the job locally
+#   make test   installs into .venv and runs the test suite (what .ci/run calls)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned in pyproject.toml to the CPU build; one pip call resolves
+# everything together (installing packages one after another can break pip check).
+STAMP := $(VENV)/.installed
+
+.PHONY: install run data test lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+data: install
+	$(BIN)/flotilla examples digits --out examples/data/digits --sites site-a,site-b,site-c,site-d
+
+run: data
+	$(BIN)/flotilla run examples/digits.yaml --summary-json .flotilla/digits-summary.json
+
+test: install
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/round_bench.py
+
+clean:
+	rm -rf $(VENV) .flotilla examples/data .mypy_cache .pytest_cache .ruff_cache
