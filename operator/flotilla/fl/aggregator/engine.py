@@ -26,15 +26,9 @@ import torch
 from flotilla.api import FederatedJob
 from flotilla.fl.aggregator.checkpoint import CheckpointError, CheckpointStore, Snapshot
 from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected, UpdateIntake
+from flotilla.fl.aggregator.ledger import Ledger
 from flotilla.fl.aggregator.presence import Presence
-from flotilla.fl.aggregator.records import (
-    ClientReport,
-    EvalReport,
-    RoundRecord,
-    federated_metrics,
-    job_summary,
-    summarize_round,
-)
+from flotilla.fl.aggregator.records import ClientReport, RoundRecord, summarize_round
 from flotilla.fl.strategies import Strategy
 from flotilla.fl.strategies.base import AggregationError, RoundAggregate
 from flotilla.fl.wire import Layout, update_layout
@@ -79,12 +73,10 @@ class RoundEngine:
         self.completed = 0  # global model version: rounds aggregated
         self.persisted = 0  # rounds whose checkpoint is durable
         self.attempt = 0
-        self.epoch = 0  # bumped when a client's task may change
-        self.seq = 0  # bumped on any status change
+        self.seq = 0  # bumped on every change that a long-poll may be waiting for
         self.message = "waiting for clients"
         self.failure: str | None = None
-        self.history: list[RoundRecord] = []
-        self.evaluations: dict[int, dict[str, EvalReport]] = {}
+        self.ledger = Ledger()
         self.final_evaluated = False
         self._global = initial_model
         self._global_views = layout.views(initial_model)
@@ -128,10 +120,11 @@ class RoundEngine:
         self._global_views = self.layout.views(snapshot.model)
         self.strategy.optimizer.load_state_dict(snapshot.optimizer_state)
         self.completed = self.persisted = snapshot.completed_rounds
-        self.history = [RoundRecord.from_json(r) for r in snapshot.state.get("history", [])]
-        for version, reports in snapshot.state.get("evaluations", {}).items():
-            self.evaluations[int(version)] = {r["site"]: EvalReport(**r) for r in reports}
-        self.final_evaluated = bool(snapshot.state.get("finalEvaluated", False))
+        self.ledger.restore(snapshot.state)
+        # A finished job given more rounds must evaluate its new final model too.
+        self.final_evaluated = (
+            bool(snapshot.state.get("finalEvaluated")) and self.completed >= self.rounds
+        )
         log.info("resumed from checkpoint: %d of %d rounds completed", self.completed, self.rounds)
 
     def identity(self) -> dict[str, Any]:
@@ -252,14 +245,14 @@ class RoundEngine:
         self._global, self._global_views = accumulator, self.layout.views(accumulator)
         self.completed += 1
         self._persist = asyncio.create_task(self._persist_round(record, accumulator))
-        self._bump(task=True)
+        self._bump()
 
     async def _persist_round(self, record: RoundRecord, model: bytearray) -> None:
         if self.evaluator is not None:
             record.central = await asyncio.to_thread(
                 self.evaluator.evaluate, self.layout.views(model)
             )
-        self.history.append(record)
+        self.ledger.add_round(record)
         await self._checkpoint(record.round, model)
         self.persisted = record.round
         log.info(
@@ -279,15 +272,8 @@ class RoundEngine:
             completed_rounds=completed,
             model=model,
             optimizer_state=self.strategy.optimizer.state_dict(),
-            state={
-                "identity": self.identity(),
-                "history": self.history_json(),
-                "evaluations": {
-                    str(v): [r.__dict__ for r in by_site.values()]
-                    for v, by_site in self.evaluations.items()
-                },
-                "finalEvaluated": self.final_evaluated,
-            },
+            state=self.ledger.state_json()
+            | {"identity": self.identity(), "finalEvaluated": self.final_evaluated},
         )
         await asyncio.to_thread(self.store.save, snapshot)
 
@@ -333,7 +319,6 @@ class RoundEngine:
         else:
             action = "wait"
         return {
-            "epoch": self.epoch,
             "action": action,
             "round": self.current_round,
             "rounds": self.rounds,
@@ -421,17 +406,8 @@ class RoundEngine:
         self._bump()
 
     def _note_evaluation(self, site: str, report: Any) -> None:
-        if not isinstance(report, Mapping) or report.get("modelVersion") != self.completed:
-            return
-        if self.completed == 0 or not report.get("examples"):
-            return  # the initial random model's metrics are not a round's
-        self.evaluations.setdefault(self.completed, {})[site] = EvalReport(
-            site=site,
-            model_version=self.completed,
-            loss=float(report["loss"]),
-            accuracy=float(report["accuracy"]),
-            examples=int(report["examples"]),
-        )
+        if isinstance(report, Mapping) and report.get("modelVersion") == self.completed:
+            self.ledger.note_evaluation(site, self.completed, report)
 
     def _check_open(self, site: str, round_number: int) -> None:
         if self.phase is not Phase.TRAINING or round_number != self.current_round:
@@ -448,26 +424,15 @@ class RoundEngine:
 
     # -- status ----------------------------------------------------------------------------
 
-    def history_json(self) -> list[dict[str, Any]]:
-        out = []
-        for record in self.history:
-            record.federated = federated_metrics(
-                list(self.evaluations.get(record.round, {}).values())
-            )
-            out.append(record.to_json() | {"loss": record.loss, "accuracy": record.accuracy})
-        return out
-
     def summary(self) -> dict[str, Any]:
-        return job_summary(
+        return self.ledger.summary(
             job=self.job.metadata.name,
             phase=self.phase.value,
             failure=self.failure,
             rounds=self.rounds,
-            history=self.history_json(),
         )
 
     def status(self) -> dict[str, Any]:
-        history = self.history_json()
         return {
             "job": self.job.metadata.name,
             "phase": self.phase.value,
@@ -485,7 +450,7 @@ class RoundEngine:
                 "sampled": len(self._sampled),
                 "answered": len(self._reports) if self.phase is Phase.TRAINING else 0,
             },
-            "lastRound": history[-1] if history else None,
+            "lastRound": self.ledger.last_json(),
         }
 
     # -- plumbing --------------------------------------------------------------------------
@@ -493,17 +458,15 @@ class RoundEngine:
     def _set_phase(self, phase: Phase, message: str) -> None:
         self.phase = phase
         self.message = message
-        self._bump(task=True)
+        self._bump()
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
         log.error("job failed: %s", reason)
         self._set_phase(Phase.FAILED, reason)
 
-    def _bump(self, *, task: bool = False) -> None:
+    def _bump(self) -> None:
         self.seq += 1
-        if task:
-            self.epoch += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

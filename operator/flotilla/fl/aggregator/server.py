@@ -141,7 +141,7 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _history(request: web.Request) -> web.Response:
-    return web.json_response(request.app[ENGINE].history_json())
+    return web.json_response(request.app[ENGINE].ledger.history_json())
 
 
 async def _job(request: web.Request) -> web.Response:
