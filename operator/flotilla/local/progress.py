@@ -34,6 +34,11 @@ class Progress:
             f"{len(spec.sites)} sites, model {model}\n"
             f"  state and logs: {state_dir}"
         )
+        if spec.clients.node_selector:
+            self._print(
+                "  note: clients.nodeSelector picks nodes in a cluster; locally every site in "
+                "spec.sites runs as a process"
+            )
 
     def update(self, status: dict[str, Any]) -> None:
         last = status.get("lastRound")
