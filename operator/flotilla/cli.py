@@ -188,8 +188,15 @@ def _aggregator(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
+    from flotilla.data import DataSourceError
     from flotilla.fl.client.loop import ClientOptions, FederatedClient
-    from flotilla.fl.client.transport import AggregatorConnection, Backoff
+    from flotilla.fl.client.transport import (
+        AggregatorConnection,
+        AggregatorRefused,
+        AggregatorUnavailable,
+        Backoff,
+    )
+    from flotilla.ml.models import ModelError
     from flotilla.ml.training import configure_threads
 
     token = (
@@ -204,9 +211,15 @@ def _client(args: argparse.Namespace) -> int:
     connection = AggregatorConnection(
         args.aggregator, token, backoff=Backoff(give_up_after=args.give_up_after)
     )
-    client = FederatedClient(connection, ClientOptions(data_path=args.data, device=args.device))
-    phase = client.run()
-    return 0 if phase == "done" else EXIT_JOB_FAILED
+    try:
+        client = FederatedClient(connection, ClientOptions(data_path=args.data, device=args.device))
+        phase = client.run()
+    except (DataSourceError, ModelError, AggregatorUnavailable, AggregatorRefused) as error:
+        print(f"flotilla client: {error}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, DataSourceError | ModelError) else EXIT_JOB_FAILED
+    # A job that failed is the aggregator's to report; this client did its part.
+    logging.getLogger("flotilla").info("the job ended: %s", phase)
+    return 0
 
 
 def _digits(args: argparse.Namespace) -> int:

@@ -98,6 +98,10 @@ class Progress:
         lines.append(f"  state, checkpoints and logs: {summary['stateDir']}")
         self._print("\n".join(lines))
 
+    def warn(self, text: str) -> None:
+        self._clear_live()
+        print(text, file=sys.stderr, flush=True)
+
     def _clear_live(self) -> None:
         if self._pending:
             self._out.write("\r" + " " * 78 + "\r")

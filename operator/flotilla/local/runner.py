@@ -92,7 +92,9 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
                     env={"FLOTILLA_TOKEN": token},
                 )
             )
-        await _supervise(aggregator, children[1:], url, progress, stop)
+        await _supervise(
+            aggregator, children[1:], url, progress, stop, min_clients=job.spec.clients.min_clients
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -142,11 +144,17 @@ async def _start_aggregator(
 
 
 async def _supervise(
-    aggregator: Child, clients: list[Child], url: str, progress: Progress, stop: asyncio.Event
+    aggregator: Child,
+    clients: list[Child],
+    url: str,
+    progress: Progress,
+    stop: asyncio.Event,
+    *,
+    min_clients: int,
 ) -> None:
     watcher = asyncio.create_task(_watch_status(url, progress))
     aggregator_done = asyncio.create_task(aggregator.process.wait())
-    clients_done = asyncio.create_task(_all_exited(clients))
+    clients_done = asyncio.create_task(_watch_clients(clients, progress, min_clients))
     stopped = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait(
@@ -157,6 +165,8 @@ async def _supervise(
             task.cancel()
     if stop.is_set():
         raise RunFailed("interrupted; the state directory keeps the last completed round")
+    if clients_done.done() and not clients_done.cancelled() and clients_done.exception():
+        raise clients_done.exception()  # type: ignore[misc]
     if not aggregator_done.done():
         # Give the aggregator a moment to end the job itself (clients exit on "done").
         with contextlib.suppress(TimeoutError):
@@ -166,8 +176,23 @@ async def _supervise(
         raise RunFailed(f"every client exited while the job was still running:\n{tails}")
 
 
-async def _all_exited(children: list[Child]) -> None:
-    await asyncio.gather(*(c.process.wait() for c in children))
+async def _watch_clients(clients: list[Child], progress: Progress, min_clients: int) -> None:
+    """Return once every client exited; fail early once too few are left to run a round."""
+    waiting = {asyncio.create_task(c.process.wait()): c for c in clients}
+    alive = len(clients)
+    while waiting:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            child, code = waiting.pop(task), task.result()
+            alive -= 1
+            if code == 0:
+                continue
+            progress.warn(f"client {child.name} exited with code {code}:\n{child.tail(6)}")
+            if alive < min_clients:
+                raise RunFailed(
+                    f"only {alive} clients are left and the job needs minClients={min_clients}; "
+                    f"client {child.name} failed:\n{child.tail(6)}"
+                )
 
 
 async def _watch_status(url: str, progress: Progress) -> None:
