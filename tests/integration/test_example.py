@@ -19,16 +19,32 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
 def test_the_digits_example_reaches_093_on_the_held_out_test_split(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "digits.yaml")  # its data paths are relative to it
     write = subprocess.run(
-        flotilla("examples", "digits", "--out", str(tmp_path / "data" / "digits"),
-                 "--sites", "site-a,site-b,site-c,site-d"),
-        capture_output=True, text=True, timeout=120,
+        flotilla(
+            "examples",
+            "digits",
+            "--out",
+            str(tmp_path / "data" / "digits"),
+            "--sites",
+            "site-a,site-b,site-c,site-d",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert write.returncode == 0, write.stderr
 
     run = subprocess.run(
-        flotilla("run", str(tmp_path / "digits.yaml"), "--state-dir", str(tmp_path / "state"),
-                 "--summary-json", str(tmp_path / "summary.json")),
-        capture_output=True, text=True, timeout=300,
+        flotilla(
+            "run",
+            str(tmp_path / "digits.yaml"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert run.returncode == 0, run.stdout + run.stderr

@@ -33,13 +33,20 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_dir: Path) -> None:
-    job = write_job(tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=6,
-                    overrides={"training": {"localEpochs": 10}})
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=6,
+        overrides={"training": {"localEpochs": 10}},
+    )
     state = tmp_path / "state"
-    command = flotilla("run", str(job), "--state-dir", str(state),
-                       "--summary-json", str(tmp_path / "summary.json"))
-    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    command = flotilla(
+        "run", str(job), "--state-dir", str(state), "--summary-json", str(tmp_path / "summary.json")
+    )
+    runner = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert runner.stdout is not None
     for line in runner.stdout:  # the first completed round is printed as it happens
         if line.startswith("round   1/6"):
@@ -70,8 +77,12 @@ def test_a_site_without_its_data_fails_the_run_and_says_why(
     text = job.read_text().replace(str(digits_dir / "site-c"), str(tmp_path / "missing"))
     job.write_text(text)
 
-    result = subprocess.run(flotilla("run", str(job), "--state-dir", str(tmp_path / "state")),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        flotilla("run", str(job), "--state-dir", str(tmp_path / "state")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "site-c" in result.stderr
@@ -79,11 +90,15 @@ def test_a_site_without_its_data_fails_the_run_and_says_why(
 
 
 def test_an_invalid_spec_exits_2_naming_the_field(tmp_path: Path, digits_dir: Path) -> None:
-    job = write_job(tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=2,
-                    overrides={"training": {"learningRate": -1}})
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=2,
+        overrides={"training": {"learningRate": -1}},
+    )
 
-    result = subprocess.run(flotilla("run", str(job)), capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(flotilla("run", str(job)), capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 2
     assert "spec.training.learningRate" in result.stderr and "-1" in result.stderr
