@@ -37,7 +37,7 @@ class UpdateEncoder:
         self._buffer: bytearray | None = None
 
     @property
-    def content_encoding(self) -> str | None:
+    def compression(self) -> str | None:
         return "zstd" if self._zstd else None
 
     def encode(self, delta_buffer: bytearray, delta: Mapping[str, torch.Tensor]) -> memoryview:

@@ -8,7 +8,7 @@ Routes (all under /v1; every client route takes `Authorization: Bearer <token>`)
     GET  /v1/job                       the job's spec, as the client needs it
     GET  /v1/task?wait=S               the caller's next action; long-polls
     GET  /v1/model/VERSION             the global model, safetensors
-    PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors (zstd optional)
+    PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors, maybe zstd
     POST /v1/evaluations/VERSION       the caller's evaluation of the final model
 """
 
@@ -193,9 +193,13 @@ async def _update(request: web.Request) -> web.Response:
             "too_large",
             f"the body has {request.content_length} bytes; this job's updates have at most {limit}",
         )
-    encoding = request.headers.get("Content-Encoding", "identity").lower()
+    # Not Content-Encoding: aiohttp would decompress that itself, unbounded, before our
+    # size checks; our receiver decompresses in bounded pieces against the layout.
+    if "Content-Encoding" in request.headers:
+        raise Rejected(415, "bad_encoding", "send compressed updates with X-Flotilla-Compression")
+    encoding = request.headers.get("X-Flotilla-Compression", "identity").lower()
     if encoding not in ("identity", "zstd"):
-        raise Rejected(415, "bad_encoding", f"Content-Encoding {encoding!r} is not supported")
+        raise Rejected(415, "bad_encoding", f"X-Flotilla-Compression {encoding!r} is not supported")
     examples = _examples(request)
     metrics = _metrics(request)
     result = await engine.receive_update(

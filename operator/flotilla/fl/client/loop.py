@@ -172,8 +172,8 @@ class FederatedClient:
             "X-Flotilla-Examples": str(result.examples),
             "X-Flotilla-Metrics": json.dumps(metrics),
         }
-        if self.encoder.content_encoding:
-            headers["Content-Encoding"] = self.encoder.content_encoding
+        if self.encoder.compression:
+            headers["X-Flotilla-Compression"] = self.encoder.compression
         answer = self.conn.upload(f"/v1/rounds/{round_number}/update", body, headers)
         log.info(
             "site %s: round %d sent (%d examples, loss %.4f, norm %.3g)",
