@@ -1,7 +1,7 @@
 """Local training and evaluation: what a client does with the global model each round.
 
-Data is small per site and already in memory as tensors, so batches are index
-slices on the device: no DataLoader worker processes on an edge node. FedProx
+Data is small per site and already in memory as tensors, so it moves to the device once
+and batches are index slices: no DataLoader worker processes on an edge node. FedProx
 adds (mu / 2) * ||w - w_global||^2 to the loss when the strategy asks for it.
 """
 
@@ -16,23 +16,40 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """One round's local training, as the job's spec and the strategy ask for it."""
+
     local_epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: str  # one of OPTIMIZERS; momentum applies to sgd only
     learning_rate: float
     momentum: float = 0.0
     weight_decay: float = 0.0
-    max_seconds: float | None = None
-    proximal_mu: float = 0.0
+    max_seconds: float | None = None  # wall-clock budget, checked between batches
+    proximal_mu: float = 0.0  # FedProx strength; 0 is plain local SGD
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        for field, value in (("local_epochs", self.local_epochs), ("batch_size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{field} must be at least 1, not {value}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, not {self.max_seconds}")
+        if not self.proximal_mu >= 0:
+            raise ValueError(f"proximal_mu must be at least 0, not {self.proximal_mu}")
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float  # mean loss over the last epoch's samples
-    accuracy: float
+    loss: float  # mean loss over the last (possibly cut) epoch's samples
+    accuracy: float  # over the same samples, measured on the fly while training
     examples: int  # training samples: the weight of this update in FedAvg
     seconds: float
     epochs: float  # completed epochs, fractional when the time budget cut training
@@ -42,11 +59,12 @@ class TrainResult:
 @dataclass(frozen=True)
 class EvalResult:
     loss: float  # NaN when there was nothing to evaluate
-    accuracy: float
+    accuracy: float  # NaN when there was nothing to evaluate
     examples: int
 
 
 def select_device(prefer: str = "auto") -> torch.device:
+    """'auto' is the GPU when torch sees one, else the CPU; 'cuda' without a GPU is an error."""
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if prefer == "cuda" and not torch.cuda.is_available():
@@ -57,26 +75,11 @@ def select_device(prefer: str = "auto") -> torch.device:
 
 
 def configure_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads for this process; None keeps torch's default."""
     # Small models on a few shared cores train several times faster with one
     # thread per process than with torch's default of one per core.
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-
-
-def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=config.learning_rate,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    raise ValueError(f"optimizer {config.optimizer!r} is not one of sgd, adam, adamw")
 
 
 def train_local(
@@ -89,59 +92,104 @@ def train_local(
     device: torch.device,
     global_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
+    """Train `model` in place on images [N, C, H, W] float32 and labels [N] int64.
+
+    `seed` decides the shuffling (pass seed + round: rounds differ, runs repeat).
+    `global_weights` are the round's starting weights, needed when proximal_mu > 0.
+    """
     started = time.monotonic()
-    count = len(labels)
+    count = _check_data(images, labels)
     if count == 0:
         raise ValueError("no training examples")
+    model.to(device)
     x, y = images.to(device), labels.to(device)
-    anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else {}
-    optimizer = _optimizer(model, config)
+    anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
+    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu)
+    deadline = None if config.max_seconds is None else started + config.max_seconds
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    steps, seen, epochs = 0, 0, 0.0
-    loss_sum, correct = 0.0, 0
+    epochs = 0.0
     for _epoch in range(config.local_epochs):
         order = torch.randperm(count, generator=generator).to(device)
-        loss_sum, correct, seen = 0.0, 0, 0
+        step.new_epoch()
         for start in range(0, count, config.batch_size):
-            index = order[start : start + config.batch_size]
-            logits = model(x[index])
-            loss = functional.cross_entropy(logits, y[index])
-            batch_loss = float(loss.detach())
-            if anchors:
-                loss = loss + _proximal_term(model, anchors, config.proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            steps += 1
-            seen += len(index)
-            loss_sum += batch_loss * len(index)
-            correct += int((logits.argmax(1) == y[index]).sum())
-            if config.max_seconds is not None and time.monotonic() - started > config.max_seconds:
-                epochs += seen / count
-                return _result(loss_sum, correct, seen, count, started, epochs, steps)
+            step(x, y, order[start : start + config.batch_size])
+            if deadline is not None and time.monotonic() > deadline:
+                return step.result(count, started, epochs + step.seen / count)
         epochs += 1
-    return _result(loss_sum, correct, seen, count, started, epochs, steps)
+    return step.result(count, started, epochs)
 
 
-def _result(
-    loss_sum: float, correct: int, seen: int, count: int, started: float, epochs: float, steps: int
-) -> TrainResult:
-    return TrainResult(
-        loss=loss_sum / max(seen, 1),
-        accuracy=correct / max(seen, 1),
-        examples=count,
-        seconds=time.monotonic() - started,
-        epochs=epochs,
-        steps=steps,
-    )
+class _Step:
+    """One optimiser step at a time, keeping the running numbers of the current epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        anchors: Mapping[str, torch.Tensor] | None,
+        mu: float,
+    ) -> None:
+        self.model, self.optimizer, self.anchors, self.mu = model, optimizer, anchors, mu
+        self.steps = 0
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> None:
+        logits = self.model(x[index])
+        loss = functional.cross_entropy(logits, y[index])
+        # Report the task loss, not the proximal penalty: it is comparable across strategies.
+        batch_loss = float(loss.detach())
+        if self.anchors is not None:
+            loss = loss + _proximal_term(self.model, self.anchors, self.mu)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self.steps += 1
+        self.seen += len(index)
+        self.loss_sum += batch_loss * len(index)
+        self.correct += int((logits.argmax(1) == y[index]).sum())
+
+    def result(self, count: int, started: float, epochs: float) -> TrainResult:
+        return TrainResult(
+            loss=self.loss_sum / self.seen,
+            accuracy=self.correct / self.seen,
+            examples=count,
+            seconds=time.monotonic() - started,
+            epochs=epochs,
+            steps=self.steps,
+        )
+
+
+def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
+    if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"expected images [N, C, H, W] and labels [N], got {list(images.shape)} "
+            f"and {list(labels.shape)}"
+        )
+    return int(labels.shape[0])
+
+
+def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
 
 
 def _proximal_anchors(
     model: nn.Module, global_weights: Mapping[str, torch.Tensor] | None, device: torch.device
 ) -> dict[str, torch.Tensor]:
     if global_weights is None:
-        raise ValueError("FedProx needs the round's global weights")
+        raise ValueError("FedProx (proximal_mu > 0) needs the round's global weights")
+    missing = [name for name, _ in model.named_parameters() if name not in global_weights]
+    if missing:
+        raise ValueError(f"the global weights lack parameters {missing[:5]}")
+    # A detached copy: the caller may reuse its tensors while the model trains.
     return {
         name: global_weights[name].detach().to(device, copy=True)
         for name, _ in model.named_parameters()
@@ -151,8 +199,8 @@ def _proximal_anchors(
 def _proximal_term(
     model: nn.Module, anchors: Mapping[str, torch.Tensor], mu: float
 ) -> torch.Tensor:
-    total = sum(((p - anchors[n]) ** 2).sum() for n, p in model.named_parameters())
-    return (mu / 2) * total  # type: ignore[return-value]
+    squared = [((p - anchors[n]) ** 2).sum() for n, p in model.named_parameters()]
+    return (mu / 2) * torch.stack(squared).sum()
 
 
 def evaluate(
@@ -163,9 +211,17 @@ def evaluate(
     batch_size: int,
     device: torch.device,
 ) -> EvalResult:
-    count = len(labels)
+    """Mean cross-entropy and accuracy without gradients, in eval mode.
+
+    Empty data is not an error (a site may hold no validation images):
+    it gives EvalResult(nan, nan, 0), which weighs nothing in a weighted mean.
+    """
+    count = _check_data(images, labels)
     if count == 0:
         return EvalResult(loss=math.nan, accuracy=math.nan, examples=0)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    model.to(device)
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
