@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # everything together (installing packages one after another can break pip check).
 STAMP := $(VENV)/.installed
 
-.PHONY: install run data test lint typecheck bench clean
+.PHONY: install run data test lint typecheck bench serve clean
 
 install: $(STAMP)
 
@@ -41,5 +41,15 @@ typecheck: install
 bench: install
 	$(BIN)/python bench/round_bench.py
 
+# Serve the model the last `make run` registered (models:/digits@candidate) on port 5001.
+MODEL ?= digits
+ALIAS ?= candidate
+SERVE_PORT ?= 5001
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+serve: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" \
+		$(BIN)/mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local \
+		-h 127.0.0.1 -p $(SERVE_PORT)
+
 clean:
-	rm -rf $(VENV) .flotilla examples/data .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache

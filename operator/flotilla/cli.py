@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         help="where clients train (default cpu)",
     )
+    _tracking_flags(
+        run,
+        default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, "
+        "else a SQLite store in ./mlruns",
+    )
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a FederatedJob file and exit")
@@ -96,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         default="cpu",
         choices=["auto", "cpu", "cuda"],
         help="where central evaluation runs",
+    )
+    _tracking_flags(
+        aggregator,
+        default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, else none",
     )
     aggregator.set_defaults(handler=_aggregator)
 
@@ -137,6 +146,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tracking_flags(parser: argparse.ArgumentParser, *, default_help: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help=f"MLflow tracking URI for the job's run ({default_help})",
+    )
+    group.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="do not record the job in MLflow",
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from flotilla.local.runner import RunFailed, RunOptions, job_failed, run_local
 
@@ -147,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         summary_json=args.summary_json,
         threads=args.threads,
         device=args.device,
+        tracking=args.tracking,
+        tracking_uri=args.tracking_uri,
     )
     try:
         summary = asyncio.run(run_local(job, options))
@@ -177,6 +203,8 @@ def _aggregator(args: argparse.Namespace) -> int:
         port=args.port,
         exit_when_done=args.exit_when_done,
         device=args.device,
+        tracking=args.tracking,
+        tracking_uri=args.tracking_uri,
     )
 
     def ready(url: str) -> None:

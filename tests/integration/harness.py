@@ -84,7 +84,7 @@ class Cluster:
         self.aggregator: subprocess.Popen[bytes] | None = None
         self.clients: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start_aggregator(self) -> None:
+    def start_aggregator(self, *extra: str) -> None:
         log = open(self.root / "aggregator.log", "ab")  # noqa: SIM115
         self.aggregator = subprocess.Popen(
             flotilla(
@@ -100,6 +100,7 @@ class Cluster:
                 "--port",
                 str(self.port),
                 "--exit-when-done",
+                *extra,
             ),
             stdout=log,
             stderr=log,

@@ -45,6 +45,7 @@ def test_the_digits_example_reaches_093_on_the_held_out_test_split(tmp_path: Pat
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,  # make run's default MLflow store is ./mlruns
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -53,3 +54,9 @@ def test_the_digits_example_reaches_093_on_the_held_out_test_split(tmp_path: Pat
     assert summary["final"]["central"]["accuracy"] >= 0.93
     assert summary["final"]["central"]["examples"] > 300  # the held-out split, not a site's
     assert "round  10/10" in run.stdout and "test accuracy" in run.stdout
+    tracking = summary["tracking"]
+    assert tracking["state"] == "synced", tracking
+    assert tracking["uri"] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert tracking["registeredModel"]["alias"] == "candidate"
+    assert summary["mlflowRunId"] == tracking["runId"]
+    assert "MLflow run" in run.stdout

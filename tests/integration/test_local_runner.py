@@ -45,7 +45,12 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_d
         "run", str(job), "--state-dir", str(state), "--summary-json", str(tmp_path / "summary.json")
     )
     runner = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
     )
     assert runner.stdout is not None
     for line in runner.stdout:  # the first completed round is printed as it happens
@@ -63,7 +68,7 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_d
     assert _processes_mentioning(f"127.0.0.1:{port.group(1)}") == []
     assert _processes_mentioning(str(state)) == []
 
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     history = json.loads((tmp_path / "summary.json").read_text())["history"]
@@ -82,6 +87,7 @@ def test_a_site_without_its_data_fails_the_run_and_says_why(
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,
     )
 
     assert result.returncode == 1, result.stdout + result.stderr
@@ -98,7 +104,9 @@ def test_an_invalid_spec_exits_2_naming_the_field(tmp_path: Path, digits_dir: Pa
         overrides={"training": {"learningRate": -1}},
     )
 
-    result = subprocess.run(flotilla("run", str(job)), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        flotilla("run", str(job)), capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
 
     assert result.returncode == 2
     assert "spec.training.learningRate" in result.stderr and "-1" in result.stderr

@@ -28,7 +28,7 @@ def test_three_clients_improve_accuracy_and_a_rerun_resumes_the_finished_job(
         str(tmp_path / "summary.json"),
     )
 
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
     assert first.returncode == 0, first.stdout + first.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -40,7 +40,7 @@ def test_three_clients_improve_accuracy_and_a_rerun_resumes_the_finished_job(
     assert summary["final"]["federated"]["clients"] == 3
     assert "round   4/4" in first.stdout and "succeeded" in first.stdout
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
     assert again.returncode == 0, again.stdout + again.stderr
     rerun = json.loads((tmp_path / "summary.json").read_text())
@@ -126,13 +126,25 @@ def test_compressed_updates_train_and_shrink_the_wire(
     tmp_path: Path, digits_dir: Path, dtype: str
 ) -> None:
     job = write_job(
-        tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=3,
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=3,
         overrides={"compression": {"dtype": dtype, "zstd": True}},
     )
     result = subprocess.run(
-        flotilla("run", str(job), "--state-dir", str(tmp_path / "state"),
-                 "--summary-json", str(tmp_path / "summary.json")),
-        capture_output=True, text=True, timeout=300,
+        flotilla(
+            "run",
+            str(job),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr

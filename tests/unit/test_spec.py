@@ -160,6 +160,16 @@ def test_snake_case_names_are_accepted_too() -> None:
             "spec.model: set one of name or entrypoint (got neither)",
         ),
         (with_spec(model={"name": "mlp"}), "spec.model.input: required field is missing"),
+        (
+            with_spec(tracking={"registeredModel": "a/b"}),
+            "spec.tracking.registeredModel: String should match pattern",
+        ),
+        (with_spec(tracking={"alias": "1st"}), "spec.tracking.alias: String should match pattern"),
+        (
+            with_spec(tracking={"checkpointEveryRounds": -1}),
+            "spec.tracking.checkpointEveryRounds: Input should be greater than or equal to 0",
+        ),
+        (with_spec(tracking={"trackingURI": "x"}), "spec.tracking.trackingURI: unknown field"),
         ({**minimal(), "apiVersion": "v1"}, "apiVersion: Input should be 'flotilla.dev/v1alpha1'"),
         ({**minimal(), "kind": "Job"}, "kind: Input should be 'FederatedJob' (got 'Job')"),
         ({**minimal(), "metadata": {"name": "x" * 64}}, "metadata.name: must be a DNS-1123 label"),

@@ -22,6 +22,7 @@ from flotilla.api.spec import (
 )
 from flotilla.api.status import ClientCounts, Condition, FederatedJobStatus, Phase
 from flotilla.api.strategy import StrategyName, StrategyParams, StrategySpec
+from flotilla.api.tracking import TrackingSpec
 
 __all__ = [
     "API_GROUP",
@@ -47,6 +48,7 @@ __all__ = [
     "StrategyName",
     "StrategyParams",
     "StrategySpec",
+    "TrackingSpec",
     "TrainingSpec",
     "load_job",
     "parse_job",

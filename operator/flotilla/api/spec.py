@@ -16,6 +16,7 @@ from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
+from flotilla.api.tracking import TrackingSpec
 
 API_GROUP = "flotilla.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -164,6 +165,7 @@ class FederatedJobSpec(ApiModel):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:

@@ -95,6 +95,7 @@ class Progress:
                 f"  client hold-out accuracy {_num(f['accuracy'])}, loss "
                 f"{_num(f['loss'])} ({int(f['clients'])} clients)"
             )
+        lines += _tracking_lines(summary.get("tracking") or {})
         lines.append(f"  state, checkpoints and logs: {summary['stateDir']}")
         self._print("\n".join(lines))
 
@@ -110,6 +111,28 @@ class Progress:
     def _print(self, text: str) -> None:
         self._out.write(text + "\n")
         self._out.flush()
+
+
+def _tracking_lines(tracking: dict[str, Any]) -> list[str]:
+    if not tracking.get("enabled"):
+        reason = tracking.get("reason")
+        return [f"  MLflow: not recorded ({reason})"] if reason else []
+    lines = [f"  MLflow run {tracking['runId']} in experiment {tracking['experiment']!r}"]
+    model = tracking.get("registeredModel")
+    if model:
+        lines.append(
+            f"  model registered: models:/{model['name']}@{model['alias']} "
+            f"(version {model['version']})"
+        )
+    if tracking.get("state") != "synced":
+        lines.append(
+            f"  MLflow is behind ({tracking.get('pendingRounds')} rounds not sent: "
+            f"{tracking.get('lastError')}); run again with the same --state-dir to send them"
+        )
+    uri = str(tracking.get("uri", ""))
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
+    lines.append(f"  browse it: {ui}")
+    return lines
 
 
 def _num(value: float | None) -> str:

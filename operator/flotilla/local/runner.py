@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import time
@@ -42,6 +43,25 @@ class RunOptions:
     threads: int = 1
     device: str = "cpu"
     progress: Progress | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+
+
+LOCAL_MLFLOW_DIR = Path("mlruns")
+
+
+def local_tracking_args(job: FederatedJob, options: RunOptions) -> list[str]:
+    """Aggregator flags: the user's choice, else the spec's or the environment's, else a
+    SQLite store in ./mlruns, so a local run needs no MLflow server."""
+    if not options.tracking or not job.spec.tracking.enabled:
+        return ["--no-tracking"]
+    if options.tracking_uri:
+        return ["--tracking-uri", options.tracking_uri]
+    if job.spec.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return []
+    store = (LOCAL_MLFLOW_DIR / "mlflow.db").absolute()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return ["--tracking-uri", f"sqlite:///{store}"]
 
 
 class RunFailed(Exception):
@@ -73,7 +93,9 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        aggregator, url = await _start_aggregator(options, tokens_path, state_dir, logs)
+        aggregator, url = await _start_aggregator(
+            options, tokens_path, state_dir, logs, tracking=local_tracking_args(job, options)
+        )
         children.append(aggregator)
         for site, token in tokens.items():
             children.append(
@@ -109,7 +131,7 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
 
 
 async def _start_aggregator(
-    options: RunOptions, tokens_path: Path, state_dir: Path, logs: Path
+    options: RunOptions, tokens_path: Path, state_dir: Path, logs: Path, *, tracking: list[str]
 ) -> tuple[Child, str]:
     child = await start_child(
         "aggregator",
@@ -127,6 +149,7 @@ async def _start_aggregator(
             "0",
             "--exit-when-done",
             "--ready-line",
+            *tracking,
         ],
         log_path=logs / "aggregator.log",
         stdout_pipe=True,

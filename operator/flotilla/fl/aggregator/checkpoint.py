@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ class CheckpointStore:
     def __init__(self, directory: Path, *, keep: int = 2) -> None:
         self.directory = directory / "checkpoints"
         self._keep = keep
+        # Older checkpoints someone still needs (the MLflow exporter, during an outage).
+        self.retain: Callable[[int], bool] = lambda round_number: False
 
     def save(self, snapshot: Snapshot) -> Path:
         """Write a checkpoint and make it the latest. Blocking: call from a worker thread."""
@@ -98,7 +101,7 @@ class CheckpointStore:
     def _prune(self, *, keep_name: str) -> None:
         rounds = sorted(p for p in self.directory.glob("round-*") if p.is_dir())
         for old in rounds[: -self._keep]:
-            if old.name != keep_name:
+            if old.name != keep_name and not self.retain(int(old.name.removeprefix("round-"))):
                 shutil.rmtree(old, ignore_errors=True)
 
 

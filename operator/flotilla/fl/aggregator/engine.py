@@ -94,6 +94,8 @@ class RoundEngine:
         self._changed = asyncio.Event()
         self._fold_lock = asyncio.Lock()
         self._persist: asyncio.Task[None] | None = None
+        # What the job's MLflow record says of itself; set by whoever runs the exporter.
+        self.tracking_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
 
     @property
     def rounds(self) -> int:
@@ -102,6 +104,11 @@ class RoundEngine:
     @property
     def finished(self) -> bool:
         return self.phase in (Phase.DONE, Phase.FAILED)
+
+    @property
+    def global_model(self) -> bytearray:
+        """The served global model buffer: replaced, never mutated, once a round completes."""
+        return self._global
 
     @property
     def current_round(self) -> int:
@@ -425,12 +432,13 @@ class RoundEngine:
     # -- status ----------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
+        tracking = self.tracking_status()
         return self.ledger.summary(
             job=self.job.metadata.name,
             phase=self.phase.value,
             failure=self.failure,
             rounds=self.rounds,
-        )
+        ) | {"mlflowRunId": tracking.get("runId"), "tracking": tracking}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -451,6 +459,7 @@ class RoundEngine:
                 "answered": len(self._reports) if self.phase is Phase.TRAINING else 0,
             },
             "lastRound": self.ledger.last_json(),
+            "tracking": self.tracking_status(),
         }
 
     # -- plumbing --------------------------------------------------------------------------

@@ -43,8 +43,9 @@ class Ledger:
         record.federated = federated_metrics(list(self.evaluations.get(record.round, {}).values()))
         return record.to_json() | {"loss": record.loss, "accuracy": record.accuracy}
 
-    def history_json(self) -> list[dict[str, Any]]:
-        return [self.record_json(record) for record in self.rounds]
+    def history_json(self, *, after: int = 0) -> list[dict[str, Any]]:
+        """The rows of rounds after `after`, oldest first."""
+        return [self.record_json(record) for record in self.rounds if record.round > after]
 
     def last_json(self) -> dict[str, Any] | None:
         return self.record_json(self.rounds[-1]) if self.rounds else None

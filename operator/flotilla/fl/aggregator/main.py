@@ -18,8 +18,10 @@ from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.aggregator.tracked import attach_exporter, run_exporter
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
+from flotilla.tracking.exporter import TrackingExporter
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class AggregatorOptions:
     port: int = 8080
     exit_when_done: bool = False
     device: str = "cpu"
+    tracking: bool = True
+    tracking_uri: str | None = None  # overrides the spec's and $MLFLOW_TRACKING_URI
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -88,6 +92,12 @@ async def serve(
 ) -> int:
     """Run the job to its end (or forever, unless exit_when_done). Returns the exit code."""
     engine = build_engine(job, sites=sorted(tokens), options=options)
+    exporter = attach_exporter(
+        engine,
+        state_dir=options.state_dir,
+        uri_override=options.tracking_uri,
+        enabled=options.tracking,
+    )
     # Long keep-alive: an idle connection is how the aggregator knows a training
     # client is still there; its close is how it learns that the client died.
     runner = web.AppRunner(
@@ -106,24 +116,46 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     engine_task = asyncio.create_task(engine.run())
+    tracking_task = asyncio.create_task(run_exporter(exporter, engine)) if exporter else None
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({engine_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if engine_task.done() and options.exit_when_done:
             await engine.wait_released(timeout=RELEASE_CLIENTS_SECONDS)
+            if exporter is not None:
+                await _flush_tracking(exporter, stop, job.spec.tracking.flush_timeout_seconds)
         elif engine_task.done():
             await stop.wait()
     finally:
         stopper.cancel()
-        engine_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await engine_task
+        for task in (engine_task, tracking_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await runner.cleanup()
         _write_summary(options.state_dir / "summary.json", engine.summary())
     if stop.is_set() and engine.phase not in (Phase.DONE, Phase.FAILED):
         log.info("stopped by signal at round %d", engine.current_round)
         return 143
     return 0 if engine.phase is Phase.DONE else 1
+
+
+async def _flush_tracking(exporter: TrackingExporter, stop: asyncio.Event, timeout: float) -> None:
+    """Give MLflow a bounded time to take the rest; a signal cuts the wait short."""
+    stopped = asyncio.create_task(stop.wait())
+    drained = asyncio.create_task(exporter.drain(timeout))
+    await asyncio.wait({stopped, drained}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not drained.done() or not drained.result():
+        drained.cancel()
+        status = exporter.status()
+        log.warning(
+            "MLflow did not take the job's last records in %.0fs (%s); run the job again "
+            "with the same state dir to send them",
+            timeout,
+            status["lastError"] or status["state"],
+        )
 
 
 def _write_summary(path: Path, summary: dict[str, object]) -> None:

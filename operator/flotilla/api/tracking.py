@@ -1,0 +1,30 @@
+"""Where a job's rounds are recorded: the MLflow run, its artifacts and the registered model.
+
+No credentials here: MLflow's own environment variables (``MLFLOW_TRACKING_TOKEN``,
+``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``) carry them, from a Secret in a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from flotilla.api.base import ApiModel
+
+# MLflow's own limits: registered model names and aliases are path segments in its REST API.
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=250, pattern=r"^[^/:%]+$")]
+Alias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")]
+
+
+class TrackingSpec(ApiModel):
+    """One MLflow run per job; the final model registered under ``registeredModel``."""
+
+    enabled: bool = True
+    # Unset: the aggregator's MLFLOW_TRACKING_URI, or the local runner's ./mlruns SQLite store.
+    tracking_uri: str | None = Field(default=None, min_length=1)
+    experiment: str | None = Field(default=None, min_length=1, max_length=500)  # job name if unset
+    registered_model: ModelName | None = None  # job name if unset
+    alias: Alias = "candidate"
+    checkpoint_every_rounds: int = Field(default=5, ge=0)  # 0: no checkpoint artifacts
+    flush_timeout_seconds: float = Field(default=60.0, ge=0)

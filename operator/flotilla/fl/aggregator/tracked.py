@@ -1,0 +1,121 @@
+"""The aggregator's side of MLflow tracking: which store, what the exporter sees, when it runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.engine import Phase, RoundEngine
+from flotilla.fl.modelstate import build_job_model, load_weights
+from flotilla.tracking.backend import MlflowBackend
+from flotilla.tracking.exporter import JobView, TrackingExporter, TrackingSettings
+from flotilla.tracking.plan import job_params, redact_uri
+from flotilla.tracking.served_model import ServedModel, served_model
+
+log = logging.getLogger(__name__)
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def resolve_tracking_uri(job: FederatedJob, *, override: str | None) -> str | None:
+    """The command line's URI, else the spec's, else $MLFLOW_TRACKING_URI; None: no tracking."""
+    return override or job.spec.tracking.tracking_uri or os.environ.get(TRACKING_URI_ENV) or None
+
+
+def tracking_settings(job: FederatedJob, uri: str) -> TrackingSettings:
+    tracking, meta = job.spec.tracking, job.metadata
+    tags = {
+        "flotilla.job": meta.name,
+        "mlflow.source.name": "flotilla",
+        "mlflow.source.type": "JOB",
+    }
+    if meta.namespace:
+        tags["flotilla.namespace"] = meta.namespace
+    if meta.uid:
+        tags["flotilla.job_uid"] = meta.uid
+    return TrackingSettings(
+        uri=uri,
+        experiment=tracking.experiment or meta.name,
+        registered_model=tracking.registered_model or meta.name,
+        alias=tracking.alias,
+        checkpoint_every=tracking.checkpoint_every_rounds,
+        run_name=meta.name,
+        params=job_params(job.to_dict()),
+        tags=tags,
+    )
+
+
+def attach_exporter(
+    engine: RoundEngine, *, state_dir: Path, uri_override: str | None, enabled: bool
+) -> TrackingExporter | None:
+    """An exporter for the engine's job, reporting through the engine's status; None if off."""
+    job = engine.job
+    uri = resolve_tracking_uri(job, override=uri_override)
+    reason = None
+    if not (enabled and job.spec.tracking.enabled):
+        reason = "tracking is turned off"
+    elif uri is None:
+        reason = f"no tracking URI: set spec.tracking.trackingUri or {TRACKING_URI_ENV}"
+    elif importlib.util.find_spec("mlflow") is None:
+        reason = "mlflow is not installed here: pip install 'flotilla[tracking]'"
+    if reason is not None or uri is None:
+        log.warning("MLflow tracking off: %s", reason)
+        engine.tracking_status = lambda: {"enabled": False, "reason": reason}
+        return None
+    exporter = TrackingExporter(
+        tracking_settings(job, uri), backend=lambda: MlflowBackend(uri), state_dir=state_dir
+    )
+    engine.tracking_status = lambda: exporter.status(persisted=engine.persisted)
+    engine.store.retain = exporter.wants_checkpoint
+    log.info("recording the job in MLflow at %s", redact_uri(uri))
+    return exporter
+
+
+async def run_exporter(exporter: TrackingExporter, engine: RoundEngine) -> None:
+    async def wait_change(seq: int, timeout: float) -> int:
+        status = await engine.wait_status(after=seq, timeout=timeout)
+        return int(status["seq"])
+
+    await exporter.run(snapshot=lambda: job_view(engine, exporter), wait_change=wait_change)
+
+
+def job_view(engine: RoundEngine, exporter: TrackingExporter) -> JobView:
+    journal = exporter.journal
+    finished = engine.phase in (Phase.DONE, Phase.FAILED)
+    # Rows the exporter already sent are not copied again, unless the summary needs them all.
+    after = 0 if finished else min(journal.rounds_logged, journal.federated_logged)
+    ledger = engine.ledger
+    final = None
+    if engine.phase is Phase.DONE:
+        weights = bytearray(engine.global_model)  # a copy: the worker thread reads it later
+        final = lambda: final_served_model(engine, weights)  # noqa: E731
+    return JobView(
+        phase=engine.phase.value,
+        persisted=engine.persisted,
+        history=ledger.history_json(after=after),
+        evaluations={
+            version: [asdict(report) for report in by_site.values()]
+            for version, by_site in ledger.evaluations.items()
+            if version > after
+        },
+        summary=engine.summary() if finished else {},
+        checkpoint_dir=engine.store.directory,
+        final_model=final,
+    )
+
+
+def final_served_model(engine: RoundEngine, weights: bytearray) -> ServedModel:
+    job = engine.job
+    classifier = build_job_model(job)
+    load_weights(classifier, engine.layout.views(weights))
+    shape = job.spec.model.input
+    return served_model(
+        classifier,
+        input_shape=(shape.channels, shape.height, shape.width),
+        labels=list(job.spec.labels),
+        info={"flotilla.job": job.metadata.name, "flotilla.round": engine.persisted},
+    )

@@ -1,0 +1,208 @@
+"""Every round in a real MLflow server; the final model registered and served.
+
+The server is `mlflow server` with a SQLite backend on 127.0.0.1, read back through
+MlflowClient exactly as a user would. Nothing here reaches the internet: telemetry is
+off and the model's requirements are given, not inferred.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flotilla.data.cvat_images import load_classification
+from tests.integration.harness import cluster, flotilla, write_job
+from tests.integration.mlflow_processes import ModelServer, TrackingServer
+
+pytestmark = pytest.mark.integration
+
+SITES = ["site-a", "site-b", "site-c"]
+ROUND_METRICS = [
+    "central.accuracy",
+    "central.loss",
+    "federated.accuracy",
+    "federated.loss",
+    "train.loss",
+    "clients.sampled",
+    "clients.answered",
+    "round.duration_seconds",
+    "round.bytes_received",
+    *[f"client.{site}.{name}" for site in SITES for name in ("loss", "accuracy", "examples")],
+    *[f"client.{site}.train_seconds" for site in SITES],
+]
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
+    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
+    server.start_server()
+    yield server
+    server.stop()
+
+
+def _tracked_job(tmp_path: Path, digits_dir: Path, *, name: str, rounds: int, **spec: Any) -> Path:
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=SITES,
+        rounds=rounds,
+        overrides={"tracking": {"experiment": f"exp-{name}", "checkpointEveryRounds": 2}} | spec,
+    )
+    job.write_text(job.read_text().replace("name: itest", f"name: {name}"))
+    return job
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_a_run_records_every_round_and_registers_a_servable_model(
+    tmp_path: Path, digits_dir: Path, tracking_server: TrackingServer
+) -> None:
+    job = _tracked_job(tmp_path, digits_dir, name="served", rounds=3)
+    result = subprocess.run(
+        flotilla(
+            "run",
+            str(job),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+            "--tracking-uri",
+            tracking_server.url,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    run_id = summary["mlflowRunId"]
+    client = MlflowClient(tracking_server.url)
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "served"
+    params = run.data.params
+    assert params["strategy.name"] == "fedavg"
+    assert params["rounds"] == "3"
+    assert params["training.learningRate"] == "0.05"
+    assert params["clients.minClients"] == "3"
+    assert params["model.name"] == "cnn-small"
+    assert params["sites"] == "site-a,site-b,site-c"
+    assert params["sites.site-b.data.cvatExport.path"] == str(digits_dir / "site-b")
+    tokens = json.loads((tmp_path / "state" / "tokens.json").read_text()).values()
+    recorded = json.dumps([params, run.data.tags])
+    assert not any(token in recorded for token in tokens)
+
+    for key in ROUND_METRICS:
+        assert _steps(client, run_id, key) == [1, 2, 3], key
+    assert client.get_metric_history(run_id, "clients.answered")[0].value == 3
+    central = {m.step: m.value for m in client.get_metric_history(run_id, "central.accuracy")}
+    assert central[3] == pytest.approx(summary["final"]["central"]["accuracy"])
+
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"history.json", "checkpoints"} <= artifacts
+    checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/round-000002"}
+
+    version = client.get_model_version_by_alias("served", "candidate")
+    assert version.run_id == run_id or version.tags["flotilla.run_id"] == run_id
+    assert version.tags["flotilla.round"] == "3"
+
+    test = load_classification(
+        digits_dir / "test", labels=[str(d) for d in range(10)], channels=1, height=8, width=8
+    )
+    images, labels = test.images[:64].numpy(), test.labels[:64].numpy()
+    server = ModelServer(tmp_path, "models:/served@candidate")
+    server.start(ready_path="/ping", env={"MLFLOW_TRACKING_URI": tracking_server.url})
+    try:
+        request = urllib.request.Request(
+            server.url + "/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = np.asarray(json.loads(response.read())["predictions"])
+    finally:
+        server.stop()
+    assert predictions.shape == (64, 10)
+    assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-4)
+    assert (predictions.argmax(axis=1) == labels).mean() > 0.7
+
+
+def test_a_restarted_aggregator_continues_the_same_run_without_duplicate_steps(
+    tmp_path: Path, digits_dir: Path, tracking_server: TrackingServer
+) -> None:
+    job = _tracked_job(tmp_path, digits_dir, name="restarted", rounds=5)
+    tracking = ("--tracking-uri", tracking_server.url)
+    with cluster(tmp_path, job, SITES) as running:
+        running.start_aggregator(*tracking)
+        for site in SITES:
+            running.start_client(site)
+        running.wait_for(lambda s: s["tracking"]["roundsLogged"] >= 2, timeout=180)
+        assert running.aggregator is not None
+        running.kill(running.aggregator)
+        running.start_aggregator(*tracking)
+
+        assert running.wait_aggregator(timeout=240) == 0, running.log("aggregator")
+        summary = running.summary()
+
+    client = MlflowClient(tracking_server.url)
+    experiment = client.get_experiment_by_name("exp-restarted")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["mlflowRunId"]]
+    for key in ROUND_METRICS:
+        assert _steps(client, summary["mlflowRunId"], key) == [1, 2, 3, 4, 5], key
+    assert "resumed from checkpoint" in running.log("aggregator")
+
+
+def test_rounds_go_on_while_mlflow_is_down_and_none_is_missing_after(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    server = TrackingServer(tmp_path / "mlflow-down")
+    server.root.mkdir()
+    server.start_server()
+    job = _tracked_job(tmp_path, digits_dir, name="outage", rounds=8, training={"localEpochs": 8})
+    try:
+        with cluster(tmp_path, job, SITES) as running:
+            running.start_aggregator("--tracking-uri", server.url)
+            for site in SITES:
+                running.start_client(site)
+            running.wait_for(lambda s: s["tracking"]["roundsLogged"] >= 1, timeout=180)
+            server.stop()
+            down = running.wait_for(
+                lambda s: (
+                    s["tracking"]["state"] == "failing"
+                    and s["completedRounds"] >= s["tracking"]["roundsLogged"] + 2
+                ),
+                timeout=180,
+            )
+            server.start_server()
+
+            assert running.wait_aggregator(timeout=240) == 0, running.log("aggregator")
+            summary = running.summary()
+            log = running.log("aggregator")
+
+        assert down["tracking"]["lastError"]
+        assert down["tracking"]["pendingRounds"] >= 2
+        assert summary["phase"] == "done" and summary["tracking"]["state"] == "synced"
+        assert "did not take the job's records" in log
+        client = MlflowClient(server.url)
+        run_id = summary["mlflowRunId"]
+        for key in ROUND_METRICS:
+            assert _steps(client, run_id, key) == list(range(1, 9)), key
+        version = client.get_model_version_by_alias("outage", "candidate")
+        assert version.tags["flotilla.round"] == "8"
+    finally:
+        server.stop()
