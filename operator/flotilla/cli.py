@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         help="where central evaluation runs",
     )
+    aggregator.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (default: on the API port)",
+    )
     _tracking_flags(
         aggregator,
         default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, else none",
@@ -205,6 +210,7 @@ def _aggregator(args: argparse.Namespace) -> int:
         device=args.device,
         tracking=args.tracking,
         tracking_uri=args.tracking_uri,
+        metrics_port=args.metrics_port,
     )
 
     def ready(url: str) -> None:

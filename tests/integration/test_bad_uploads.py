@@ -174,3 +174,26 @@ def test_every_bad_upload_is_refused_and_the_aggregate_keeps_only_the_good_one(
     old, new = load(model), load(new_model)
     for name in old:
         assert torch.allclose(new[name], old[name] + 0.01, atol=1e-6), name
+
+    metrics = _metrics(running)
+    job = 'flotilla_job="itest"'
+    for reason in ("unauthorized", "round_closed", "bad_examples", "too_large"):
+        assert metrics[f'flotilla_updates_rejected_total{{{job},reason="{reason}"}}'] >= 1, reason
+    assert metrics[f"flotilla_rounds_completed_total{{{job}}}"] == 1
+    assert metrics[f"flotilla_clients_answered_total{{{job}}}"] == 1
+    assert metrics[f'flotilla_round_duration_seconds_bucket{{{job},le="+Inf"}}'] == 1
+    assert metrics[f"flotilla_received_bytes_total{{{job}}}"] == len(good)
+    assert metrics[f"flotilla_sent_bytes_total{{{job}}}"] >= 2 * len(model)
+    assert metrics[f'flotilla_client_examples{{{job},site="site-a"}}'] == 10
+    assert metrics[f'flotilla_global_accuracy{{{job},source="central"}}'] > 0
+
+
+def _metrics(running: Cluster) -> dict[str, float]:
+    status, body = _request(running, "GET", "/metrics")
+    assert status == 200
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

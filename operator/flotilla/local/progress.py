@@ -40,6 +40,9 @@ class Progress:
                 "spec.sites runs as a process"
             )
 
+    def serving(self, url: str) -> None:
+        self._print(f"  aggregator: {url}/v1/status, Prometheus metrics at {url}/metrics")
+
     def update(self, status: dict[str, Any]) -> None:
         last = status.get("lastRound")
         if last and last["round"] > self._printed:

@@ -97,6 +97,7 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
             options, tokens_path, state_dir, logs, tracking=local_tracking_args(job, options)
         )
         children.append(aggregator)
+        progress.serving(url)
         for site, token in tokens.items():
             children.append(
                 await start_child(

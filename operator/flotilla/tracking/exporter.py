@@ -79,6 +79,7 @@ class TrackingExporter:
         self._run_checked = False
         self._last_error: str | None = None
         self._failures = 0
+        self.failures_total = 0  # every failed sync since start, for Prometheus
         self._failing_since: float | None = None
         self._pending_rounds = 0
         self._idle = asyncio.Event()
@@ -283,6 +284,7 @@ class TrackingExporter:
 
     def _note_failure(self, error: Exception) -> None:
         self._failures += 1
+        self.failures_total += 1
         self._last_error = f"{type(error).__name__}: {error}"[:500]
         if self._failing_since is None:
             self._failing_since = time.time()

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from flotilla.api import FederatedJob
 from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
+from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.tracked import attach_exporter, run_exporter
 from flotilla.fl.modelstate import initial_global_model
@@ -38,6 +40,7 @@ class AggregatorOptions:
     device: str = "cpu"
     tracking: bool = True
     tracking_uri: str | None = None  # overrides the spec's and $MLFLOW_TRACKING_URI
+    metrics_port: int | None = None  # None: /metrics on the API port
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -98,10 +101,14 @@ async def serve(
         uri_override=options.tracking_uri,
         enabled=options.tracking,
     )
+    metrics = AggregatorMetrics(
+        engine, tracking_failures=lambda: exporter.failures_total if exporter else 0
+    )
+    metrics_runner = await _serve_metrics(metrics, options) if options.metrics_port else None
     # Long keep-alive: an idle connection is how the aggregator knows a training
     # client is still there; its close is how it learns that the client died.
     runner = web.AppRunner(
-        build_app(engine, tokens=tokens),
+        build_app(engine, tokens=tokens, metrics=metrics, serve_metrics=metrics_runner is None),
         keepalive_timeout=3600,
         access_log=None,
         shutdown_timeout=SHUTDOWN_SECONDS,
@@ -134,11 +141,23 @@ async def serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         _write_summary(options.state_dir / "summary.json", engine.summary())
     if stop.is_set() and engine.phase not in (Phase.DONE, Phase.FAILED):
         log.info("stopped by signal at round %d", engine.current_round)
         return 143
     return 0 if engine.phase is Phase.DONE else 1
+
+
+async def _serve_metrics(metrics: AggregatorMetrics, options: AggregatorOptions) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, options.host, options.metrics_port).start()
+    log.info("Prometheus metrics on port %d at /metrics", options.metrics_port)
+    return runner
 
 
 async def _flush_tracking(exporter: TrackingExporter, stop: asyncio.Event, timeout: float) -> None:

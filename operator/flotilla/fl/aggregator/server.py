@@ -3,6 +3,7 @@ push their update. Translates HTTP to `RoundEngine` calls and `Rejected` to 4xx 
 
 Routes (all under /v1; every client route takes `Authorization: Bearer <token>`):
     GET  /healthz                      liveness
+    GET  /metrics                      Prometheus metrics (unless served on a port of their own)
     GET  /v1/status?after=SEQ&wait=S   job progress; long-polls until it changes
     GET  /v1/history                   every completed round's record
     GET  /v1/job                       the job's spec, as the client needs it
@@ -25,9 +26,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.intake import Rejected
+from flotilla.fl.aggregator.metrics import AggregatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,26 @@ MAX_EXAMPLES = 10**9
 
 ENGINE = web.AppKey("engine", RoundEngine)
 TOKENS = web.AppKey("tokens", dict)
+METRICS = web.AppKey("metrics", AggregatorMetrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(engine: RoundEngine, *, tokens: Mapping[str, str]) -> web.Application:
+def build_app(
+    engine: RoundEngine,
+    *,
+    tokens: Mapping[str, str],
+    metrics: AggregatorMetrics,
+    serve_metrics: bool = True,
+) -> web.Application:
     """`tokens` maps each site to its bearer token."""
     app = web.Application(middlewares=[_errors])
     app[ENGINE] = engine
     app[TOKENS] = dict(tokens)
+    app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
+    if serve_metrics:
+        app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/history", _history)
     app.router.add_get("/v1/job", _job)
@@ -63,6 +76,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Rejected as rejected:
+        request.app[METRICS].rejected(rejected.reason)
         if request.method in ("PUT", "POST"):
             await _drain(request, request.app[ENGINE].intake.max_body_bytes)
         log.info(
@@ -180,6 +194,7 @@ async def _model(request: web.Request) -> web.StreamResponse:
     for start in range(0, len(payload), SEND_CHUNK):
         await response.write(payload[start : start + SEND_CHUNK])
     await response.write_eof()
+    request.app[METRICS].sent(len(payload))
     return response
 
 

@@ -1,0 +1,211 @@
+"""The aggregator's Prometheus metrics, prefix `flotilla_`, in a registry of its own.
+
+Round numbers are read from the ledger at scrape time (a collector, not hooks in the
+round loop): they cost the hot path nothing, agree with /v1/status, and continue
+across a restart because the ledger is restored from the checkpoint. Only what the
+ledger does not hold is counted as it happens: refused requests, bytes sent, tracking
+failures. Clients report their own numbers with each update, so the aggregator exports
+them per site: edge nodes are often not scrapeable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from flotilla.fl.aggregator.engine import Phase, RoundEngine
+
+ROUND_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_CLIENT_GAUGES = {
+    "trainSeconds": (
+        "flotilla_client_train_seconds",
+        "Local training time of the site's last update",
+    ),
+    "examples": ("flotilla_client_examples", "Training examples behind the site's last update"),
+    "loss": ("flotilla_client_loss", "Training loss the site reported with its last update"),
+    "accuracy": ("flotilla_client_accuracy", "Training accuracy the site reported last"),
+}
+
+
+class AggregatorMetrics:
+    """Everything the aggregator exports; `registry` is what /metrics serves."""
+
+    def __init__(self, engine: RoundEngine, *, tracking_failures: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        job = engine.job.metadata.name
+        self.registry.register(LedgerCollector(engine, tracking_failures=tracking_failures))
+        self._rejected = Counter(
+            "flotilla_updates_rejected",
+            "Requests from clients refused with a 4xx, by reason",
+            ["flotilla_job", "reason"],
+            registry=self.registry,
+        )
+        self._sent = Counter(
+            "flotilla_sent_bytes",
+            "Model bytes sent to clients",
+            ["flotilla_job"],
+            registry=self.registry,
+        ).labels(job)
+        self._job = job
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(self._job, reason).inc()
+
+    def sent(self, count: int) -> None:
+        self._sent.inc(count)
+
+
+class LedgerCollector(Collector):
+    def __init__(self, engine: RoundEngine, *, tracking_failures: Callable[[], int]) -> None:
+        self.engine = engine
+        self.tracking_failures = tracking_failures
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        job = engine.job.metadata.name
+        history = engine.ledger.history_json()
+        yield _gauge("flotilla_round_current", "The round being played", job, engine.current_round)
+        yield _gauge("flotilla_rounds_planned", "Rounds the job asks for", job, engine.rounds)
+        yield _gauge(
+            "flotilla_clients_present", "Clients connected now", job, len(engine.present())
+        )
+        yield _phase(job, engine.phase)
+        yield from _round_counters(job, history)
+        yield _histogram(
+            "flotilla_round_duration_seconds",
+            "Wall time of each completed round, from open to aggregated",
+            job,
+            [float(r["duration_seconds"]) for r in history],
+            ROUND_SECONDS_BUCKETS,
+        )
+        yield _histogram(
+            "flotilla_aggregation_seconds",
+            "Time to finish the aggregate and step the server optimizer, per round",
+            job,
+            [float(r["aggregation_seconds"]) for r in history],
+            AGGREGATION_SECONDS_BUCKETS,
+        )
+        yield from _global_metrics(job, history)
+        yield from _client_metrics(job, history)
+        yield _counter(
+            "flotilla_tracking_failures",
+            "Failed attempts to write the job's records to MLflow",
+            job,
+            self.tracking_failures(),
+        )
+
+
+def _gauge(name: str, doc: str, job: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["flotilla_job"])
+    family.add_metric([job], value)
+    return family
+
+
+def _counter(name: str, doc: str, job: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["flotilla_job"])
+    family.add_metric([job], value)
+    return family
+
+
+def _phase(job: str, phase: Phase) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "flotilla_job_phase",
+        "1 for the aggregator's current phase",
+        labels=["flotilla_job", "phase"],
+    )
+    for each in Phase:
+        family.add_metric([job, each.value], 1.0 if each is phase else 0.0)
+    return family
+
+
+def _round_counters(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:
+    sampled = sum(len(r["sampled"]) for r in history)
+    answered = sum(len(r["answered"]) for r in history)
+    yield _counter(
+        "flotilla_rounds_completed", "Rounds aggregated and checkpointed", job, len(history)
+    )
+    yield _counter(
+        "flotilla_round_retries",
+        "Round attempts that gathered too few answers and were played again",
+        job,
+        sum(int(r["attempts"]) - 1 for r in history),
+    )
+    yield _counter(
+        "flotilla_clients_sampled", "Client slots sampled in completed rounds", job, sampled
+    )
+    yield _counter(
+        "flotilla_clients_answered", "Updates folded into completed rounds", job, answered
+    )
+    yield _counter(
+        "flotilla_clients_timed_out",
+        "Sampled clients that had not answered when their round closed",
+        job,
+        sampled - answered,
+    )
+    yield _counter(
+        "flotilla_received_bytes",
+        "Update bytes received in completed rounds, as sent on the wire",
+        job,
+        sum(int(r["bytes_received"]) for r in history),
+    )
+
+
+def _histogram(
+    name: str, doc: str, job: str, values: list[float], buckets: tuple[float, ...]
+) -> HistogramMetricFamily:
+    counts = [(str(le), float(sum(1 for v in values if v <= le))) for le in buckets]
+    counts.append(("+Inf", float(len(values))))
+    family = HistogramMetricFamily(name, doc, labels=["flotilla_job"])
+    family.add_metric([job], counts, sum_value=sum(values))
+    return family
+
+
+def _global_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:
+    for metric, doc in (("loss", "Loss"), ("accuracy", "Accuracy")):
+        family = GaugeMetricFamily(
+            f"flotilla_global_{metric}",
+            f"{doc} of the latest evaluated global model: central (the test split) or "
+            "federated (the clients' hold-outs, known a round later)",
+            labels=["flotilla_job", "source"],
+        )
+        for source in ("central", "federated"):
+            values = (row[source].get(metric) for row in reversed(history) if row.get(source))
+            value = next(values, None)
+            if isinstance(value, int | float) and math.isfinite(value):
+                family.add_metric([job, source], float(value))
+        yield family
+
+
+def _client_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:
+    latest: dict[str, Mapping[str, Any]] = {}
+    updates: dict[str, int] = {}
+    for row in history:
+        for site, numbers in (row.get("clients") or {}).items():
+            latest[site] = numbers
+            updates[site] = updates.get(site, 0) + 1
+    for key, (name, doc) in _CLIENT_GAUGES.items():
+        family = GaugeMetricFamily(name, doc, labels=["flotilla_job", "site"])
+        for site, numbers in sorted(latest.items()):
+            value = numbers.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                family.add_metric([job, site], float(value))
+        yield family
+    counter = CounterMetricFamily(
+        "flotilla_client_updates",
+        "Updates each site had folded into a round",
+        labels=["flotilla_job", "site"],
+    )
+    for site, count in sorted(updates.items()):
+        counter.add_metric([job, site], count)
+    yield counter
