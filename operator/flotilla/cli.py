@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     client.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     client.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (0: a free one; default: none)",
+    )
+    client.add_argument(
         "--give-up-after",
         type=float,
         default=600.0,
@@ -246,7 +251,10 @@ def _client(args: argparse.Namespace) -> int:
         args.aggregator, token, backoff=Backoff(give_up_after=args.give_up_after)
     )
     try:
-        client = FederatedClient(connection, ClientOptions(data_path=args.data, device=args.device))
+        client = FederatedClient(
+            connection,
+            ClientOptions(data_path=args.data, device=args.device, metrics_port=args.metrics_port),
+        )
         phase = client.run()
     except (DataSourceError, ModelError, AggregatorUnavailable, AggregatorRefused) as error:
         print(f"flotilla client: {error}", file=sys.stderr)

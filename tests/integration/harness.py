@@ -108,10 +108,12 @@ class Cluster:
         )
         self.wait_for(lambda s: True, timeout=STARTUP_SECONDS)
 
-    def start_client(self, site: str) -> None:
+    def start_client(self, site: str, *extra: str) -> None:
         log = open(self.root / f"{site}.log", "ab")  # noqa: SIM115
         self.clients[site] = subprocess.Popen(
-            flotilla("client", "--aggregator", self.url, "--threads", "1", "--device", "cpu"),
+            flotilla(
+                "client", "--aggregator", self.url, "--threads", "1", "--device", "cpu", *extra
+            ),
             stdout=log,
             stderr=log,
             env=child_env(FLOTILLA_TOKEN=self.tokens[site]),

@@ -20,6 +20,7 @@ import torch
 from flotilla.api import FederatedJob, parse_job
 from flotilla.data import load_classification, split_train_holdout
 from flotilla.data.cvat_images import LabelledImages
+from flotilla.fl.client.metrics import ClientMetrics
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
 from flotilla.fl.codec import UpdateEncoder
 from flotilla.fl.modelstate import build_job_model, load_weights
@@ -37,6 +38,8 @@ STALE = frozenset({"round_closed", "duplicate", "not_sampled", "stale_version", 
 class ClientOptions:
     data_path: Path | None = None
     device: str = "auto"
+    metrics_port: int | None = None  # serve /metrics here; None: not at all
+    metrics_host: str = "0.0.0.0"
 
 
 class FederatedClient:
@@ -64,6 +67,10 @@ class FederatedClient:
             dtype=spec.compression.dtype,
             zstd_level=spec.compression.zstd_level if spec.compression.zstd else None,
         )
+        self.metrics = ClientMetrics(job=self.job.metadata.name, site=self.site)
+        if options.metrics_port is not None:
+            port = self.metrics.serve(options.metrics_port, host=options.metrics_host)
+            log.info("site %s: Prometheus metrics on port %d at /metrics", self.site, port)
         log.info(
             "site %s: %d training and %d hold-out examples on %s",
             self.site,
@@ -102,6 +109,7 @@ class FederatedClient:
                     log.info("site %s: the job is %s", self.site, action)
                     return str(action)
             except AggregatorRefused as refused:
+                self.metrics.refused(refused.reason)
                 if refused.reason not in STALE:
                     raise
                 log.warning("site %s: %s", self.site, refused)
@@ -110,6 +118,7 @@ class FederatedClient:
         if self.cached_version == version:
             return
         self.conn.download_into(f"/v1/model/{version}", self.global_buffer)
+        self.metrics.received.inc(len(self.global_buffer))
         if bytes(self.global_buffer[: len(self.layout.header)]) != self.layout.header:
             self.cached_version = None
             raise RuntimeError("the aggregator sent a model with another layout")
@@ -126,6 +135,7 @@ class FederatedClient:
             batch_size=self.job.spec.training.batch_size,
             device=self.device,
         )
+        self.metrics.evaluated(loss=result.loss, accuracy=result.accuracy)
         return {
             "modelVersion": version,
             "loss": result.loss,
@@ -175,6 +185,7 @@ class FederatedClient:
         if self.encoder.compression:
             headers["X-Flotilla-Compression"] = self.encoder.compression
         answer = self.conn.upload(f"/v1/rounds/{round_number}/update", body, headers)
+        self.metrics.trained(result, sent_bytes=len(body))
         log.info(
             "site %s: round %d sent (%d examples, loss %.4f, norm %.3g)",
             self.site,

@@ -1,0 +1,76 @@
+"""A client's own Prometheus metrics (`flotilla_local_*`), for sites where it can be scraped.
+
+The aggregator exports what every client reports (`flotilla_client_*{site}`); these are
+the same numbers measured where they happen, plus what only the site sees: model bytes
+received, refusals, hold-out metrics before training.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from flotilla.ml.training import TrainResult
+
+TRAIN_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
+
+
+class ClientMetrics:
+    def __init__(self, *, job: str, site: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"flotilla_job": job, "site": site}
+        names = list(labels)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, names, registry=self.registry).labels(**labels)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, names, registry=self.registry).labels(**labels)
+
+        self.rounds = counter("flotilla_local_rounds_trained", "Rounds this site trained")
+        self.train_seconds = Histogram(
+            "flotilla_local_training_seconds",
+            "Local training time per round",
+            names,
+            buckets=TRAIN_SECONDS_BUCKETS,
+            registry=self.registry,
+        ).labels(**labels)
+        self.examples = gauge("flotilla_local_examples", "Training examples at this site")
+        self.loss = gauge("flotilla_local_train_loss", "Training loss of the last round")
+        self.accuracy = gauge("flotilla_local_train_accuracy", "Training accuracy, last round")
+        self.holdout_loss = gauge(
+            "flotilla_local_holdout_loss", "Hold-out loss of the latest global model"
+        )
+        self.holdout_accuracy = gauge(
+            "flotilla_local_holdout_accuracy", "Hold-out accuracy of the latest global model"
+        )
+        self.sent = counter("flotilla_local_sent_bytes", "Update bytes sent to the aggregator")
+        self.received = counter(
+            "flotilla_local_received_bytes", "Global-model bytes received from the aggregator"
+        )
+        self._refusals = Counter(
+            "flotilla_local_refusals",
+            "Requests the aggregator refused, by reason",
+            [*names, "reason"],
+            registry=self.registry,
+        )
+        self._labels = labels
+
+    def trained(self, result: TrainResult, *, sent_bytes: int) -> None:
+        self.rounds.inc()
+        self.train_seconds.observe(result.seconds)
+        self.examples.set(result.examples)
+        self.loss.set(result.loss)
+        self.accuracy.set(result.accuracy)
+        self.sent.inc(sent_bytes)
+
+    def evaluated(self, *, loss: float, accuracy: float) -> None:
+        self.holdout_loss.set(loss)
+        self.holdout_accuracy.set(accuracy)
+
+    def refused(self, reason: str) -> None:
+        self._refusals.labels(**self._labels, reason=reason).inc()
+
+    def serve(self, port: int, *, host: str = "0.0.0.0") -> int:
+        """Serve /metrics on a thread of its own; returns the port (0 picks a free one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
