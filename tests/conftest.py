@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Nothing in the tests may reach the internet: MLflow's telemetry is off in this process
+# and in every process the tests start (they inherit the environment).
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
 
 
 @pytest.fixture(scope="session")
