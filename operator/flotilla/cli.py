@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     client.set_defaults(handler=_client)
 
+    crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
+    crd.set_defaults(handler=_crd)
+
     examples = commands.add_parser("examples", help="write example data sets")
     which = examples.add_subparsers(required=True, metavar="EXAMPLE")
     digits = which.add_parser("digits", help="scikit-learn digits as per-site CVAT exports")
@@ -261,6 +264,13 @@ def _client(args: argparse.Namespace) -> int:
         return EXIT_USAGE if isinstance(error, DataSourceError | ModelError) else EXIT_JOB_FAILED
     # A job that failed is the aggregator's to report; this client did its part.
     logging.getLogger("flotilla").info("the job ended: %s", phase)
+    return 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from flotilla.k8s.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
+from flotilla.api.cluster import RuntimeSpec
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
@@ -166,6 +167,11 @@ class FederatedJobSpec(ApiModel):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    # Cluster only (see api/cluster.py); the local runner ignores them.
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    suspend: bool = False
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    backoff_limit: int = Field(default=3, ge=0)  # client pod replacements per node
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:

@@ -37,6 +37,8 @@ class FederatedJobStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     round: int | None = Field(default=None, ge=0)
     rounds: int | None = Field(default=None, ge=1)
+    progress: str | None = None  # "round/rounds", for kubectl get
+    clients_ready: str | None = None  # "ready/desired", for kubectl get
     clients: ClientCounts = Field(default_factory=ClientCounts)
     metrics: dict[str, float] = Field(default_factory=dict)
     mlflow_run_id: str | None = None

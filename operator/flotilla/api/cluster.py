@@ -1,0 +1,101 @@
+"""The parts of a FederatedJob that only a cluster reads: images, resources, placement, lifecycle.
+
+The local runner ignores them (and says so where it matters); the operator turns them into
+pods. Hardware profiles override the client pod on GPU and ARM nodes, chosen by node labels.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from flotilla.api.base import ApiModel
+
+DEFAULT_IMAGE = "ghcr.io/flotilla-dev/flotilla:0.1.0"
+DEFAULT_CUDA_IMAGE = "ghcr.io/flotilla-dev/flotilla-cuda:0.1.0"
+
+# A Kubernetes resource quantity: "500m", "2", "1.5Gi", "64Mi".
+Quantity = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+]
+ResourceName = Annotated[str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$")]
+
+
+class Resources(ApiModel):
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict)
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict)
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class TrainingOverrides(ApiModel):
+    """Per-profile changes to spec.training: smaller batches and a time budget on small nodes."""
+
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    local_epochs: int | None = Field(default=None, ge=1, le=1000)
+    max_seconds: float | None = Field(default=None, gt=0)
+
+
+class Profile(ApiModel):
+    image: str | None = Field(default=None, min_length=1)  # the runtime image if unset
+    resources: Resources | None = None  # replaces the client's resources when set
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides)
+
+
+def _gpu_profile() -> Profile:
+    return Profile(image=DEFAULT_CUDA_IMAGE, resources=Resources(limits={"nvidia.com/gpu": "1"}))
+
+
+def _arm_profile() -> Profile:
+    return Profile(training=TrainingOverrides(max_seconds=120))
+
+
+class Profiles(ApiModel):
+    """GPU nodes: label nvidia.com/gpu.present=true or nvidia.com/gpu capacity. ARM nodes:
+    kubernetes.io/arch=arm64. A GPU node that is also ARM gets the GPU profile."""
+
+    gpu: Profile = Field(default_factory=_gpu_profile)
+    arm: Profile = Field(default_factory=_arm_profile)
+
+
+class Storage(ApiModel):
+    """A PersistentVolumeClaim for the aggregator's checkpoints, so a new pod resumes."""
+
+    size: Quantity = "1Gi"
+    storage_class_name: str | None = None
+
+
+class AggregatorRuntime(ApiModel):
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "4Gi"}
+        )
+    )
+    storage: Storage | None = None  # emptyDir when unset: checkpoints live as long as the pod
+    # A Secret whose keys become the aggregator's environment: MLFLOW_TRACKING_URI,
+    # MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD.
+    env_from_secret: str | None = Field(default=None, min_length=1)
+
+
+class ClientRuntime(ApiModel):
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "500m", "memory": "512Mi"}, limits={"memory": "4Gi"}
+        )
+    )
+
+
+class RuntimeSpec(ApiModel):
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    aggregator: AggregatorRuntime = Field(default_factory=AggregatorRuntime)
+    client: ClientRuntime = Field(default_factory=ClientRuntime)
+    profiles: Profiles = Field(default_factory=Profiles)
+    tolerations: list[Toleration] = Field(default_factory=list)

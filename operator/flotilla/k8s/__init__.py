@@ -1,0 +1,1 @@
+"""Flotilla on Kubernetes: the CRD, the desired objects of a job, its status, the operator."""

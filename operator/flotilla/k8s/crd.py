@@ -1,0 +1,148 @@
+"""The FederatedJob CustomResourceDefinition, generated from the pydantic models.
+
+The API server wants a *structural* OpenAPI v3 schema: no $ref, no anyOf for optional
+fields (``nullable`` instead), every node typed, OpenAPI 3.0's boolean
+``exclusiveMinimum``. Defaults are left to the models, so the cluster and
+`flotilla run` agree on them. What JSON Schema cannot say is added as
+``x-kubernetes-validations`` (CEL) and list types, so `kubectl apply` refuses what
+the model refuses wherever the API server can tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from flotilla.api import API_GROUP, FederatedJob
+
+PLURAL = "federatedjobs"
+NAME = f"{PLURAL}.{API_GROUP}"
+VERSION = "v1alpha1"
+_DROPPED = {"title", "default", "propertyNames", "$defs"}
+
+# CEL rules the schema cannot express, by the path of the object they apply to.
+_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    ("spec", "model"): [
+        {
+            "rule": "has(self.name) != has(self.entrypoint)",
+            "message": "set exactly one of name or entrypoint",
+        }
+    ],
+    ("spec", "clients"): [
+        {
+            "rule": "!has(self.perRound) || self.perRound >= "
+            "(has(self.minClients) ? self.minClients : 1)",
+            "message": "perRound must be >= minClients",
+        }
+    ],
+}
+# Lists whose items the API server must keep unique.
+_SET_LISTS = {("spec", "labels")}
+_MAP_LISTS = {("spec", "sites"): ["name"]}
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Round", "type": "string", "jsonPath": ".status.progress"},
+    {"name": "Clients", "type": "string", "jsonPath": ".status.clientsReady"},
+    {"name": "Accuracy", "type": "number", "jsonPath": ".status.metrics.accuracy"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural schema of a whole FederatedJob object."""
+    source = FederatedJob.model_json_schema(by_alias=True)
+    definitions = source.get("$defs", {})
+    root = _structural(source, definitions, ())
+    properties = root["properties"]
+    # The API server owns these; a structural schema may only say they are there.
+    properties["metadata"] = {"type": "object"}
+    properties["apiVersion"] = {"type": "string"}
+    properties["kind"] = {"type": "string"}
+    return root
+
+
+def _structural(
+    node: Mapping[str, Any], defs: Mapping[str, Any], path: tuple[str, ...]
+) -> dict[str, Any]:
+    if "$ref" in node:
+        return _structural(defs[node["$ref"].rsplit("/", 1)[-1]], defs, path)
+    options = node.get("anyOf")
+    if options is not None:
+        kept = [o for o in options if o.get("type") != "null"]
+        if len(kept) != 1:
+            raise ValueError(f"{'.'.join(path)}: a union the CRD schema cannot express")
+        optional = _structural(kept[0], defs, path)
+        if len(kept) < len(options):
+            optional["nullable"] = True
+        if "description" in node:
+            optional.setdefault("description", node["description"])
+        return optional
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED or (key == "additionalProperties" and value is False):
+            continue
+        if key == "additionalProperties" and value is True:
+            result["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "properties":
+            result[key] = {k: _structural(v, defs, (*path, k)) for k, v in value.items()}
+        elif key in ("items", "additionalProperties"):
+            result[key] = _structural(value, defs, (*path, "[]"))
+        elif key == "exclusiveMinimum":
+            result["minimum"], result["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            result["maximum"], result["exclusiveMaximum"] = value, True
+        elif key == "const":
+            result["enum"] = [value]
+        else:
+            result[key] = value
+    if "properties" in result or "additionalProperties" in result:
+        result.setdefault("type", "object")
+    if path in _RULES:
+        result["x-kubernetes-validations"] = _RULES[path]
+    if path in _SET_LISTS:
+        result["x-kubernetes-list-type"] = "set"
+    if path in _MAP_LISTS:
+        result["x-kubernetes-list-type"] = "map"
+        result["x-kubernetes-list-map-keys"] = _MAP_LISTS[path]
+    return result
+
+
+def custom_resource_definition() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": NAME},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "FederatedJob",
+                "listKind": "FederatedJobList",
+                "plural": PLURAL,
+                "singular": "federatedjob",
+                "shortNames": ["fj", "fedjob"],
+                "categories": ["flotilla"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = (
+        "# Generated from operator/flotilla/api by `flotilla crd`; do not edit.\n"
+        "# A test fails when this file and the models drift apart.\n"
+    )
+    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, width=100)
