@@ -126,6 +126,19 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     client.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     client.add_argument(
+        "--batch-size", type=_positive_int, help="override spec.training.batchSize on this node"
+    )
+    client.add_argument(
+        "--local-epochs",
+        type=_positive_int,
+        help="override spec.training.localEpochs on this node",
+    )
+    client.add_argument(
+        "--max-seconds",
+        type=_positive_float,
+        help="override spec.training.maxSeconds (local time budget per round) on this node",
+    )
+    client.add_argument(
         "--metrics-port",
         type=int,
         help="serve Prometheus /metrics on this port (0: a free one; default: none)",
@@ -157,6 +170,26 @@ def _parser() -> argparse.ArgumentParser:
     digits.add_argument("--seed", type=int, default=0)
     digits.set_defaults(handler=_digits)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def _tracking_flags(parser: argparse.ArgumentParser, *, default_help: str) -> None:
@@ -256,7 +289,14 @@ def _client(args: argparse.Namespace) -> int:
     try:
         client = FederatedClient(
             connection,
-            ClientOptions(data_path=args.data, device=args.device, metrics_port=args.metrics_port),
+            ClientOptions(
+                data_path=args.data,
+                device=args.device,
+                metrics_port=args.metrics_port,
+                batch_size=args.batch_size,
+                local_epochs=args.local_epochs,
+                max_seconds=args.max_seconds,
+            ),
         )
         phase = client.run()
     except (DataSourceError, ModelError, AggregatorUnavailable, AggregatorRefused) as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -24,6 +24,10 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
     )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe camelCase form, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _check_dns_label(value: str) -> str:

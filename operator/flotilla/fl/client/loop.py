@@ -40,6 +40,10 @@ class ClientOptions:
     device: str = "auto"
     metrics_port: int | None = None  # serve /metrics here; None: not at all
     metrics_host: str = "0.0.0.0"
+    # This node's overrides of spec.training (a hardware profile: small batches, time budget).
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    max_seconds: float | None = None
 
 
 class FederatedClient:
@@ -148,14 +152,15 @@ class FederatedClient:
         self._ensure_model(version)
         evaluation = self._holdout_metrics(version)
         training = self.job.spec.training
+        options = self.options
         config = TrainingConfig(
-            local_epochs=training.local_epochs,
-            batch_size=training.batch_size,
+            local_epochs=options.local_epochs or training.local_epochs,
+            batch_size=options.batch_size or training.batch_size,
             optimizer=training.optimizer,
             learning_rate=training.learning_rate,
             momentum=training.momentum,
             weight_decay=training.weight_decay,
-            max_seconds=training.max_seconds,
+            max_seconds=options.max_seconds or training.max_seconds,
             proximal_mu=float(task.get("proximalMu", 0.0)),
         )
         result = train_local(

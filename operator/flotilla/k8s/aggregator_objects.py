@@ -1,0 +1,172 @@
+"""The aggregator's objects: the job as a ConfigMap, the tokens Secret, a Service, a
+Deployment (one replica, Recreate: two aggregators must never share a state dir) and,
+when the spec asks, a PVC for its checkpoints. Pure functions of the job."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from flotilla.api import FederatedJob
+from flotilla.k8s import objects as o
+
+STATE_DIR = "/var/lib/flotilla"
+CONFIG_DIR = "/etc/flotilla/job"
+TOKENS_DIR = "/etc/flotilla/tokens"
+TOKENS_KEY = "tokens.json"
+
+
+def token_key(site: str) -> str:
+    return f"token-{site}"
+
+
+def job_config_map(job: FederatedJob) -> dict[str, Any]:
+    document = job.to_dict()
+    document.pop("status", None)
+    document["metadata"] = {"name": job.metadata.name}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": o.metadata(job, o.config_map_name(job), "aggregator"),
+        "data": {"job.yaml": yaml.safe_dump(document, sort_keys=False)},
+    }
+
+
+def tokens_secret(
+    job: FederatedJob,
+    sites: Sequence[str],
+    *,
+    existing: Mapping[str, str],
+    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+) -> dict[str, Any]:
+    """One token per site; a site keeps its token across reconciles (`existing`)."""
+    tokens = {site: existing.get(site) or new_token() for site in sorted(sites)}
+    data = {token_key(site): token for site, token in tokens.items()}
+    data[TOKENS_KEY] = json.dumps(tokens, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": o.metadata(job, o.tokens_secret_name(job), "aggregator"),
+        "stringData": data,
+    }
+
+
+def service(job: FederatedJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": o.metadata(job, o.aggregator_name(job), "aggregator"),
+        "spec": {
+            "selector": o.selector(job, "aggregator"),
+            "ports": [{"name": "http", "port": o.PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def state_claim(job: FederatedJob) -> dict[str, Any] | None:
+    storage = job.spec.runtime.aggregator.storage
+    if storage is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": o.metadata(job, f"{o.aggregator_name(job)}-state", "aggregator"),
+        "spec": spec,
+    }
+
+
+def deployment(job: FederatedJob, sites: Sequence[str]) -> dict[str, Any]:
+    """`sites` go into the pod's config hash: a new site restarts the aggregator with its
+    token (it resumes from its checkpoint at the next round)."""
+    runtime = job.spec.runtime
+    tmp_volume, _ = o.scratch()
+    config_hash = o.content_hash(job.to_dict()["spec"], sorted(sites))
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": o.metadata(job, o.aggregator_name(job), "aggregator"),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": o.selector(job, "aggregator")},
+            "template": {
+                "metadata": {
+                    "labels": o.labels(job, "aggregator"),
+                    "annotations": {o.HASH_ANNOTATION: config_hash},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": o.pod_security(),
+                    "tolerations": [t.to_dict() for t in runtime.tolerations],
+                    "containers": [_aggregator_container(job)],
+                    "volumes": [*_aggregator_volumes(job), tmp_volume],
+                },
+            },
+        },
+    }
+
+
+def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
+    runtime = job.spec.runtime
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    container: dict[str, Any] = {
+        "name": "aggregator",
+        "image": runtime.image,
+        "imagePullPolicy": runtime.image_pull_policy,
+        "args": [
+            "aggregator",
+            f"--job={CONFIG_DIR}/job.yaml",
+            f"--tokens-file={TOKENS_DIR}/{TOKENS_KEY}",
+            f"--state-dir={STATE_DIR}",
+            f"--port={o.PORT}",
+        ],
+        "ports": [{"name": "http", "containerPort": o.PORT}],
+        "readinessProbe": probe,
+        "livenessProbe": probe | {"failureThreshold": 6},
+        "resources": o.resources(
+            runtime.aggregator.resources.requests, runtime.aggregator.resources.limits
+        ),
+        "securityContext": o.container_security(),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [
+            {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True},
+            {"name": "state", "mountPath": STATE_DIR},
+            o.scratch()[1],
+        ],
+    }
+    if runtime.aggregator.env_from_secret:
+        container["envFrom"] = [{"secretRef": {"name": runtime.aggregator.env_from_secret}}]
+    return container
+
+
+def _aggregator_volumes(job: FederatedJob) -> list[dict[str, Any]]:
+    claim = state_claim(job)
+    state: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+        if claim
+        else {"emptyDir": {}}
+    )
+    return [
+        {"name": "job", "configMap": {"name": o.config_map_name(job)}},
+        {
+            "name": "tokens",
+            # Only the aggregator's file: the per-site keys are for the clients.
+            "secret": {
+                "secretName": o.tokens_secret_name(job),
+                "items": [{"key": TOKENS_KEY, "path": TOKENS_KEY}],
+            },
+        },
+        {"name": "state", **state},
+    ]

@@ -1,0 +1,135 @@
+"""A client Pod per placement: pinned to its node, its site's data mounted read-only from
+the node, its own token and nothing else, overrides from the node's hardware profile."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from flotilla.api import FederatedJob
+from flotilla.api.cluster import Profile
+from flotilla.k8s import objects as o
+from flotilla.k8s.aggregator_objects import token_key
+from flotilla.k8s.nodes import Placement
+
+DATA_DIR = "/data"
+
+
+def aggregator_url(job: FederatedJob) -> str:
+    namespace = job.metadata.namespace or "default"
+    return f"http://{o.aggregator_name(job)}.{namespace}.svc:{o.PORT}"
+
+
+def client_pod(job: FederatedJob, placement: Placement) -> dict[str, Any]:
+    """Raises SpecError when the site has no data source."""
+    profile = _profile(job, placement)
+    data_path = PurePosixPath(job.site_data(placement.site).cvat_export.path)
+    tmp_volume, tmp_mount = o.scratch()
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": o.metadata(
+            job,
+            o.client_pod_name(job, placement.site),
+            "client",
+            **{o.NODE_LABEL: placement.node, o.SITE_LABEL: placement.site},
+        ),
+        "spec": {
+            # The scheduler still checks taints and resources; matchFields pins the node
+            # by name as DaemonSets do, where a hostname label might differ.
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchFields": [
+                                    {
+                                        "key": "metadata.name",
+                                        "operator": "In",
+                                        "values": [placement.node],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            "restartPolicy": "OnFailure",
+            "automountServiceAccountToken": False,
+            "securityContext": o.pod_security(),
+            "tolerations": [t.to_dict() for t in job.spec.runtime.tolerations],
+            "containers": [_container(job, placement, profile, data_path, tmp_mount)],
+            "volumes": [
+                {
+                    "name": "data",
+                    "hostPath": {
+                        "path": str(data_path),
+                        "type": "File" if data_path.suffix == ".zip" else "Directory",
+                    },
+                },
+                tmp_volume,
+            ],
+        },
+    }
+
+
+def _profile(job: FederatedJob, placement: Placement) -> Profile | None:
+    profiles = job.spec.runtime.profiles
+    return {"gpu": profiles.gpu, "arm": profiles.arm}.get(placement.profile)
+
+
+def _container(
+    job: FederatedJob,
+    placement: Placement,
+    profile: Profile | None,
+    data_path: PurePosixPath,
+    tmp_mount: dict[str, Any],
+) -> dict[str, Any]:
+    runtime = job.spec.runtime
+    resources = (profile.resources if profile and profile.resources else None) or (
+        runtime.client.resources
+    )
+    mount = f"{DATA_DIR}/{data_path.name}"
+    return {
+        "name": "client",
+        "image": (profile.image if profile and profile.image else None) or runtime.image,
+        "imagePullPolicy": runtime.image_pull_policy,
+        "args": [
+            "client",
+            f"--aggregator={aggregator_url(job)}",
+            f"--data={mount}",
+            f"--device={'cuda' if placement.profile == 'gpu' else 'cpu'}",
+            f"--metrics-port={o.CLIENT_METRICS_PORT}",
+            *_training_args(profile),
+        ],
+        "env": [
+            {
+                "name": "FLOTILLA_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": o.tokens_secret_name(job),
+                        "key": token_key(placement.site),
+                    }
+                },
+            },
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "ports": [{"name": "metrics", "containerPort": o.CLIENT_METRICS_PORT}],
+        "resources": o.resources(resources.requests, resources.limits),
+        "securityContext": o.container_security(),
+        "volumeMounts": [{"name": "data", "mountPath": mount, "readOnly": True}, tmp_mount],
+    }
+
+
+def _training_args(profile: Profile | None) -> list[str]:
+    if profile is None:
+        return []
+    overrides = profile.training
+    args = []
+    if overrides.batch_size is not None:
+        args.append(f"--batch-size={overrides.batch_size}")
+    if overrides.local_epochs is not None:
+        args.append(f"--local-epochs={overrides.local_epochs}")
+    if overrides.max_seconds is not None:
+        args.append(f"--max-seconds={overrides.max_seconds:g}")
+    return args

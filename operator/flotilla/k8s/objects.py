@@ -1,0 +1,113 @@
+"""What every object the operator makes shares: names, labels, owner reference, hardening."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flotilla.api import API_VERSION, FederatedJob
+
+APP = "flotilla"
+PORT = 8080
+CLIENT_METRICS_PORT = 9090
+JOB_LABEL = "flotilla.dev/job"
+ROLE_LABEL = "flotilla.dev/role"
+NODE_LABEL = "flotilla.dev/node"
+SITE_LABEL = "flotilla.dev/site"
+HASH_ANNOTATION = "flotilla.dev/config-hash"
+
+
+def aggregator_name(job: FederatedJob) -> str:
+    return f"{job.metadata.name}-aggregator"
+
+
+def tokens_secret_name(job: FederatedJob) -> str:
+    return f"{job.metadata.name}-tokens"
+
+
+def config_map_name(job: FederatedJob) -> str:
+    return f"{job.metadata.name}-job"
+
+
+def client_pod_name(job: FederatedJob, site: str) -> str:
+    return f"{job.metadata.name}-client-{site}"
+
+
+def labels(job: FederatedJob, role: str, **extra: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/instance": job.metadata.name,
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/managed-by": "flotilla-operator",
+        "app.kubernetes.io/part-of": APP,
+        JOB_LABEL: job.metadata.name,
+        ROLE_LABEL: role,
+        **extra,
+    }
+
+
+def selector(job: FederatedJob, role: str) -> dict[str, str]:
+    return {JOB_LABEL: job.metadata.name, ROLE_LABEL: role}
+
+
+def metadata(job: FederatedJob, name: str, role: str, **extra_labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": labels(job, role, **extra_labels),
+        "ownerReferences": [owner_reference(job)],
+    }
+    if job.metadata.namespace:
+        meta["namespace"] = job.metadata.namespace
+    return meta
+
+
+def owner_reference(job: FederatedJob) -> dict[str, Any]:
+    """Deleting the job garbage-collects everything it owns."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FederatedJob",
+        "name": job.metadata.name,
+        "uid": job.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def scratch() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A writable /tmp (torch and Python write there) on a read-only root filesystem."""
+    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"}
+
+
+def resources(requests: Mapping[str, str], limits: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = dict(requests)
+    if limits:
+        out["limits"] = dict(limits)
+    return out
+
+
+def content_hash(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
