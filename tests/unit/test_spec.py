@@ -249,8 +249,11 @@ def test_site_data_and_local_sites_explain_what_is_missing() -> None:
 
     with pytest.raises(SpecError, match=r"spec.sites\[0\].data: site has no data source"):
         job.site_data("a")
-    with pytest.raises(SpecError, match="no site 'zz'"):
+    with pytest.raises(SpecError, match=r"site 'zz' is not listed .* and spec\.data is not set"):
         job.site_data("zz")
+    shared = {"cvatExport": {"path": "/data/shared"}}
+    cluster_job = parse_job(with_spec(data=shared), source="t")
+    assert cluster_job.site_data("any-node").cvat_export.path == "/data/shared"
     with pytest.raises(SpecError) as caught:
         job.require_local_sites()
     assert "spec.clients.minClients: more than the 1 sites" in str(caught.value)

@@ -251,17 +251,22 @@ class FederatedJob(ApiModel):
         return self.model_copy(update={"spec": new_spec})
 
     def site_data(self, site_name: str) -> DataSource:
-        """The site's own data source, else ``spec.data``; a SpecError if it has neither."""
+        """The site's own data source, else ``spec.data``; a SpecError if it has neither.
+
+        A site need not be listed in ``spec.sites``: in a cluster, sites are the nodes that
+        match the selector, and take ``spec.data`` unless listed with their own.
+        """
         for index, site in enumerate(self.spec.sites):
             if site.name == site_name:
                 data = site.data or self.spec.data
                 if data is None:
                     raise SpecError([_no_data_line(index)])
                 return data
+        if self.spec.data is not None:
+            return self.spec.data
         known = ", ".join(site.name for site in self.spec.sites) or "none"
-        raise SpecError(
-            [problem_line(("spec", "sites"), f"no site {site_name!r} (sites: {known})")]
-        )
+        message = f"site {site_name!r} is not listed (sites: {known}) and spec.data is not set"
+        raise SpecError([problem_line(("spec", "data"), message)])
 
     def require_local_sites(self) -> None:
         """Check what a local run needs: at least one site, data for each, enough sites."""
