@@ -151,6 +151,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     client.set_defaults(handler=_client)
 
+    operator = commands.add_parser(
+        "operator", help="reconcile FederatedJobs in a cluster (kopf; in-cluster or kubeconfig)"
+    )
+    operator.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeat for more; default: all namespaces)",
+    )
+    operator.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="kopf's health endpoint (default: %(default)s)",
+    )
+    operator.set_defaults(handler=_operator)
+
     crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
     crd.set_defaults(handler=_crd)
 
@@ -304,6 +321,25 @@ def _client(args: argparse.Namespace) -> int:
         return EXIT_USAGE if isinstance(error, DataSourceError | ModelError) else EXIT_JOB_FAILED
     # A job that failed is the aggregator's to report; this client did its part.
     logging.getLogger("flotilla").info("the job ended: %s", phase)
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from flotilla.k8s.handlers import register
+
+    registry = kopf.OperatorRegistry()
+    register(registry)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,  # one replica (Recreate): no peering objects needed
+            clusterwide=not args.namespaces,
+            namespaces=args.namespaces or [],
+            liveness_endpoint=args.liveness,
+        )
+    )
     return 0
 
 

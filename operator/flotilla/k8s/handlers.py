@@ -1,0 +1,150 @@
+"""The kopf wiring, and the only module that imports kopf: thin handlers over `reconcile`.
+
+One reconcile for create, update and resume; a timer re-runs it for elasticity and status,
+with the job's client pods from an index (no API call per pod). The operator is the only
+writer of status; kopf keeps its own bookkeeping in annotations, not in status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from flotilla.api import API_GROUP, FederatedJob
+from flotilla.k8s import objects as o
+from flotilla.k8s.api import Connection, KubeApi
+from flotilla.k8s.client_pods import aggregator_url
+from flotilla.k8s.reconcile import Context, Outcome, reconcile
+
+PLURAL = "federatedjobs"
+VERSION = "v1alpha1"
+TIMER_SECONDS = 10.0
+Poll = Callable[[FederatedJob], Awaitable[Mapping[str, Any] | None]]
+Login = Callable[..., kopf.ConnectionInfo | None]
+
+
+async def poll_aggregator(job: FederatedJob) -> Mapping[str, Any] | None:
+    """The aggregator's /v1/status, or None while it does not answer."""
+    timeout = aiohttp.ClientTimeout(total=3)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{aggregator_url(job)}/v1/status") as response,
+        ):
+            if response.status != 200:
+                return None
+            answer: Mapping[str, Any] = await response.json()
+            return answer
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+class _Events:
+    def __init__(
+        self, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        self.body, self.logger = body, logger
+
+    def info(self, reason: str, message: str) -> None:
+        self.logger.info(message)
+        kopf.info(self.body, reason=reason, message=message)
+
+    def warn(self, reason: str, message: str) -> None:
+        self.logger.warning(message)
+        kopf.warn(self.body, reason=reason, message=message)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    *,
+    login: Login = default_login,
+    poll: Poll = poll_aggregator,
+    timer_seconds: float = TIMER_SECONDS,
+) -> None:
+    """Put every handler of the operator into `registry` (tests bring their own)."""
+    resource = (API_GROUP, VERSION, PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return login(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+        # status.kopf would not fit the job's status schema: keep kopf's state in annotations.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=API_GROUP, key="last-handled-configuration"
+        )
+        info = login(settings=settings, **kwargs)
+        if info is None:
+            raise kopf.PermanentError(
+                "no Kubernetes credentials: no service account, no kubeconfig"
+            )
+        memo["api"] = KubeApi(_connection(info))
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo["api"].close()
+
+    @kopf.index("pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
+    def client_pods(
+        *, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    async def _changed(**kwargs: Any) -> None:
+        await _reconcile(full=True, poll=poll, **kwargs)
+
+    @kopf.timer(*resource, interval=timer_seconds, registry=registry)
+    async def _tick(**kwargs: Any) -> None:
+        await _reconcile(full=False, poll=poll, **kwargs)
+
+
+async def _reconcile(
+    *,
+    full: bool,
+    poll: Poll,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    client_pods: kopf.Index[tuple[str, str], dict[str, Any]],
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
+    pods = list(client_pods.get((namespace, name), []))
+    outcome: Outcome = await reconcile(context, dict(body), pods=pods, full=full)
+    patch.status.update(outcome.status)
+    for key, value in outcome.annotations.items():
+        if body.metadata.annotations.get(key) != value:
+            patch.metadata.annotations[key] = value
+
+
+def _connection(info: kopf.ConnectionInfo) -> Connection:
+    def text(value: object) -> str | None:
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return Connection(
+        server=info.server,
+        token=info.token,
+        ca_path=text(info.ca_path),
+        ca_data=text(info.ca_data),
+        insecure=bool(info.insecure),
+        certificate_path=text(info.certificate_path),
+        private_key_path=text(info.private_key_path),
+    )
