@@ -92,9 +92,10 @@ def register(
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+        memo["stopping"] = True  # a timer that fires now must not use the closed session
         await memo["api"].close()
 
-    @kopf.index("pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
+    @kopf.index("pods", id="client_pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
     def client_pods(
         *, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> Any:
@@ -124,6 +125,8 @@ async def _reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
+    if memo.get("stopping"):
+        return
     context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
     pods = list(client_pods.get((namespace, name), []))
     outcome: Outcome = await reconcile(context, dict(body), pods=pods, full=full)

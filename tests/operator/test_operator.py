@@ -1,0 +1,149 @@
+"""kubectl apply, as the operator sees it: objects appear, nodes come and go, restarts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+
+from tests.operator.conftest import JOBS, NAMESPACE, eventually, node, operator
+
+ROOT = Path(__file__).resolve().parents[2]
+EDGE = {"flotilla.dev/edge": "true"}
+
+
+def _job(**spec: Any) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "federatedjob.yaml").read_text())
+    # KMock keeps no uid, generation or resourceVersion (kopf patches with a test on it).
+    document["metadata"] |= {
+        "namespace": NAMESPACE,
+        "uid": "job-uid-1",
+        "generation": 1,
+        "resourceVersion": "1",
+    }
+    document["spec"] |= spec
+    return document
+
+
+def _pods(server: kmock.KubernetesEmulator) -> dict[str, dict[str, Any]]:
+    return {
+        name: dict(obj)
+        for (resource, _, name), obj in server.objects.items()
+        if resource.plural == "pods" and not obj.deleted
+    }
+
+
+def _status(server: kmock.KubernetesEmulator) -> dict[str, Any]:
+    job = server.objects[JOBS, NAMESPACE, "digits"]
+    return dict(job.get("status") or {})
+
+
+def _five_nodes(server: kmock.KubernetesEmulator) -> None:
+    nodes = [
+        node("edge-1", **EDGE, **{"flotilla.dev/site": "site-a"}),
+        node("edge-2", **EDGE, **{"nvidia.com/gpu.present": "true"}),
+        node("edge-3", **EDGE, **{"kubernetes.io/arch": "arm64"}),
+        node("core-1"),
+        node("core-2", **{"kubernetes.io/arch": "arm64"}),
+    ]
+    for each in nodes:
+        server.objects["v1/nodes", None, each["metadata"]["name"]] = each
+
+
+@pytest.mark.asyncio
+async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+
+    async with operator(cluster):
+        await eventually(lambda: len(_pods(cluster)) == 3)
+        pods = _pods(cluster)
+        assert sorted(pods) == [
+            "digits-client-edge-2",
+            "digits-client-edge-3",
+            "digits-client-site-a",
+        ]
+        for kind, name in [
+            ("apps/v1/deployments", "digits-aggregator"),
+            ("v1/services", "digits-aggregator"),
+            ("v1/secrets", "digits-tokens"),
+            ("v1/configmaps", "digits-job"),
+        ]:
+            owners = cluster.objects[kind, NAMESPACE, name]["metadata"]["ownerReferences"]
+            assert owners[0]["uid"] == "job-uid-1" and owners[0]["kind"] == "FederatedJob"
+        gpu = pods["digits-client-edge-2"]["spec"]
+        assert gpu["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ][0]["matchFields"][0]["values"] == ["edge-2"]
+        assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert "--max-seconds=120" in pods["digits-client-edge-3"]["spec"]["containers"][0]["args"]
+        await eventually(lambda: _status(cluster).get("clientsReady") == "0/3")
+        assert _status(cluster)["phase"] == "Pending"
+
+        cluster.objects["v1/nodes", None, "edge-4"] = node("edge-4", **EDGE)
+        await eventually(lambda: "digits-client-edge-4" in _pods(cluster))
+
+        del cluster.objects["v1/nodes", None, "edge-3"]
+        await eventually(lambda: "digits-client-edge-3" not in _pods(cluster))
+        await eventually(lambda: _status(cluster).get("clients", {}).get("desired") == 3)
+    # Every event the operator posted (KMock ignores generateName, so it stores only the first).
+    messages = [r.data.get("message", "") for r in _requests(cluster) if "/events" in str(r.url)]
+    assert "Created client Pod for node edge-4" in messages
+    assert "Deleted client Pod for node edge-3: node gone" in messages
+
+
+@pytest.mark.asyncio
+async def test_an_operator_restart_creates_nothing_twice(cluster: kmock.KubernetesEmulator) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    async with operator(cluster):
+        await eventually(lambda: len(_pods(cluster)) == 3)
+    creates = _pod_creations(cluster)
+
+    async with operator(cluster):
+        await eventually(lambda: _status(cluster).get("clientsReady") == "0/3")
+        seen = len(_requests(cluster))
+        await eventually(lambda: len(_requests(cluster)) > seen + 20)  # a few timer ticks
+
+    assert len(_pods(cluster)) == 3
+    assert _pod_creations(cluster) == creates
+
+
+def _requests(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
+    return list(server)  # every request the double answered, in order
+
+
+def _pod_creations(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
+    return [
+        r
+        for r in _requests(server)
+        if r.action == kmock.action.CREATE and r.resource and r.resource.plural == "pods"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_spec_fails_the_job_and_creates_nothing(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    bad = _job()
+    bad["spec"] = copy.deepcopy(bad["spec"]) | {"rounds": 0}
+    cluster.objects[JOBS, NAMESPACE, "digits"] = bad
+
+    async with operator(cluster):
+        await eventually(lambda: _status(cluster).get("phase") == "Failed")
+
+    failed = next(c for c in _status(cluster)["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.rounds" in failed["message"]
+    created = [
+        r
+        for r in _requests(cluster)
+        if r.action == kmock.action.CREATE and r.resource and r.resource.plural != "events"
+    ]
+    assert created == []
