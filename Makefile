@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # everything together (installing packages one after another can break pip check).
 STAMP := $(VENV)/.installed
 
-.PHONY: install run data test lint typecheck bench serve clean
+.PHONY: install run data test e2e lint typecheck bench serve clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Against a real cluster: KUBECONFIG=~/.kube/config make e2e (skipped without one).
+e2e: install
+	$(BIN)/pytest -m e2e tests/e2e -rs
 
 lint: install
 	$(BIN)/ruff check operator tests bench

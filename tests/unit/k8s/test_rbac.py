@@ -1,0 +1,79 @@
+"""The operator's RBAC grants what it calls and no more; its pods need none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flotilla.k8s.api import RESOURCES
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((ROOT / "config" / name).read_text()) if d]
+
+
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def _operator_role() -> dict[str, Any]:
+    return next(
+        d
+        for d in _documents("rbac.yaml")
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "flotilla-operator"
+    )
+
+
+def test_the_operator_may_do_what_it_does() -> None:
+    granted = _granted(_operator_role())
+    needed = {("", "nodes", "list"), ("flotilla.dev", "federatedjobs/status", "patch")}
+    for kind, (prefix, plural, _) in RESOURCES.items():
+        if kind in ("Node", "FederatedJob"):
+            continue
+        group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+        needed |= {
+            (group, plural, verb) for verb in ("get", "list", "watch", "create", "patch", "delete")
+        }
+    needed |= {("", "events", "create")}
+    assert needed <= granted, sorted(needed - granted)
+
+
+def test_the_operator_may_not_touch_what_it_does_not_own() -> None:
+    granted = _granted(_operator_role())
+    assert not any(
+        verb in ("create", "patch", "delete", "update") for _, r, verb in granted if r == "nodes"
+    )
+    assert not any(
+        r in ("roles", "rolebindings", "clusterroles", "serviceaccounts") for _, r, _ in granted
+    )
+    assert ("flotilla.dev", "federatedjobs", "delete") not in granted
+
+
+def test_viewer_and_editor_roles_aggregate_into_the_builtin_ones() -> None:
+    roles = {
+        d["metadata"]["name"]: d for d in _documents("rbac.yaml") if d["kind"] == "ClusterRole"
+    }
+    viewer = roles["flotilla-federatedjob-viewer"]
+    editor = roles["flotilla-federatedjob-editor"]
+    assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert {v for _, _, v in _granted(viewer)} == {"get", "list", "watch"}
+
+
+def test_the_operator_deployment_is_one_hardened_replica() -> None:
+    deployment = _documents("operator.yaml")[0]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
