@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 import yaml
@@ -147,3 +149,103 @@ async def test_an_invalid_spec_fails_the_job_and_creates_nothing(
         if r.action == kmock.action.CREATE and r.resource and r.resource.plural != "events"
     ]
     assert created == []
+
+
+def _plain(value: Any) -> Any:
+    """KMock's stored objects as plain dicts and lists, to edit and store back."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _set_job(server: kmock.KubernetesEmulator, **spec: Any) -> None:
+    job = _plain(server.objects[JOBS, NAMESPACE, "digits"])
+    job["spec"] |= spec
+    job["metadata"]["generation"] += 1
+    server.objects[JOBS, NAMESPACE, "digits"] = job
+
+
+@pytest.mark.asyncio
+async def test_suspend_removes_the_clients_and_keeps_the_aggregator_then_resume(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    async with operator(cluster):
+        await eventually(lambda: len(_pods(cluster)) == 3)
+
+        _set_job(cluster, suspend=True)
+        await eventually(lambda: _status(cluster).get("phase") == "Suspended")
+        await eventually(lambda: _pods(cluster) == {})
+        assert not cluster.objects["apps/v1/deployments", NAMESPACE, "digits-aggregator"].deleted
+
+        _set_job(cluster, suspend=False)
+        await eventually(lambda: len(_pods(cluster)) == 3)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_client_pod_is_replaced_within_the_backoff_limit(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(backoffLimit=1)
+    async with operator(cluster):
+        await eventually(lambda: len(_pods(cluster)) == 3)
+        name = "digits-client-site-a"
+
+        async def fail() -> None:  # through the API, as a kubelet would: watchers see it
+            url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{name}/status"
+            headers = {"Content-Type": "application/merge-patch+json"}
+            async with aiohttp.ClientSession() as session:
+                body = {"status": {"phase": "Failed"}}
+                async with session.patch(url, json=body, headers=headers) as response:
+                    assert response.status == 200, await response.text()
+
+        def replaced() -> bool:
+            pod = _pods(cluster).get(name)
+            return pod is not None and "status" not in pod  # a fresh pod, not the failed one
+
+        await fail()  # within backoffLimit=1: deleted and created again
+        await eventually(replaced)
+        await fail()  # beyond it: left failed, and counted
+        await eventually(lambda: _status(cluster)["clients"]["failed"] == 1)
+        seen = len(_requests(cluster))
+        await eventually(lambda: len(_requests(cluster)) > seen + 20)  # a few timer ticks
+        assert _pods(cluster)[name]["status"]["phase"] == "Failed"
+    job = cluster.objects[JOBS, NAMESPACE, "digits"]
+    assert job["metadata"]["annotations"]["flotilla.dev/client-replacements"] == '{"site-a": 1}'
+
+
+@pytest.mark.asyncio
+async def test_a_finished_job_removes_its_clients_then_its_aggregator_after_the_ttl(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(ttlSecondsAfterFinished=1)
+    answer: dict[str, Any] = {
+        "phase": "training",
+        "completedRounds": 4,
+        "message": "round 5: training on 3 clients",
+        "lastRound": {"round": 4, "loss": 0.3, "accuracy": 0.91},
+        "tracking": {"enabled": True, "state": "synced", "runId": "run-42"},
+    }
+
+    async def poll(job: Any) -> dict[str, Any]:
+        return answer
+
+    async with operator(cluster, poll=poll):
+        await eventually(lambda: _status(cluster).get("progress") == "4/10")
+        status = _status(cluster)
+        assert status["metrics"] == {"loss": 0.3, "accuracy": 0.91}
+        assert status["mlflowRunId"] == "run-42"
+
+        answer.update(phase="done", completedRounds=10)
+        await eventually(lambda: _status(cluster).get("phase") == "Succeeded")
+        await eventually(lambda: _pods(cluster) == {})
+        await eventually(
+            lambda: cluster.objects["apps/v1/deployments", NAMESPACE, "digits-aggregator"].deleted,
+            timeout=30,
+        )
+    assert _status(cluster)["completionTime"]

@@ -7,6 +7,7 @@ writer of status; kopf keeps its own bookkeeping in annotations, not in status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -127,13 +128,20 @@ async def _reconcile(
 ) -> None:
     if memo.get("stopping"):
         return
-    context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
-    pods = list(client_pods.get((namespace, name), []))
-    outcome: Outcome = await reconcile(context, dict(body), pods=pods, full=full)
+    key = (namespace, name)
+    # The timer and the change handlers may fire together: one reconcile of a job at a time.
+    async with memo.setdefault("locks", {}).setdefault(key, asyncio.Lock()):
+        context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
+        pods = list(client_pods.get(key, []))
+        # Replacements counted in this process win over a body that does not show them yet.
+        counted = memo.setdefault("replacements", {}).setdefault(key, {})
+        outcome: Outcome = await reconcile(
+            context, dict(body), pods=pods, full=full, replacements=counted
+        )
     patch.status.update(outcome.status)
-    for key, value in outcome.annotations.items():
-        if body.metadata.annotations.get(key) != value:
-            patch.metadata.annotations[key] = value
+    for annotation, value in outcome.annotations.items():
+        if body.metadata.annotations.get(annotation) != value:
+            patch.metadata.annotations[annotation] = value
 
 
 def _connection(info: kopf.ConnectionInfo) -> Connection:

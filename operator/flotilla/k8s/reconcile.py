@@ -46,8 +46,15 @@ class Outcome:
 
 
 async def reconcile(
-    ctx: Context, body: Mapping[str, Any], *, pods: Sequence[Mapping[str, Any]], full: bool
+    ctx: Context,
+    body: Mapping[str, Any],
+    *,
+    pods: Sequence[Mapping[str, Any]],
+    full: bool,
+    replacements: dict[str, int] | None = None,
 ) -> Outcome:
+    """`replacements` (site -> failed pods replaced) is updated in place; the job's
+    annotation keeps it across operator restarts."""
     previous = dict(body.get("status") or {})
     generation = body.get("metadata", {}).get("generation")
     now = ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -76,9 +83,10 @@ async def reconcile(
         await _apply_aggregator(ctx, plan, namespace)
     for problem in plan.problems:
         ctx.recorder.warn("NoDataSource", problem)
-    replacements = json.loads(
-        body["metadata"].get("annotations", {}).get(REPLACEMENTS_ANNOTATION) or "{}"
-    )
+    annotated = body["metadata"].get("annotations", {}).get(REPLACEMENTS_ANNOTATION)
+    replacements = replacements if replacements is not None else {}
+    for site, count in json.loads(annotated or "{}").items():
+        replacements[site] = max(replacements.get(site, 0), int(count))
     views, lost = await _sync_pods(ctx, job, plan, pods, nodes, replacements)
     observed = Observation(desired_sites=plan.sites, pods=views, aggregator=answer, lost_nodes=lost)
     status = compute_status(job, observed, previous=previous, generation=generation, now=now)
@@ -131,9 +139,13 @@ async def _sync_pods(
     node_names = {n.name for n in nodes}
     views: list[PodView] = []
     lost: list[str] = []
+    going: set[str] = set()  # sites whose pod is being deleted: replaced once it is gone
     for pod in pods:
         view = PodView.from_api(pod)
         name = pod["metadata"]["name"]
+        if pod["metadata"].get("deletionTimestamp"):
+            going.add(view.site)
+            continue
         gone = view.node not in node_names
         unwanted = view.site not in plan.clients
         retry = view.phase == "Failed" and replacements.get(view.site, 0) < job.spec.backoff_limit
@@ -141,13 +153,14 @@ async def _sync_pods(
             lost.append(view.node)
         if gone or unwanted or retry:
             await ctx.api.delete(path("Pod", namespace=namespace, name=name))
+            going.add(view.site)
             reason = "node gone" if gone else "failed" if retry else "no longer wanted"
             ctx.recorder.info("Deleted", f"Deleted client Pod for node {view.node}: {reason}")
             if retry:
                 replacements[view.site] = replacements.get(view.site, 0) + 1
             continue
         views.append(view)
-    present = {v.site for v in views}
+    present = {v.site for v in views} | going
     for site, pod in plan.clients.items():
         if site in present:
             continue
