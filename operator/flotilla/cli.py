@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8081/healthz",
         help="kopf's health endpoint (default: %(default)s)",
     )
+    operator.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="serve Prometheus /metrics on this port (default: %(default)s)",
+    )
     operator.set_defaults(handler=_operator)
 
     crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
@@ -330,7 +336,7 @@ def _operator(args: argparse.Namespace) -> int:
     from flotilla.k8s.handlers import register
 
     registry = kopf.OperatorRegistry()
-    register(registry)
+    register(registry, metrics_port=args.metrics_port)
     asyncio.run(
         kopf.operator(
             registry=registry,

@@ -21,6 +21,7 @@ import pytest
 
 from flotilla.api import FederatedJob
 from flotilla.k8s.handlers import register
+from flotilla.k8s.metrics import OperatorMetrics
 
 NAMESPACE = "ml"
 JOBS = "flotilla.dev/v1alpha1/federatedjobs"
@@ -69,13 +70,13 @@ Poll = Callable[[FederatedJob], Any]
 @asynccontextmanager
 async def operator(
     server: kmock.KubernetesEmulator, *, poll: Poll | None = None
-) -> AsyncIterator[None]:
+) -> AsyncIterator[OperatorMetrics]:
     async def no_aggregator(job: FederatedJob) -> Mapping[str, Any] | None:
         return None
 
     registry = kopf.OperatorRegistry()
     url = str(server.url)
-    register(
+    metrics = register(
         registry,
         login=lambda **_: kopf.ConnectionInfo(server=url),
         poll=poll or no_aggregator,
@@ -109,7 +110,7 @@ async def operator(
     await eventually(lambda: ready.is_set() or bool(errors), timeout=30)
     assert not errors, errors
     try:
-        yield
+        yield metrics
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 30)

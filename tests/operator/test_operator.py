@@ -63,7 +63,7 @@ async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
     _five_nodes(cluster)
     cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
 
-    async with operator(cluster):
+    async with operator(cluster) as metrics:
         await eventually(lambda: len(_pods(cluster)) == 3)
         pods = _pods(cluster)
         assert sorted(pods) == [
@@ -94,6 +94,11 @@ async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
         del cluster.objects["v1/nodes", None, "edge-3"]
         await eventually(lambda: "digits-client-edge-3" not in _pods(cluster))
         await eventually(lambda: _status(cluster).get("clients", {}).get("desired") == 3)
+        sample = metrics.registry.get_sample_value
+        assert sample("flotilla_operator_jobs", {"phase": "Pending"}) == 1
+        assert sample("flotilla_operator_client_pods", {"state": "desired"}) == 3
+        assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "timer"})
+        assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "change"})
     # Every event the operator posted (KMock ignores generateName, so it stores only the first).
     messages = [r.data.get("message", "") for r in _requests(cluster) if "/events" in str(r.url)]
     assert "Created client Pod for node edge-4" in messages

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +57,11 @@ def path(kind: str, *, namespace: str | None = None, name: str | None = None) ->
 
 
 class KubeApi:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(
+        self, connection: Connection, *, on_error: Callable[[int], None] = lambda status: None
+    ) -> None:
         self.connection = connection
+        self._on_error = on_error
         headers = {"Accept": "application/json"}
         if connection.token:
             headers["Authorization"] = f"Bearer {connection.token}"
@@ -76,7 +79,7 @@ class KubeApi:
         async with self._session.get(url.lstrip("/")) as response:
             if response.status == 404:
                 return None
-            return await _json(response)
+            return await _json(response, self._on_error)
 
     async def list(
         self, url: str, *, labels: Mapping[str, str] | None = None
@@ -85,7 +88,7 @@ class KubeApi:
             {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
         )
         async with self._session.get(url.lstrip("/"), params=params) as response:
-            items: list[dict[str, Any]] = (await _json(response)).get("items") or []
+            items: list[dict[str, Any]] = (await _json(response, self._on_error)).get("items") or []
         # Filter here too: not every server (or test double) honours the selector.
         return [i for i in items if _has_labels(i, labels or {})]
 
@@ -93,12 +96,12 @@ class KubeApi:
         async with self._session.post(url.lstrip("/"), json=body) as response:
             if response.status == 409:
                 raise AlreadyExists(409, f"{body['kind']} {body['metadata']['name']} exists")
-            return await _json(response)
+            return await _json(response, self._on_error)
 
     async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self._session.patch(url.lstrip("/"), json=body, headers=headers) as response:
-            return await _json(response)
+            return await _json(response, self._on_error)
 
     async def delete(self, url: str) -> bool:
         """True if something was deleted; the children follow in the background."""
@@ -106,7 +109,7 @@ class KubeApi:
         async with self._session.delete(url.lstrip("/"), json=body) as response:
             if response.status == 404:
                 return False
-            await _json(response)
+            await _json(response, self._on_error)
             return True
 
 
@@ -115,8 +118,11 @@ def _has_labels(item: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return all(have.get(k) == v for k, v in labels.items())
 
 
-async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+async def _json(
+    response: aiohttp.ClientResponse, on_error: Callable[[int], None] = lambda status: None
+) -> dict[str, Any]:
     if response.status >= 400:
+        on_error(response.status)
         text = await response.text()
         raise ApiError(response.status, f"{response.method} {response.url.path}: {text[:500]}")
     data: dict[str, Any] = await response.json(content_type=None)

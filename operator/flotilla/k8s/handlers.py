@@ -19,6 +19,7 @@ from flotilla.api import API_GROUP, FederatedJob
 from flotilla.k8s import objects as o
 from flotilla.k8s.api import Connection, KubeApi
 from flotilla.k8s.client_pods import aggregator_url
+from flotilla.k8s.metrics import OperatorMetrics
 from flotilla.k8s.reconcile import Context, Outcome, reconcile
 
 PLURAL = "federatedjobs"
@@ -69,8 +70,14 @@ def register(
     login: Login = default_login,
     poll: Poll = poll_aggregator,
     timer_seconds: float = TIMER_SECONDS,
-) -> None:
-    """Put every handler of the operator into `registry` (tests bring their own)."""
+    metrics: OperatorMetrics | None = None,
+    metrics_port: int | None = None,
+) -> OperatorMetrics:
+    """Put every handler of the operator into `registry` (tests bring their own).
+
+    Returns the metrics it keeps; with `metrics_port`, /metrics is served there.
+    """
+    metrics = metrics or OperatorMetrics()
     resource = (API_GROUP, VERSION, PLURAL)
 
     @kopf.on.login(registry=registry)
@@ -89,12 +96,17 @@ def register(
             raise kopf.PermanentError(
                 "no Kubernetes credentials: no service account, no kubeconfig"
             )
-        memo["api"] = KubeApi(_connection(info))
+        memo["api"] = KubeApi(_connection(info), on_error=metrics.api_error)
+        memo["metrics"] = metrics
+        if metrics_port is not None:
+            memo["metrics_runner"] = await metrics.serve(host="0.0.0.0", port=metrics_port)
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo["stopping"] = True  # a timer that fires now must not use the closed session
         await memo["api"].close()
+        if "metrics_runner" in memo:
+            await memo["metrics_runner"].cleanup()
 
     @kopf.index("pods", id="client_pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
     def client_pods(
@@ -111,6 +123,12 @@ def register(
     @kopf.timer(*resource, interval=timer_seconds, registry=registry)
     async def _tick(**kwargs: Any) -> None:
         await _reconcile(full=False, poll=poll, **kwargs)
+
+    @kopf.on.delete(*resource, optional=True, registry=registry)
+    def _deleted(*, namespace: str | None, name: str, **_: Any) -> None:
+        metrics.forget(namespace or "", name)  # owner references delete its objects
+
+    return metrics
 
 
 async def _reconcile(
@@ -135,9 +153,17 @@ async def _reconcile(
         pods = list(client_pods.get(key, []))
         # Replacements counted in this process win over a body that does not show them yet.
         counted = memo.setdefault("replacements", {}).setdefault(key, {})
-        outcome: Outcome = await reconcile(
-            context, dict(body), pods=pods, full=full, replacements=counted
-        )
+        metrics: OperatorMetrics = memo["metrics"]
+        trigger = "change" if full else "timer"
+        with metrics.reconcile_seconds.labels(trigger).time():
+            try:
+                outcome: Outcome = await reconcile(
+                    context, dict(body), pods=pods, full=full, replacements=counted
+                )
+            except Exception as error:
+                metrics.reconcile_errors.labels(type(error).__name__).inc()
+                raise
+    metrics.observed(namespace, name, outcome.status)
     patch.status.update(outcome.status)
     for annotation, value in outcome.annotations.items():
         if body.metadata.annotations.get(annotation) != value:
