@@ -13,106 +13,24 @@ number of clients unless the aggregation rule needs every update (median, Krum).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
-import torch
-
-from flotilla.api import FederatedJob
-from flotilla.fl.aggregator.checkpoint import CheckpointError, CheckpointStore, Snapshot
-from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected, UpdateIntake
-from flotilla.fl.aggregator.ledger import Ledger
-from flotilla.fl.aggregator.presence import Presence
+from flotilla.fl.aggregator.checkpoint import CheckpointError, Snapshot
+from flotilla.fl.aggregator.desk import ClientDesk
 from flotilla.fl.aggregator.records import ClientReport, RoundRecord, summarize_round
-from flotilla.fl.strategies import Strategy
+from flotilla.fl.aggregator.state import Evaluator, Phase
 from flotilla.fl.strategies.base import AggregationError, RoundAggregate
-from flotilla.fl.wire import Layout, update_layout
 
 log = logging.getLogger(__name__)
 
-
-class Phase(StrEnum):
-    WAITING = "waiting"
-    TRAINING = "training"
-    EVALUATING = "evaluating"
-    DONE = "done"
-    FAILED = "failed"
+__all__ = ["Evaluator", "Phase", "RoundEngine"]
 
 
-class Evaluator(Protocol):
-    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
-
-
-class RoundEngine:
-    def __init__(
-        self,
-        *,
-        job: FederatedJob,
-        sites: Sequence[str],
-        strategy: Strategy,
-        layout: Layout,
-        initial_model: bytearray,
-        store: CheckpointStore,
-        evaluator: Evaluator | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.job = job
-        self.sites = tuple(sorted(sites))
-        self.strategy = strategy
-        self.layout = layout
-        self.update_layout = update_layout(layout, job.spec.compression.dtype)
-        self.store = store
-        self.evaluator = evaluator
-        self.clock = clock
-        self.phase = Phase.WAITING
-        self.completed = 0  # global model version: rounds aggregated
-        self.persisted = 0  # rounds whose checkpoint is durable
-        self.attempt = 0
-        self.seq = 0  # bumped on every change that a long-poll may be waiting for
-        self.message = "waiting for clients"
-        self.failure: str | None = None
-        self.ledger = Ledger()
-        self.final_evaluated = False
-        self._global = initial_model
-        self._global_views = layout.views(initial_model)
-        self._sampled: set[str] = set()
-        self._sampled_last: set[str] = set()
-        self._released: set[str] = set()
-        self._reports: dict[str, ClientReport] = {}
-        self._evaluated: set[str] = set()
-        self._aggregate: RoundAggregate | None = None
-        self._accumulator: bytearray | None = None
-        self._round_started = 0.0
-        self._deadline = 0.0
-        self._presence = Presence(clock)
-        self.intake = UpdateIntake(self.update_layout, max_norm=job.spec.limits.max_update_norm)
-        self._changed = asyncio.Event()
-        self._fold_lock = asyncio.Lock()
-        self._persist: asyncio.Task[None] | None = None
-        # What the job's MLflow record says of itself; set by whoever runs the exporter.
-        self.tracking_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
-
-    @property
-    def rounds(self) -> int:
-        return self.job.spec.rounds
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def global_model(self) -> bytearray:
-        """The served global model buffer: replaced, never mutated, once a round completes."""
-        return self._global
-
-    @property
-    def current_round(self) -> int:
-        return min(self.completed + 1, self.rounds)
+class RoundEngine(ClientDesk):
+    """Plays the job's rounds (`run`); clients are answered by the ClientDesk it is."""
 
     # -- resume ----------------------------------------------------------------------------
 
@@ -302,186 +220,6 @@ class RoundEngine:
         self._sampled = set()
         self.final_evaluated = True
         await self._checkpoint(self.completed, self._global)
-
-    # -- what the HTTP layer calls ---------------------------------------------------------
-
-    def touch(self, site: str, alive: Callable[[], bool]) -> None:
-        """Note that `site` is connected; `alive` tells later whether that link still is."""
-        if self._presence.touch(site, alive):
-            self._bump()
-
-    def present(self) -> list[str]:
-        return self._presence.present(self.sites)
-
-    def task_for(self, site: str) -> dict[str, Any]:
-        if self.phase is Phase.TRAINING and site in self._sampled and site not in self._reports:
-            action = "train"
-        elif self.phase is Phase.EVALUATING and site in self._sampled - self._evaluated:
-            action = "evaluate"
-        elif self.phase in (Phase.DONE, Phase.FAILED):
-            action = self.phase.value
-            if site not in self._released:
-                self._released.add(site)
-                self._bump()
-        else:
-            action = "wait"
-        return {
-            "action": action,
-            "round": self.current_round,
-            "rounds": self.rounds,
-            "modelVersion": self.completed,
-            "deadlineSeconds": max(self._deadline - self.clock(), 0.0),
-            "proximalMu": self.strategy.proximal_mu,
-        }
-
-    async def wait_task(self, site: str, *, timeout: float) -> dict[str, Any]:
-        """The site's next action, once it has one (long-poll): never "wait" before timeout."""
-        end = self.clock() + timeout
-        while (task := self.task_for(site))["action"] == "wait":
-            remaining = end - self.clock()
-            if remaining <= 0:
-                break
-            await self._wait_changed(remaining)
-        return task
-
-    async def wait_released(self, *, timeout: float) -> None:
-        """Give connected clients a moment to learn that the job ended."""
-        end = self.clock() + timeout
-        while not set(self.present()) <= self._released and (remaining := end - self.clock()) > 0:
-            await self._wait_changed(remaining)
-
-    async def wait_status(self, *, after: int, timeout: float) -> dict[str, Any]:
-        end = self.clock() + timeout
-        while self.seq <= after and not self.finished and (remaining := end - self.clock()) > 0:
-            await self._wait_changed(remaining)
-        return self.status()
-
-    def model_payload(self, version: int) -> bytearray:
-        if version != self.completed:
-            raise Rejected(
-                410 if version < self.completed else 404,
-                "stale_version" if version < self.completed else "unknown_version",
-                f"model version {version} is not served; the current version is {self.completed}",
-            )
-        return self._global
-
-    async def receive_update(
-        self,
-        *,
-        site: str,
-        round_number: int,
-        body: AsyncIterator[bytes],
-        zstd: bool,
-        examples: int,
-        metrics: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        self._check_open(site, round_number)
-        async with self.intake.receive(body, zstd=zstd) as received, self._fold_lock:
-            self._check_open(site, round_number)  # the round may have closed meanwhile
-            await self._fold(site, received, examples, metrics)
-        return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}
-
-    async def _fold(
-        self, site: str, received: ReceivedUpdate, examples: int, metrics: Mapping[str, Any]
-    ) -> None:
-        aggregate = self._aggregate
-        assert aggregate is not None
-        update = received.update
-        await asyncio.to_thread(
-            aggregate.add, update.tensors, weight=float(examples), scales=update.scales
-        )
-        train = metrics.get("train", {})
-        self._reports[site] = ClientReport(
-            site=site,
-            examples=examples,
-            train_loss=float(train.get("loss", float("nan"))),
-            train_accuracy=float(train.get("accuracy", float("nan"))),
-            train_seconds=float(train.get("seconds", float("nan"))),
-            wire_bytes=received.wire_bytes,
-            norm=update.norm,
-        )
-        self._note_evaluation(site, metrics.get("eval"))
-        self._bump()
-
-    def receive_evaluation(self, *, site: str, version: int, metrics: Mapping[str, Any]) -> None:
-        if self.phase is not Phase.EVALUATING or site not in self._sampled:
-            raise Rejected(409, "not_evaluating", f"no evaluation is requested from {site!r} now")
-        if version != self.completed:
-            raise Rejected(409, "stale_version", f"evaluation of version {version} is not asked")
-        self._note_evaluation(site, dict(metrics) | {"modelVersion": version})
-        self._evaluated.add(site)
-        self._bump()
-
-    def _note_evaluation(self, site: str, report: Any) -> None:
-        if isinstance(report, Mapping) and report.get("modelVersion") == self.completed:
-            self.ledger.note_evaluation(site, self.completed, report)
-
-    def _check_open(self, site: str, round_number: int) -> None:
-        if self.phase is not Phase.TRAINING or round_number != self.current_round:
-            raise Rejected(
-                409,
-                "round_closed",
-                f"round {round_number} is not open (phase {self.phase.value}, "
-                f"round {self.current_round})",
-            )
-        if site not in self._sampled:
-            raise Rejected(403, "not_sampled", f"{site!r} was not sampled for round {round_number}")
-        if site in self._reports:
-            raise Rejected(409, "duplicate", f"{site!r} already sent its update for this round")
-
-    # -- status ----------------------------------------------------------------------------
-
-    def summary(self) -> dict[str, Any]:
-        tracking = self.tracking_status()
-        return self.ledger.summary(
-            job=self.job.metadata.name,
-            phase=self.phase.value,
-            failure=self.failure,
-            rounds=self.rounds,
-        ) | {"mlflowRunId": tracking.get("runId"), "tracking": tracking}
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "job": self.job.metadata.name,
-            "phase": self.phase.value,
-            "round": self.current_round,
-            "rounds": self.rounds,
-            "completedRounds": self.persisted,
-            "modelVersion": self.completed,
-            "attempt": self.attempt,
-            "seq": self.seq,
-            "message": self.message,
-            "failure": self.failure,
-            "clients": {
-                "known": len(self.sites),
-                "present": len(self.present()),
-                "sampled": len(self._sampled),
-                "answered": len(self._reports) if self.phase is Phase.TRAINING else 0,
-            },
-            "lastRound": self.ledger.last_json(),
-            "tracking": self.tracking_status(),
-        }
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _set_phase(self, phase: Phase, message: str) -> None:
-        self.phase = phase
-        self.message = message
-        self._bump()
-
-    def _fail(self, reason: str) -> None:
-        self.failure = reason
-        log.error("job failed: %s", reason)
-        self._set_phase(Phase.FAILED, reason)
-
-    def _bump(self) -> None:
-        self.seq += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def _wait_changed(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
 
 
 def _fmt(value: float | None) -> str:
