@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
+from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
@@ -66,26 +67,6 @@ class ModelSpec(ApiModel):
         return self
 
 
-class CvatExportSource(ApiModel):
-    """A CVAT dataset export unpacked in a directory on the site."""
-
-    path: NonEmptyStr
-    format: Literal["cvat-images-1.1"] = "cvat-images-1.1"
-
-
-class DataSource(ApiModel):
-    """Where a site's labelled images come from."""
-
-    cvat_export: CvatExportSource
-
-    def resolved(self, base_dir: Path) -> DataSource:
-        path = Path(self.cvat_export.path)
-        if path.is_absolute():
-            return self
-        export = self.cvat_export.model_copy(update={"path": str(base_dir.absolute() / path)})
-        return self.model_copy(update={"cvat_export": export})
-
-
 class SiteSpec(ApiModel):
     """One participant; without its own data it uses ``spec.data``."""
 
@@ -94,7 +75,7 @@ class SiteSpec(ApiModel):
 
 
 class EvaluationSpec(ApiModel):
-    test_data: DataSource | None = None
+    test_data: ExportDataSource | None = None
     federated: bool = True
 
 
@@ -153,7 +134,7 @@ class FederatedJobSpec(ApiModel):
 
     rounds: int = Field(ge=1, le=100_000)
     seed: int = Field(default=0, ge=0)
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "detection"] = "classification"
     labels: list[NonEmptyStr] = Field(min_length=2)
     model: ModelSpec
     data: DataSource | None = None
