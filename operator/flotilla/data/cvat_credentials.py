@@ -38,16 +38,24 @@ class CvatCredentials:
 
 
 def find_credentials(
-    spec: CvatCredentialsSpec, *, url: str | None, environ: Mapping[str, str] | None = None
+    spec: CvatCredentialsSpec,
+    *,
+    url: str | None,
+    environ: Mapping[str, str] | None = None,
+    need_secret: bool = True,
 ) -> CvatCredentials:
-    """The first complete source of credentials; ``url`` from the spec overrides theirs."""
+    """The first source of credentials found; ``url`` from the spec overrides theirs.
+
+    ``need_secret=False`` (reading the cache offline) needs only the URL, which names the
+    server's folder in the cache.
+    """
     values, origin = _read(spec, environ if environ is not None else os.environ)
     server = url or values.get("url")
     if not server:
         raise DataSourceError(f"no CVAT URL: set cvat.url or 'url' in {origin}")
     token = values.get("accessToken")
     username, password = values.get("username"), values.get("password")
-    if not token and not (username and password):
+    if need_secret and not token and not (username and password):
         raise DataSourceError(
             f"no CVAT credentials in {origin}: need 'accessToken', or 'username' and 'password'"
         )

@@ -40,19 +40,21 @@ def read_cvat_frames(
         from cvat_sdk.datasets import UpdatePolicy
     except ImportError:
         raise DataSourceError("reading a live CVAT needs cvat-sdk: pip install cvat-sdk") from None
-    credentials = find_credentials(source.credentials, url=source.url, environ=environ)
     offline = source.update_policy == "never"
+    credentials = find_credentials(
+        source.credentials, url=source.url, environ=environ, need_secret=not offline
+    )
     policy = UpdatePolicy.NEVER if offline else UpdatePolicy.IF_MISSING_OR_STALE
     folder = Path(source.cache_dir) if source.cache_dir else cache_dir or DEFAULT_CACHE_DIR
     where = f"CVAT {credentials.url}"
     with _translated(where), _client(credentials, folder, offline=offline) as client:
         task_ids = list(source.task_ids)
         if source.project_id is not None:
-            with _translated(f"{where}, project {source.project_id}"):
+            with _translated(f"{where}, project {source.project_id}", cache_dir=folder):
                 task_ids = _project_task_ids(client, source.project_id, policy)
         frames: list[RawFrame] = []
         for task_id in task_ids:
-            with _translated(f"{where}, task {task_id}"):
+            with _translated(f"{where}, task {task_id}", cache_dir=folder):
                 frames += _task_frames(client, task_id, policy)
         return frames
 
@@ -85,11 +87,17 @@ def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> 
 
 
 def _log_server_version(client: Any, url: str) -> None:
+    """Log the server's version; an old or proxied server that hides it is not an error."""
+    import json
+
     from cvat_sdk.version import VERSION
 
     try:
-        version = client.get_server_version()
-    except Exception as error:  # an old or proxied server: not fatal, the calls decide
+        # The raw answer, not the SDK's model: CVAT 2.2x's About lacks fields today's SDK
+        # requires (logo_url, subtitle), and only the version matters here.
+        _, response = client.api_client.server_api.retrieve_about(_parse_response=False)
+        version = json.loads(response.data).get("version", "unknown")
+    except Exception as error:
         log.warning("CVAT %s does not report its version (%s); going on", url, _brief(error))
         return
     log.info("CVAT %s runs server version %s (cvat-sdk %s)", url, version, VERSION)
@@ -134,7 +142,7 @@ _STATUS = {
 
 
 @contextlib.contextmanager
-def _translated(where: str) -> Iterator[None]:
+def _translated(where: str, *, cache_dir: Path | None = None) -> Iterator[None]:
     """The one place SDK and network errors become a ``DataSourceError``."""
     import urllib3
     from cvat_sdk.api_client.exceptions import ApiException, OpenApiException
@@ -154,6 +162,11 @@ def _translated(where: str) -> Iterator[None]:
         elif status == 404 and "task" not in where and "project" not in where:
             reason = "an endpoint this client needs is missing on the server (404)"
         raise DataSourceError(f"{where}: {reason}") from None
+    except FileNotFoundError:
+        raise DataSourceError(
+            f"{where}: not in the cache at {cache_dir} (updatePolicy never reads only the "
+            "cache: run once with updatePolicy ifStale)"
+        ) from None
     except urllib3.exceptions.HTTPError as error:
         raise DataSourceError(f"{where}: unreachable ({_brief(error)})") from None
     except (CvatSdkException, OpenApiException) as error:
