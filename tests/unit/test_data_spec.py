@@ -63,3 +63,23 @@ def test_data_source_errors_name_the_field() -> None:
     )
     live_test_data = with_spec(evaluation={"testData": {"cvat": {"url": "u", "taskIds": [1]}}})
     assert "spec.evaluation.testData.cvatExport" in error_of(live_test_data)
+
+
+def test_the_detection_example_parses() -> None:
+    from flotilla.api import load_job
+
+    job = load_job(Path(__file__).parents[2] / "examples" / "shapes-detection.yaml")
+
+    assert job.spec.task == "detection" and job.spec.model.name == "centernet-tiny"
+    assert job.site_data("site-a").cvat_export is not None
+
+
+def test_the_shapes_example_is_written_once_and_read_back(tmp_path: Path) -> None:
+    from flotilla.data.shapes_example import write_shapes_example
+
+    first = write_shapes_example(tmp_path, sites=["a", "b"], images_per_site=5, test_images=4)
+    stamp = (tmp_path / "a" / "annotations.xml").stat().st_mtime_ns
+    again = write_shapes_example(tmp_path, sites=["a", "b"], images_per_site=5, test_images=4)
+
+    assert first == again and (tmp_path / "a" / "annotations.xml").stat().st_mtime_ns == stamp
+    assert sum(first.boxes["a"]) >= 5 and first.test == 4

@@ -53,7 +53,7 @@ class InputSpec(ApiModel):
 class ModelSpec(ApiModel):
     """A built-in architecture by name, or a user function ``pkg.module:build``: exactly one."""
 
-    name: Literal["cnn-small", "mlp"] | None = None
+    name: Literal["cnn-small", "mlp", "centernet-tiny"] | None = None
     entrypoint: Entrypoint | None = None
     input: InputSpec
 
