@@ -14,8 +14,6 @@ from typing import cast
 import torch
 from torch import nn
 
-from flotilla.ml.centernet import tiny_centernet
-
 InputShape = tuple[int, int, int]
 ModelFactory = Callable[..., object]
 
@@ -58,11 +56,7 @@ def mlp(*, num_classes: int, input_shape: InputShape) -> nn.Module:
     )
 
 
-BUILTIN_MODELS: Mapping[str, ModelFactory] = {
-    "cnn-small": cnn_small,
-    "mlp": mlp,
-    "centernet-tiny": tiny_centernet,  # detection (spec.task: detection)
-}
+BUILTIN_MODELS: Mapping[str, ModelFactory] = {"cnn-small": cnn_small, "mlp": mlp}
 
 
 def build_model(
