@@ -160,3 +160,32 @@ def test_training_checks_its_inputs() -> None:
             seed=0,
             device=torch.device("cpu"),
         )
+
+
+def test_the_time_budget_cuts_training_and_fedprox_runs() -> None:
+    model = tiny_centernet(num_classes=2, input_shape=(1, 16, 16))
+    images = torch.rand(8, 1, 16, 16)
+    boxes, labels = [t([[2, 2, 10, 10]])] * 8, [torch.tensor([1])] * 8
+    config = TrainingConfig(
+        local_epochs=1000,
+        batch_size=2,
+        optimizer="sgd",
+        learning_rate=0.01,
+        max_seconds=0.2,
+        proximal_mu=0.1,
+    )
+    anchors = {k: v.clone() for k, v in model.state_dict().items()}
+
+    result = train_detection(
+        model,
+        images,
+        boxes,
+        labels,
+        num_classes=2,
+        config=config,
+        seed=0,
+        device=torch.device("cpu"),
+        global_weights=anchors,
+    )
+
+    assert 0 < result.epochs < 1000 and result.steps >= 1 and result.loss > 0

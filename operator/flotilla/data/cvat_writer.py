@@ -63,16 +63,7 @@ def _write(
         if subset:
             attributes["subset"] = subset
         image = ElementTree.SubElement(root, "image", attributes)
-        for label, *corners in boxes:
-            if kind == "tag":
-                ElementTree.SubElement(image, "tag", {"label": label, "source": "manual"})
-                continue
-            box = {
-                k: f"{v:.2f}" for k, v in zip(("xtl", "ytl", "xbr", "ybr"), corners, strict=True)
-            }
-            ElementTree.SubElement(
-                image, "box", {"label": label, "source": "manual", "occluded": "0", **box}
-            )
+        _annotate(image, boxes, kind=kind)
     size.text = str(count)
     ElementTree.indent(root)
     ElementTree.ElementTree(root).write(
@@ -98,3 +89,13 @@ def _meta(
         ElementTree.SubElement(label, "type").text = kind
         ElementTree.SubElement(label, "attributes")
     return size
+
+
+def _annotate(image: ElementTree.Element, boxes: Sequence[Box], *, kind: str) -> None:
+    for label, *corners in boxes:
+        if kind == "tag":
+            ElementTree.SubElement(image, "tag", {"label": label, "source": "manual"})
+            continue
+        box = {k: f"{v:.2f}" for k, v in zip(("xtl", "ytl", "xbr", "ybr"), corners, strict=True)}
+        attributes = {"label": label, "source": "manual", "occluded": "0", **box}
+        ElementTree.SubElement(image, "box", attributes)

@@ -83,16 +83,11 @@ def write_shapes_example(
             return ShapesExample(**stored["example"])
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, list[int]] = {}
-    uniform = [1.0] * len(SHAPES)
-    for name, count, weights in [
-        (s, images_per_site, list(rng.dirichlet([alpha] * 3))) for s in sites
-    ] + [("test", test_images, uniform)]:
-        samples = [draw_shapes_image(rng, weights=weights) for _ in range(count)]
-        counts[name] = [sum(b[0] == s for _, bs, _ in samples for b in bs) for s in SHAPES]
-        write_cvat_detection_export(
-            out_dir / name, labels=SHAPES, samples=samples, task_name=f"shapes-{name}"
-        )
+    plan = [(site, images_per_site, list(rng.dirichlet([alpha] * len(SHAPES)))) for site in sites]
+    plan.append(("test", test_images, [1.0] * len(SHAPES)))
+    counts = {
+        name: _write_site(out_dir / name, rng, count, weights) for name, count, weights in plan
+    }
     example = ShapesExample(
         sites={s: images_per_site for s in sites},
         boxes=counts,
@@ -100,3 +95,14 @@ def write_shapes_example(
     )
     marker.write_text(json.dumps({"parameters": parameters, "example": asdict(example)}))
     return example
+
+
+def _write_site(
+    out_dir: Path, rng: np.random.Generator, count: int, weights: Sequence[float]
+) -> list[int]:
+    """Write one site's export; returns its number of boxes of each shape."""
+    samples = [draw_shapes_image(rng, weights=weights) for _ in range(count)]
+    write_cvat_detection_export(
+        out_dir, labels=SHAPES, samples=samples, task_name=f"shapes-{out_dir.name}"
+    )
+    return [sum(box[0] == shape for _, boxes, _ in samples for box in boxes) for shape in SHAPES]

@@ -71,36 +71,61 @@ def train_detection(
         raise ValueError("no training examples")
     model.to(device).train()
     anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
-    optimizer = _optimizer(model, config)
+    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu, num_classes, device)
     deadline = None if config.max_seconds is None else started + config.max_seconds
     generator = torch.Generator().manual_seed(seed)
-    size = (int(images.shape[2]), int(images.shape[3]))
-    steps, epochs, loss_sum, seen = 0, 0.0, 0.0, 0
+    epochs = 0.0
     for _epoch in range(config.local_epochs):
         order = torch.randperm(count, generator=generator).tolist()
-        loss_sum, seen = 0.0, 0
+        step.new_epoch()
         for start in range(0, count, config.batch_size):
             rows = order[start : start + config.batch_size]
-            batch_boxes = [boxes[i] for i in rows]
-            targets = make_targets(
-                batch_boxes, [labels[i] for i in rows], num_classes=num_classes, size=size
-            )
-            output = model(images[rows].to(device))
-            loss = centernet_loss(output, targets.to(device))
-            loss_sum += float(loss.detach()) * len(rows)
-            if anchors is not None:
-                loss = loss + _proximal_term(model, anchors, config.proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            steps, seen = steps + 1, seen + len(rows)
+            step(images[rows], [boxes[i] for i in rows], [labels[i] for i in rows])
             if deadline is not None and time.monotonic() > deadline:
-                epochs += seen / count
-                return DetectionTrainResult(
-                    loss_sum / seen, count, time.monotonic() - started, epochs, steps
-                )
+                return step.result(count, started, epochs + step.seen / count)
         epochs += 1
-    return DetectionTrainResult(loss_sum / seen, count, time.monotonic() - started, epochs, steps)
+    return step.result(count, started, epochs)
+
+
+class _Step:
+    """One optimiser step on one batch, keeping the running loss of the current epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        anchors: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        self.model, self.optimizer, self.anchors, self.mu = model, optimizer, anchors, mu
+        self.num_classes, self.device = num_classes, device
+        self.steps = 0
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        self.loss_sum, self.seen = 0.0, 0
+
+    def __call__(
+        self, images: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor]
+    ) -> None:
+        size = (int(images.shape[2]), int(images.shape[3]))
+        targets = make_targets(boxes, labels, num_classes=self.num_classes, size=size)
+        loss = centernet_loss(self.model(images.to(self.device)), targets.to(self.device))
+        # Report the task loss, not the proximal penalty: it is comparable across strategies.
+        self.loss_sum += float(loss.detach()) * len(boxes)
+        if self.anchors is not None:
+            loss = loss + _proximal_term(self.model, self.anchors, self.mu)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self.steps += 1
+        self.seen += len(boxes)
+
+    def result(self, count: int, started: float, epochs: float) -> DetectionTrainResult:
+        seconds = time.monotonic() - started
+        return DetectionTrainResult(self.loss_sum / self.seen, count, seconds, epochs, self.steps)
 
 
 @torch.no_grad()
