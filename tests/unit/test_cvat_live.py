@@ -203,3 +203,38 @@ def test_credentials_from_a_key_value_file_and_their_repr_hides_secrets(tmp_path
 
     assert (found.url, found.access_token) == ("http://cvat:8080", "abc")
     assert "abc" not in repr(found)
+
+
+def test_credentials_from_a_mounted_secret_or_a_custom_env_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mount = tmp_path / "secret"
+    mount.mkdir()
+    (mount / "url").write_text("https://cvat.site-a\n")
+    (mount / "accessToken").write_text("t0k\n")
+    monkeypatch.setattr("flotilla.data.cvat_credentials.CVAT_SECRET_MOUNT", str(mount))
+    secret = CvatServerSource.model_validate(
+        {"taskIds": [1], "credentials": {"secretName": "cvat-site-a"}}
+    )
+    prefixed = CvatServerSource.model_validate(
+        {"url": "http://x", "taskIds": [1], "credentials": {"envPrefix": "SITE_A_CVAT_"}}
+    )
+
+    from_secret = find_credentials(secret.credentials, url=None, environ={})
+    from_env = find_credentials(
+        prefixed.credentials,
+        url=prefixed.url,
+        environ={"SITE_A_CVAT_USERNAME": "bob", "SITE_A_CVAT_PASSWORD": "pw"},
+    )
+
+    assert (from_secret.url, from_secret.access_token) == ("https://cvat.site-a", "t0k")
+    assert "folder" in from_secret.origin
+    assert (from_env.url, from_env.username, from_env.kind) == ("http://x", "bob", "user 'bob'")
+    with pytest.raises(DataSourceError, match=r"credentials path .*nowhere does not exist"):
+        find_credentials(
+            CvatServerSource.model_validate(
+                {"taskIds": [1], "credentials": {"path": str(tmp_path / "nowhere")}}
+            ).credentials,
+            url=None,
+            environ={},
+        )
