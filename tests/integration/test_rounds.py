@@ -126,24 +126,13 @@ def test_compressed_updates_train_and_shrink_the_wire(
     tmp_path: Path, digits_dir: Path, dtype: str
 ) -> None:
     job = write_job(
-        tmp_path / "job.yaml",
-        data_dir=digits_dir,
-        sites=SITES,
-        rounds=3,
+        tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=3,
         overrides={"compression": {"dtype": dtype, "zstd": True}},
     )
     result = subprocess.run(
-        flotilla(
-            "run",
-            str(job),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--summary-json",
-            str(tmp_path / "summary.json"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        flotilla("run", str(job), "--state-dir", str(tmp_path / "state"),
+                 "--summary-json", str(tmp_path / "summary.json")),
+        capture_output=True, text=True, timeout=300,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
