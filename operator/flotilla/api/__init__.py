@@ -1,5 +1,12 @@
 """The FederatedJob resource: typed spec and status models, and loading them from YAML."""
 
+from flotilla.api.data import (
+    CvatCredentialsSpec,
+    CvatExportSource,
+    CvatServerSource,
+    DataSource,
+    ExportDataSource,
+)
 from flotilla.api.errors import SpecError
 from flotilla.api.loader import load_job, parse_job
 from flotilla.api.spec import (
@@ -8,8 +15,6 @@ from flotilla.api.spec import (
     KIND,
     ClientsSpec,
     CompressionSpec,
-    CvatExportSource,
-    DataSource,
     EvaluationSpec,
     FederatedJob,
     FederatedJobSpec,
@@ -32,9 +37,12 @@ __all__ = [
     "ClientsSpec",
     "CompressionSpec",
     "Condition",
+    "CvatCredentialsSpec",
     "CvatExportSource",
+    "CvatServerSource",
     "DataSource",
     "EvaluationSpec",
+    "ExportDataSource",
     "FederatedJob",
     "FederatedJobSpec",
     "FederatedJobStatus",

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
 from flotilla.api.cluster import RuntimeSpec
+from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
@@ -54,7 +55,7 @@ class InputSpec(ApiModel):
 class ModelSpec(ApiModel):
     """A built-in architecture by name, or a user function ``pkg.module:build``: exactly one."""
 
-    name: Literal["cnn-small", "mlp"] | None = None
+    name: Literal["cnn-small", "mlp", "centernet-tiny"] | None = None
     entrypoint: Entrypoint | None = None
     input: InputSpec
 
@@ -68,26 +69,6 @@ class ModelSpec(ApiModel):
         return self
 
 
-class CvatExportSource(ApiModel):
-    """A CVAT dataset export unpacked in a directory on the site."""
-
-    path: NonEmptyStr
-    format: Literal["cvat-images-1.1"] = "cvat-images-1.1"
-
-
-class DataSource(ApiModel):
-    """Where a site's labelled images come from."""
-
-    cvat_export: CvatExportSource
-
-    def resolved(self, base_dir: Path) -> DataSource:
-        path = Path(self.cvat_export.path)
-        if path.is_absolute():
-            return self
-        export = self.cvat_export.model_copy(update={"path": str(base_dir.absolute() / path)})
-        return self.model_copy(update={"cvat_export": export})
-
-
 class SiteSpec(ApiModel):
     """One participant; without its own data it uses ``spec.data``."""
 
@@ -96,7 +77,7 @@ class SiteSpec(ApiModel):
 
 
 class EvaluationSpec(ApiModel):
-    test_data: DataSource | None = None
+    test_data: ExportDataSource | None = None
     federated: bool = True
 
 
@@ -155,11 +136,11 @@ class FederatedJobSpec(ApiModel):
 
     rounds: int = Field(ge=1, le=100_000)
     seed: int = Field(default=0, ge=0)
-    task: Literal["classification"] = "classification"
-    labels: list[NonEmptyStr] = Field(min_length=2)
+    task: Literal["classification", "detection"] = "classification"
+    labels: list[NonEmptyStr] = Field(min_length=2, max_length=10_000)
     model: ModelSpec
     data: DataSource | None = None
-    sites: list[SiteSpec] = Field(default_factory=list)
+    sites: list[SiteSpec] = Field(default_factory=list, max_length=10_000)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

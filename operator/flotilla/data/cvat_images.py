@@ -16,19 +16,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from flotilla.data.errors import DataSourceError
+
 log = logging.getLogger(__name__)
 
 ANNOTATIONS = "annotations.xml"
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-class DataSourceError(Exception):
-    """A site's data cannot be read; the message names the path and the problem."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class LabelledImages:
         )
 
 
-class _Export:
+class ExportFiles:
     """Files of an export, from a folder or a zip (at its root or under one folder)."""
 
     def __init__(self, source: Path) -> None:
@@ -80,9 +79,15 @@ class _Export:
         except (zipfile.BadZipFile, OSError) as error:
             raise DataSourceError(f"CVAT export {source} is not a readable zip: {error}") from None
         names = self._zip.namelist()
-        tops = [n for n in names if PurePosixPath(n).name == ANNOTATIONS]
+        tops = [PurePosixPath(n).parent for n in names if PurePosixPath(n).name == ANNOTATIONS]
+        # A COCO export keeps its JSON files under annotations/.
+        tops += [
+            PurePosixPath(n).parent.parent
+            for n in names
+            if n.endswith(".json") and PurePosixPath(n).parent.name == "annotations"
+        ]
         if tops:
-            self._root = PurePosixPath(min(tops, key=len)).parent
+            self._root = min(tops, key=lambda p: len(p.parts))
 
     def read(self, relative: str) -> bytes:
         try:
@@ -92,13 +97,27 @@ class _Export:
         except (KeyError, OSError) as error:
             raise FileNotFoundError(relative) from error
 
+    def listdir(self, relative: str) -> list[str]:
+        """Names of the files directly in a folder of the export (empty when it is absent)."""
+        if self._zip is None:
+            folder = self.source / relative
+            return (
+                sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+            )
+        prefix = str(self._root / relative) + "/"
+        return sorted(
+            n[len(prefix) :]
+            for n in self._zip.namelist()
+            if n.startswith(prefix) and "/" not in n[len(prefix) :] and n != prefix
+        )
+
     def exists(self, relative: str) -> bool:
         if self._zip is None:
             return (self.source / relative).is_file()
         return str(self._root / relative) in set(self._zip.namelist())
 
 
-def _annotations(export: _Export) -> ElementTree.Element:
+def _annotations(export: ExportFiles) -> ElementTree.Element:
     try:
         raw = export.read(ANNOTATIONS)
     except FileNotFoundError:
@@ -122,10 +141,12 @@ def _annotations(export: _Export) -> ElementTree.Element:
 def read_classification_index(
     source: Path, *, labels: Sequence[str], aliases: Mapping[str, str] | None = None
 ) -> ExportIndex:
-    return _index(_Export(source), labels=labels, aliases=aliases or {})
+    return _index(ExportFiles(source), labels=labels, aliases=aliases or {})
 
 
-def _index(export: _Export, *, labels: Sequence[str], aliases: Mapping[str, str]) -> ExportIndex:
+def _index(
+    export: ExportFiles, *, labels: Sequence[str], aliases: Mapping[str, str]
+) -> ExportIndex:
     position = {name: i for i, name in enumerate(labels)}
     samples: list[ClassificationSample] = []
     ignored: Counter[str] = Counter()
@@ -157,7 +178,7 @@ def _index(export: _Export, *, labels: Sequence[str], aliases: Mapping[str, str]
     return ExportIndex(tuple(samples), dict(ignored), unannotated, multi)
 
 
-def _image_path(export: _Export, name: str) -> str:
+def _image_path(export: ExportFiles, name: str) -> str:
     for candidate in (f"images/{name}", name):
         if export.exists(candidate):
             return candidate
@@ -175,7 +196,7 @@ def load_classification(
 ) -> LabelledImages:
     if channels not in _MODES:
         raise DataSourceError(f"images with {channels} channels are not supported (1, 3 or 4)")
-    export = _Export(source)
+    export = ExportFiles(source)
     index = _index(export, labels=labels, aliases=aliases or {})
     images = np.empty((len(index.samples), channels, height, width), dtype=np.float32)
     for row, sample in enumerate(index.samples):
@@ -187,7 +208,7 @@ def load_classification(
     )
 
 
-def _pixels(export: _Export, path: str, channels: int, height: int, width: int) -> np.ndarray:
+def _pixels(export: ExportFiles, path: str, channels: int, height: int, width: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(export.read(path))) as opened:
             image = opened.convert(_MODES[channels])
@@ -199,9 +220,21 @@ def _pixels(export: _Export, path: str, channels: int, height: int, width: int) 
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def split_train_holdout(
-    data: LabelledImages, *, validation_fraction: float, seed: int
-) -> tuple[LabelledImages, LabelledImages]:
+class Subsetted(Protocol):
+    """Samples that know their CVAT subset and can be sliced: classification or detection."""
+
+    @property
+    def subsets(self) -> tuple[str | None, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def select(self, index: Sequence[int]) -> Self: ...
+
+
+S = TypeVar("S", bound=Subsetted)
+
+
+def split_train_holdout(data: S, *, validation_fraction: float, seed: int) -> tuple[S, S]:
     """CVAT's subsets when the export has a Validation subset; a seeded split otherwise."""
     marked = [(s or "").lower() == "validation" for s in data.subsets]
     if any(marked):

@@ -3,11 +3,13 @@ the node, its own token and nothing else, overrides from the node's hardware pro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from flotilla.api import FederatedJob
 from flotilla.api.cluster import Profile
+from flotilla.api.data import CVAT_SECRET_MOUNT
 from flotilla.k8s import objects as o
 from flotilla.k8s.aggregator_objects import token_key
 from flotilla.k8s.nodes import Placement
@@ -23,7 +25,7 @@ def aggregator_url(job: FederatedJob) -> str:
 def client_pod(job: FederatedJob, placement: Placement) -> dict[str, Any]:
     """Raises SpecError when the site has no data source."""
     profile = _profile(job, placement)
-    data_path = PurePosixPath(job.site_data(placement.site).cvat_export.path)
+    data = _site_data(job, placement.site)
     tmp_volume, tmp_mount = o.scratch()
     return {
         "apiVersion": "v1",
@@ -58,17 +60,8 @@ def client_pod(job: FederatedJob, placement: Placement) -> dict[str, Any]:
             "automountServiceAccountToken": False,
             "securityContext": o.pod_security(),
             "tolerations": [t.to_dict() for t in job.spec.runtime.tolerations],
-            "containers": [_container(job, placement, profile, data_path, tmp_mount)],
-            "volumes": [
-                {
-                    "name": "data",
-                    "hostPath": {
-                        "path": str(data_path),
-                        "type": "File" if data_path.suffix == ".zip" else "Directory",
-                    },
-                },
-                tmp_volume,
-            ],
+            "containers": [_container(job, placement, profile, data, tmp_mount)],
+            "volumes": [*data.volumes, tmp_volume],
         },
     }
 
@@ -78,18 +71,48 @@ def _profile(job: FederatedJob, placement: Placement) -> Profile | None:
     return {"gpu": profiles.gpu, "arm": profiles.arm}.get(placement.profile)
 
 
+@dataclass(frozen=True)
+class _SiteData:
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    args: list[str]
+
+
+def _site_data(job: FederatedJob, site: str) -> _SiteData:
+    """An export: mounted read-only from the node. A live CVAT: its credentials Secret
+    mounted where the client looks, the task cache in the pod's /tmp (working dir)."""
+    source = job.site_data(site)
+    if source.cvat_export is not None:
+        path = PurePosixPath(source.cvat_export.path)
+        mount = f"{DATA_DIR}/{path.name}"
+        kind = "File" if path.suffix == ".zip" else "Directory"
+        return _SiteData(
+            volumes=[{"name": "data", "hostPath": {"path": str(path), "type": kind}}],
+            mounts=[{"name": "data", "mountPath": mount, "readOnly": True}],
+            args=[f"--data={mount}"],
+        )
+    assert source.cvat is not None  # the model holds exactly one of the two
+    secret = source.cvat.credentials.secret_name
+    if secret is None:
+        return _SiteData(volumes=[], mounts=[], args=[])
+    return _SiteData(
+        volumes=[{"name": "cvat-credentials", "secret": {"secretName": secret}}],
+        mounts=[{"name": "cvat-credentials", "mountPath": CVAT_SECRET_MOUNT, "readOnly": True}],
+        args=[],
+    )
+
+
 def _container(
     job: FederatedJob,
     placement: Placement,
     profile: Profile | None,
-    data_path: PurePosixPath,
+    data: _SiteData,
     tmp_mount: dict[str, Any],
 ) -> dict[str, Any]:
     runtime = job.spec.runtime
     resources = (profile.resources if profile and profile.resources else None) or (
         runtime.client.resources
     )
-    mount = f"{DATA_DIR}/{data_path.name}"
     return {
         "name": "client",
         "image": (profile.image if profile and profile.image else None) or runtime.image,
@@ -97,7 +120,7 @@ def _container(
         "args": [
             "client",
             f"--aggregator={aggregator_url(job)}",
-            f"--data={mount}",
+            *data.args,
             f"--device={'cuda' if placement.profile == 'gpu' else 'cpu'}",
             f"--metrics-port={o.CLIENT_METRICS_PORT}",
             *_training_args(profile),
@@ -117,7 +140,8 @@ def _container(
         "ports": [{"name": "metrics", "containerPort": o.CLIENT_METRICS_PORT}],
         "resources": o.resources(resources.requests, resources.limits),
         "securityContext": o.container_security(),
-        "volumeMounts": [{"name": "data", "mountPath": mount, "readOnly": True}, tmp_mount],
+        "volumeMounts": [*data.mounts, tmp_mount],
+        "workingDir": "/tmp",  # a live CVAT's task cache goes under it, on the writable volume
     }
 
 

@@ -22,8 +22,22 @@ NAME = f"{PLURAL}.{API_GROUP}"
 VERSION = "v1alpha1"
 _DROPPED = {"title", "default", "propertyNames", "$defs"}
 
-# CEL rules the schema cannot express, by the path of the object they apply to.
+_ONE_SOURCE = [
+    {"rule": "has(self.cvatExport) != has(self.cvat)", "message": "set one of cvatExport or cvat"}
+]
+_PROJECT_OR_TASKS = [
+    {
+        "rule": "has(self.projectId) != (has(self.taskIds) && size(self.taskIds) > 0)",
+        "message": "set one of projectId or taskIds",
+    }
+]
+# CEL rules the schema cannot express, by the path of the object they apply to. Lists
+# they run under have maxItems, so the API server's cost estimate stays bounded.
 _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    ("spec", "data"): _ONE_SOURCE,
+    ("spec", "data", "cvat"): _PROJECT_OR_TASKS,
+    ("spec", "sites", "[]", "data"): _ONE_SOURCE,
+    ("spec", "sites", "[]", "data", "cvat"): _PROJECT_OR_TASKS,
     ("spec", "model"): [
         {
             "rule": "has(self.name) != has(self.entrypoint)",
@@ -145,4 +159,14 @@ def crd_yaml() -> str:
         "# Generated from operator/flotilla/api by `flotilla crd`; do not edit.\n"
         "# A test fails when this file and the models drift apart.\n"
     )
-    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, width=100)
+    text = yaml.dump(
+        custom_resource_definition(), Dumper=_NoAliases, sort_keys=False, width=100
+    )
+    return header + text
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Rules shared by several paths are written out each time, not as YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True

@@ -124,5 +124,8 @@ def test_cel_rules_cover_what_json_schema_cannot() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
     assert "has(self.name) != has(self.entrypoint)" in str(spec["model"])
     assert "self.perRound >=" in str(spec["clients"])
+    assert "has(self.cvatExport) != has(self.cvat)" in str(spec["data"])
+    assert "has(self.cvatExport) != has(self.cvat)" in str(spec["sites"]["items"])
+    assert spec["sites"]["maxItems"] == 10_000  # bounds the cost of the per-site rule
     assert spec["labels"]["x-kubernetes-list-type"] == "set"
     assert spec["sites"]["x-kubernetes-list-map-keys"] == ["name"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flotilla.api import load_job
+from flotilla.api import load_job, parse_job
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
 
@@ -26,10 +26,10 @@ CASES = sorted(p.stem for p in (DATA / "input").glob("*.yaml"))
 
 def _plan(case: str) -> Plan:
     given = yaml.safe_load((DATA / "input" / f"{case}.yaml").read_text())
-    job = load_job(ROOT / given["job"])
-    metadata = job.metadata.model_copy(update={"namespace": given["namespace"], "uid": "uid-1"})
-    spec = job.spec.model_copy(update={"suspend": given.get("suspend", False)})
-    job = job.model_copy(update={"metadata": metadata, "spec": spec})
+    document = load_job(ROOT / given["job"]).to_dict()
+    document["metadata"] |= {"namespace": given["namespace"], "uid": "uid-1"}
+    document["spec"] |= given.get("spec", {})
+    job = parse_job(document, source=case)
     counter = itertools.count(1)
     return plan_job(
         job,
@@ -124,3 +124,15 @@ def test_a_site_without_data_is_a_problem_not_a_crash() -> None:
     assert plan.clients == {}
     assert "site edge-1 (node edge-1)" in plan.problems[0]
     assert "is not listed (sites: none) and spec.data is not set" in plan.problems[0]
+
+
+def test_a_live_cvat_site_gets_its_credentials_secret_and_no_host_path() -> None:
+    pod = _plan("live-cvat").clients["site-a"]["spec"]
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cvat-credentials"]["secret"] == {"secretName": "cvat-site-a"}
+    assert not any("hostPath" in v for v in pod["volumes"])
+    container = pod["containers"][0]
+    assert not any(arg.startswith("--data") for arg in container["args"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/var/run/secrets/flotilla/cvat"]["readOnly"] is True

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from flotilla.api import FederatedJob, parse_job
-from flotilla.data import load_classification, split_train_holdout
+from flotilla.api import CvatExportSource, FederatedJob, parse_job
+from flotilla.data import ImageShape, load_site_data, split_train_holdout
 from flotilla.data.cvat_images import LabelledImages
 from flotilla.fl.client.metrics import ClientMetrics
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
@@ -85,16 +85,27 @@ class FederatedClient:
 
     def _load_data(self) -> tuple[LabelledImages, LabelledImages]:
         spec = self.job.spec
-        path = self.options.data_path or Path(self.job.site_data(self.site).cvat_export.path)
-        data = load_classification(
-            path,
+        source = self.job.site_data(self.site)
+        if self.options.data_path is not None:
+            export = CvatExportSource(path=str(self.options.data_path))
+            source = source.model_copy(update={"cvat_export": export, "cvat": None})
+        data = load_site_data(
+            site=self.site,
+            source=source,
+            task=spec.task,
             labels=spec.labels,
-            channels=spec.model.input.channels,
-            height=spec.model.input.height,
-            width=spec.model.input.width,
+            shape=ImageShape(
+                channels=spec.model.input.channels,
+                height=spec.model.input.height,
+                width=spec.model.input.width,
+            ),
         )
+        # Sent with the status and metrics once the engine carries it (issue 4).
+        self.label_report = data.report
+        if not isinstance(data.samples, LabelledImages):
+            raise RuntimeError("detection training is not wired into the client yet")
         return split_train_holdout(
-            data, validation_fraction=spec.training.validation_fraction, seed=spec.seed
+            data.samples, validation_fraction=spec.training.validation_fraction, seed=spec.seed
         )
 
     def run(self) -> str:

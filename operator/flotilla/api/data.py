@@ -1,0 +1,96 @@
+"""Where a site's labelled images come from: a CVAT export on the node or a live CVAT server.
+
+Pure models, no I/O. ``flotilla.data`` reads what they describe. Credentials never appear
+in the spec itself, only where to find them (environment variables, a file or folder, or in
+a cluster a Secret the operator mounts as files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from flotilla.api.base import ApiModel
+from flotilla.api.errors import FieldProblem, raise_problems
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+ExportFormat = Literal["auto", "cvat-images-1.1", "coco-1.0"]
+# Where the operator mounts a site's ``credentials.secretName`` in the client pod.
+CVAT_SECRET_MOUNT = "/var/run/secrets/flotilla/cvat"
+
+
+class CvatExportSource(ApiModel):
+    """A CVAT dataset export (a folder or CVAT's zip) on the site's machine."""
+
+    path: NonEmptyStr
+    # "auto" recognises annotations.xml (CVAT for images 1.1) or annotations/*.json (COCO 1.0).
+    format: ExportFormat = "auto"
+
+
+class CvatCredentialsSpec(ApiModel):
+    """Where a client finds its CVAT URL and credentials; never the secrets themselves.
+
+    Read in this order, the first that exists wins: ``path`` (a folder of files ``url``,
+    ``username``, ``password``, ``accessToken``, as a mounted Secret is, or a file of
+    ``KEY=VALUE`` lines), the Secret named by ``secretName`` mounted at
+    ``CVAT_SECRET_MOUNT``, then the environment variables ``{envPrefix}URL``,
+    ``{envPrefix}USERNAME``, ``{envPrefix}PASSWORD``, ``{envPrefix}ACCESS_TOKEN``.
+    """
+
+    secret_name: NonEmptyStr | None = None
+    path: NonEmptyStr | None = None
+    env_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$")] = "CVAT_"
+
+
+class CvatServerSource(ApiModel):
+    """Tasks of a live CVAT server, read through cvat-sdk and cached on the node."""
+
+    url: NonEmptyStr | None = None  # else taken from the credentials
+    project_id: int | None = Field(default=None, ge=1)
+    task_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    credentials: CvatCredentialsSpec = Field(default_factory=CvatCredentialsSpec)
+    cache_dir: NonEmptyStr | None = None
+    # "ifStale": re-download a task only when the server says it changed; "never": offline,
+    # from the cache alone (a restarted client on a node that lost its CVAT).
+    update_policy: Literal["ifStale", "never"] = "ifStale"
+
+    @model_validator(mode="after")
+    def _project_or_tasks(self) -> CvatServerSource:
+        if (self.project_id is None) == (not self.task_ids):
+            got = "both" if self.project_id is not None else "neither"
+            raise_problems([FieldProblem(("taskIds",), "set one of projectId or taskIds", got)])
+        return self
+
+
+class DataSource(ApiModel):
+    """Where a site's labelled images come from: exactly one of ``cvatExport`` or ``cvat``.
+
+    ``labelAliases`` maps this site's label names to the job's (``{siteName: jobName}``).
+    """
+
+    cvat_export: CvatExportSource | None = None
+    cvat: CvatServerSource | None = None
+    label_aliases: dict[NonEmptyStr, NonEmptyStr] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        if (self.cvat_export is None) == (self.cvat is None):
+            got = "both" if self.cvat is not None else "neither"
+            raise_problems([FieldProblem((), "set one of cvatExport or cvat", got)])
+        return self
+
+    def resolved(self, base_dir: Path) -> Self:
+        """A copy whose relative export path is made absolute against ``base_dir``."""
+        if self.cvat_export is None or Path(self.cvat_export.path).is_absolute():
+            return self
+        path = str(base_dir.absolute() / self.cvat_export.path)
+        export = self.cvat_export.model_copy(update={"path": path})
+        return self.model_copy(update={"cvat_export": export})
+
+
+class ExportDataSource(DataSource):
+    """A data source that must be an export: the aggregator's central test data."""
+
+    cvat_export: CvatExportSource

@@ -1,0 +1,178 @@
+"""Read a site's tasks from a live CVAT server through cvat-sdk, cached on the node.
+
+Framework-free: ``cvat_sdk.datasets.TaskDataset`` (``cvat_sdk.pytorch`` needs torchvision).
+Its on-disk cache lives under ``cacheDir`` and is refreshed only when the server says a
+task changed (``updatePolicy: ifStale``); ``never`` reads the cache alone, without a
+network. Sites run whatever CVAT they have: the SDK's server version check is off on
+purpose (it refuses servers older than itself); the server's version is logged, and a
+missing endpoint fails with a message that says so. Every SDK or network error becomes a
+``DataSourceError`` naming the server, the task and what went wrong; credentials never
+appear in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from flotilla.api.data import CvatServerSource
+from flotilla.data.cvat_credentials import CvatCredentials, find_credentials
+from flotilla.data.errors import DataSourceError
+from flotilla.data.frames import RawBox, RawFrame
+
+log = logging.getLogger(__name__)
+_sdk_log = logging.getLogger(__name__ + ".sdk")
+DEFAULT_CACHE_DIR = Path(".flotilla/cvat-cache")
+
+
+def read_cvat_frames(
+    *,
+    site: str,
+    source: CvatServerSource,
+    cache_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[RawFrame]:
+    """Every frame of the source's tasks (or its project's tasks), with annotations."""
+    try:
+        from cvat_sdk.datasets import UpdatePolicy
+    except ImportError:
+        raise DataSourceError("reading a live CVAT needs cvat-sdk: pip install cvat-sdk") from None
+    offline = source.update_policy == "never"
+    credentials = find_credentials(
+        source.credentials, url=source.url, environ=environ, need_secret=not offline
+    )
+    policy = UpdatePolicy.NEVER if offline else UpdatePolicy.IF_MISSING_OR_STALE
+    folder = Path(source.cache_dir) if source.cache_dir else cache_dir or DEFAULT_CACHE_DIR
+    where = f"CVAT {credentials.url}"
+    with _translated(where), _client(credentials, folder, offline=offline) as client:
+        task_ids = list(source.task_ids)
+        if source.project_id is not None:
+            with _translated(f"{where}, project {source.project_id}", cache_dir=folder):
+                task_ids = _project_task_ids(client, source.project_id, policy)
+        frames: list[RawFrame] = []
+        for task_id in task_ids:
+            with _translated(f"{where}, task {task_id}", cache_dir=folder):
+                frames += _task_frames(client, task_id, policy)
+        return frames
+
+
+@contextlib.contextmanager
+def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> Iterator[Any]:
+    from cvat_sdk import Client, Config
+    from cvat_sdk.core.client import AccessTokenCredentials, PasswordCredentials
+
+    # check_server_version=False on purpose: the SDK refuses servers older than itself.
+    client = Client(
+        credentials.url,
+        logger=_sdk_log,
+        config=Config(cache_dir=cache_dir),
+        check_server_version=False,
+    )
+    try:
+        if not offline:
+            _log_server_version(client, credentials.url)
+            with _translated(f"CVAT {credentials.url}, signing in as {credentials.kind}"):
+                if credentials.access_token:
+                    client.login(AccessTokenCredentials(credentials.access_token))
+                else:
+                    assert credentials.username and credentials.password
+                    client.login(PasswordCredentials(credentials.username, credentials.password))
+                client.users.retrieve_current_user()  # a token is only checked on use
+        yield client
+    finally:
+        client.close()
+
+
+def _log_server_version(client: Any, url: str) -> None:
+    """Log the server's version; an old or proxied server that hides it is not an error."""
+    import json
+
+    from cvat_sdk.version import VERSION
+
+    try:
+        # The raw answer, not the SDK's model: CVAT 2.2x's About lacks fields today's SDK
+        # requires (logo_url, subtitle), and only the version matters here.
+        _, response = client.api_client.server_api.retrieve_about(_parse_response=False)
+        version = json.loads(response.data).get("version", "unknown")
+    except Exception as error:
+        log.warning("CVAT %s does not report its version (%s); going on", url, _brief(error))
+        return
+    log.info("CVAT %s runs server version %s (cvat-sdk %s)", url, version, VERSION)
+
+
+def _project_task_ids(client: Any, project_id: int, policy: Any) -> list[int]:
+    from cvat_sdk.datasets.caching import make_cache_manager
+
+    project = make_cache_manager(client, policy).retrieve_project(project_id)
+    ids = sorted(task.id for task in project.get_tasks())
+    if not ids:
+        raise DataSourceError(f"project {project_id} has no tasks")
+    return ids
+
+
+def _task_frames(client: Any, task_id: int, policy: Any) -> list[RawFrame]:
+    from cvat_sdk.datasets import TaskDataset
+
+    dataset = TaskDataset(client, task_id, update_policy=policy)
+    names = {label.id: label.name for label in dataset.labels}
+    # TaskDataset keeps the task's model (from the server or its cache) here; there is no
+    # public accessor, and asking the server again would not work offline.
+    subset = getattr(dataset._task, "subset", None) or None
+    frames = []
+    for sample in dataset.samples:
+        tags = tuple(names.get(tag.label_id, f"#{tag.label_id}") for tag in sample.annotations.tags)
+        boxes = tuple(
+            RawBox(names.get(shape.label_id, f"#{shape.label_id}"), *map(float, shape.points[:4]))
+            for shape in sample.annotations.shapes
+            if str(shape.type) == "rectangle" and len(shape.points) >= 4
+        )
+        name = f"task-{task_id}/{sample.frame_name}"
+        frames.append(RawFrame(name, subset, tags, boxes, sample.media.load_image))
+    return frames
+
+
+_STATUS = {
+    401: "the credentials were refused (401)",
+    403: "access denied (403): the user may not read it",
+    404: "not found (404)",
+}
+
+
+@contextlib.contextmanager
+def _translated(where: str, *, cache_dir: Path | None = None) -> Iterator[None]:
+    """The one place SDK and network errors become a ``DataSourceError``."""
+    import urllib3
+    from cvat_sdk.api_client.exceptions import ApiException, OpenApiException
+    from cvat_sdk.core.exceptions import CvatSdkException
+
+    try:
+        yield
+    except DataSourceError as error:
+        if str(error).startswith("CVAT "):
+            raise
+        raise DataSourceError(f"{where}: {error}") from None
+    except ApiException as error:
+        status = int(error.status or 0)
+        reason = _STATUS.get(status, f"the server answered {status} {error.reason or ''}".strip())
+        if "signing in" in where and status in (400, 401, 403):
+            reason = f"the credentials were refused ({status})"
+        elif status == 404 and "task" not in where and "project" not in where:
+            reason = "an endpoint this client needs is missing on the server (404)"
+        raise DataSourceError(f"{where}: {reason}") from None
+    except FileNotFoundError:
+        raise DataSourceError(
+            f"{where}: not in the cache at {cache_dir} (updatePolicy never reads only the "
+            "cache: run once with updatePolicy ifStale)"
+        ) from None
+    except urllib3.exceptions.HTTPError as error:
+        raise DataSourceError(f"{where}: unreachable ({_brief(error)})") from None
+    except (CvatSdkException, OpenApiException) as error:
+        raise DataSourceError(f"{where}: {_brief(error)}") from None
+
+
+def _brief(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]

@@ -1,0 +1,159 @@
+"""A site's data for the job: frames from an export or a live CVAT, mapped to the job's labels.
+
+The one entry point for a client is ``load_site_data``: it reads the site's source, maps
+label names through the site's aliases to the job's indices, keeps only annotated frames,
+loads pixels at the model's input size (boxes scaled with them) and returns the samples
+with a ``LabelReport``. Every failure is a ``DataSourceError`` that names the site.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from flotilla.api.data import DataSource
+from flotilla.data.cvat_images import LabelledImages
+from flotilla.data.detection import DetectionImages
+from flotilla.data.errors import DataSourceError
+from flotilla.data.exports import read_export
+from flotilla.data.frames import RawFrame
+from flotilla.data.labels import LabelMap, LabelReport
+
+log = logging.getLogger(__name__)
+
+Task = Literal["classification", "detection"]
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's samples (classification or detection) and what its labels looked like."""
+
+    samples: LabelledImages | DetectionImages
+    report: LabelReport
+
+
+def load_site_data(
+    *,
+    site: str,
+    source: DataSource,
+    task: Task,
+    labels: Sequence[str],
+    shape: ImageShape,
+    cache_dir: Path | None = None,
+) -> SiteData:
+    """Read, map and load a site's data; ``DataSourceError`` names the site on any failure."""
+    try:
+        frames = _frames(site=site, source=source, cache_dir=cache_dir)
+        label_map = LabelMap(labels=labels, aliases=source.label_aliases)
+        data = _build(frames, task=task, label_map=label_map, shape=shape)
+    except DataSourceError as error:
+        raise DataSourceError(f"site {site}: {error}") from None
+    if data.report.ignored:
+        log.warning(
+            "site %s: ignored labels the job does not know: %s", site, dict(data.report.ignored)
+        )
+    if data.report.missing:
+        log.info("site %s: no annotations for the job's labels %s", site, data.report.missing)
+    return data
+
+
+def _frames(*, site: str, source: DataSource, cache_dir: Path | None) -> list[RawFrame]:
+    if source.cvat_export is not None:
+        return read_export(Path(source.cvat_export.path), format=source.cvat_export.format)
+    assert source.cvat is not None  # DataSource's validator: exactly one source
+    from flotilla.data.cvat_live import read_cvat_frames  # cvat-sdk only when it is used
+
+    return read_cvat_frames(site=site, source=source.cvat, cache_dir=cache_dir)
+
+
+def build_samples(
+    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, shape: ImageShape
+) -> SiteData:
+    """Map and load frames that were already read (used by tests and by other readers)."""
+    return _build(frames, task=task, label_map=label_map, shape=shape)
+
+
+def _build(
+    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, shape: ImageShape
+) -> SiteData:
+    if shape.channels not in _MODES:
+        raise DataSourceError(f"images with {shape.channels} channels are not supported (1, 3, 4)")
+    chosen: list[tuple[RawFrame, list[int], np.ndarray]] = []
+    ambiguous = 0
+    for frame in frames:
+        if task == "classification":
+            found = sorted({i for t in frame.tags if (i := label_map.index(t)) is not None})
+            if len(found) > 1:
+                ambiguous += 1
+            elif found:
+                chosen.append((frame, found, np.zeros((0, 4), np.float32)))
+        else:
+            kept = [(b, i) for b in frame.boxes if (i := label_map.index(b.label)) is not None]
+            if kept:
+                corners = np.array([[b.xtl, b.ytl, b.xbr, b.ybr] for b, _ in kept], np.float32)
+                chosen.append((frame, [i for _, i in kept], corners))
+    if not chosen:
+        kind = "tags" if task == "classification" else "rectangles"
+        raise DataSourceError(
+            f"no annotated frames ({kind}) with the job's labels among {len(frames)} frames; "
+            f"expected some of {list(label_map.labels)}, found others: "
+            f"{sorted(label_map.report(frames=0, used=0, unannotated=0, ambiguous=0).ignored)}"
+        )
+    for _, indices, _ in chosen:
+        for index in indices:
+            label_map.seen(index)
+    report = label_map.report(
+        frames=len(frames),
+        used=len(chosen),
+        unannotated=len(frames) - len(chosen) - ambiguous,
+        ambiguous=ambiguous,
+    )
+    return SiteData(_tensors(chosen, task=task, shape=shape), report)
+
+
+def _tensors(
+    chosen: Sequence[tuple[RawFrame, list[int], np.ndarray]], *, task: Task, shape: ImageShape
+) -> LabelledImages | DetectionImages:
+    images = np.empty((len(chosen), shape.channels, shape.height, shape.width), np.float32)
+    boxes: list[torch.Tensor] = []
+    for row, (frame, _, corners) in enumerate(chosen):
+        images[row], scale = _pixels(frame, shape)
+        scaled = np.clip(corners * scale, 0, [shape.width, shape.height] * 2)
+        boxes.append(torch.from_numpy(scaled.astype(np.float32)))
+    subsets = tuple(frame.subset for frame, _, _ in chosen)
+    if task == "classification":
+        labels = torch.tensor([indices[0] for _, indices, _ in chosen], dtype=torch.int64)
+        return LabelledImages(torch.from_numpy(images), labels, subsets)
+    return DetectionImages(
+        images=torch.from_numpy(images),
+        boxes=tuple(boxes),
+        labels=tuple(torch.tensor(i, dtype=torch.int64) for _, i, _ in chosen),
+        subsets=subsets,
+    )
+
+
+def _pixels(frame: RawFrame, shape: ImageShape) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    image = frame.load().convert(_MODES[shape.channels])
+    width, height = image.size
+    if (width, height) != (shape.width, shape.height):
+        image = image.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    pixels = array[None] if shape.channels == 1 else array.transpose(2, 0, 1)
+    scale = np.array([shape.width / width, shape.height / height] * 2, np.float32)
+    return pixels, scale
