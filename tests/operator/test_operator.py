@@ -254,3 +254,46 @@ async def test_a_finished_job_removes_its_clients_then_its_aggregator_after_the_
             timeout=30,
         )
     assert _status(cluster)["completionTime"]
+
+
+@pytest.mark.asyncio
+async def test_a_crash_looping_aggregator_pod_shows_as_aggregator_failed(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    # What the Deployment's ReplicaSet would have made, as the kubelet reports it.
+    cluster.objects["v1/pods", NAMESPACE, "digits-aggregator-7d9f-x2x"] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "digits-aggregator-7d9f-x2x",
+            "namespace": NAMESPACE,
+            "labels": {"flotilla.dev/job": "digits", "flotilla.dev/role": "aggregator"},
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "aggregator",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ],
+        },
+    }
+
+    async def unreachable(job: Any) -> None:
+        return None
+
+    async with operator(cluster, poll=unreachable):
+
+        def running_reason() -> str | None:
+            conditions = _status(cluster).get("conditions") or []
+            return next((c["reason"] for c in conditions if c["type"] == "Running"), None)
+
+        await eventually(lambda: running_reason() == "AggregatorFailed")
+    running = next(c for c in _status(cluster)["conditions"] if c["type"] == "Running")
+    assert "last exit code 137" in running["message"]
+    assert _status(cluster)["phase"] == "Pending"  # within backoffLimit: not failed yet

@@ -152,7 +152,8 @@ class FederatedJobSpec(ApiModel):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     suspend: bool = False
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
-    backoff_limit: int = Field(default=3, ge=0)  # client pod replacements per node
+    # Client pod replacements per node, and aggregator restarts before the job fails.
+    backoff_limit: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:

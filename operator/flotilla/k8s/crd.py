@@ -159,9 +159,7 @@ def crd_yaml() -> str:
         "# Generated from operator/flotilla/api by `flotilla crd`; do not edit.\n"
         "# A test fails when this file and the models drift apart.\n"
     )
-    text = yaml.dump(
-        custom_resource_definition(), Dumper=_NoAliases, sort_keys=False, width=100
-    )
+    text = yaml.dump(custom_resource_definition(), Dumper=_NoAliases, sort_keys=False, width=100)
     return header + text
 
 

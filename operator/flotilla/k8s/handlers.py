@@ -114,6 +114,14 @@ def register(
     ) -> Any:
         return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
 
+    @kopf.index(
+        "pods", id="aggregator_pods", labels={o.ROLE_LABEL: "aggregator"}, registry=registry
+    )
+    def aggregator_pods(
+        *, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
+
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
@@ -139,6 +147,7 @@ async def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     client_pods: kopf.Index[tuple[str, str], dict[str, Any]],
+    aggregator_pods: kopf.Index[tuple[str, str], dict[str, Any]],
     namespace: str,
     name: str,
     logger: logging.Logger | logging.LoggerAdapter[Any],
@@ -151,6 +160,7 @@ async def _reconcile(
     async with memo.setdefault("locks", {}).setdefault(key, asyncio.Lock()):
         context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
         pods = list(client_pods.get(key, []))
+        aggregators = list(aggregator_pods.get(key, []))
         # Replacements counted in this process win over a body that does not show them yet.
         counted = memo.setdefault("replacements", {}).setdefault(key, {})
         metrics: OperatorMetrics = memo["metrics"]
@@ -158,7 +168,12 @@ async def _reconcile(
         with metrics.reconcile_seconds.labels(trigger).time():
             try:
                 outcome: Outcome = await reconcile(
-                    context, dict(body), pods=pods, full=full, replacements=counted
+                    context,
+                    dict(body),
+                    pods=pods,
+                    aggregator_pods=aggregators,
+                    full=full,
+                    replacements=counted,
                 )
             except Exception as error:
                 metrics.reconcile_errors.labels(type(error).__name__).inc()

@@ -19,7 +19,7 @@ from flotilla.k8s.aggregator_objects import TOKENS_KEY
 from flotilla.k8s.api import AlreadyExists, KubeApi, path
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
-from flotilla.k8s.status import Observation, PodView, compute_status
+from flotilla.k8s.status import AggregatorPodView, Observation, PodView, compute_status
 
 REPLACEMENTS_ANNOTATION = "flotilla.dev/client-replacements"
 _KEEP_ON_UPDATE = {"PersistentVolumeClaim"}  # its spec is immutable once bound
@@ -51,6 +51,7 @@ async def reconcile(
     *,
     pods: Sequence[Mapping[str, Any]],
     full: bool,
+    aggregator_pods: Sequence[Mapping[str, Any]] = (),
     replacements: dict[str, int] | None = None,
 ) -> Outcome:
     """`replacements` (site -> failed pods replaced) is updated in place; the job's
@@ -88,7 +89,13 @@ async def reconcile(
     for site, count in json.loads(annotated or "{}").items():
         replacements[site] = max(replacements.get(site, 0), int(count))
     views, lost = await _sync_pods(ctx, job, plan, pods, nodes, replacements)
-    observed = Observation(desired_sites=plan.sites, pods=views, aggregator=answer, lost_nodes=lost)
+    observed = Observation(
+        desired_sites=plan.sites,
+        pods=views,
+        aggregator=answer,
+        lost_nodes=lost,
+        aggregator_pods=[AggregatorPodView.from_api(pod) for pod in aggregator_pods],
+    )
     status = compute_status(job, observed, previous=previous, generation=generation, now=now)
     return Outcome(status, {REPLACEMENTS_ANNOTATION: json.dumps(replacements, sort_keys=True)})
 

@@ -38,6 +38,44 @@ class PodView:
         )
 
 
+# Container states in which the aggregator will not come back without someone acting.
+_STUCK_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class AggregatorPodView:
+    """What the aggregator's pod says about why the aggregator does not answer."""
+
+    restarts: int
+    failure: str | None  # None while the pod is healthy or still starting
+
+    @classmethod
+    def from_api(cls, pod: Mapping[str, Any]) -> AggregatorPodView:
+        status = pod.get("status") or {}
+        containers = status.get("containerStatuses") or []
+        restarts = sum(int(c.get("restartCount") or 0) for c in containers)
+        if status.get("phase") == "Failed":
+            return cls(restarts, status.get("reason") or status.get("message") or "pod failed")
+        for container in containers:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_REASONS:
+                last = (container.get("lastState") or {}).get("terminated") or {}
+                detail = waiting.get("message") or last.get("reason") or ""
+                code = last.get("exitCode")
+                exit_text = f", last exit code {code}" if code is not None else ""
+                return cls(restarts, f"{waiting['reason']}{exit_text}: {detail}".rstrip(": "))
+        return cls(restarts, None)
+
+
 @dataclass(frozen=True)
 class Observation:
     desired_sites: Sequence[str]
@@ -45,6 +83,7 @@ class Observation:
     aggregator: Mapping[str, Any] | None  # /v1/status, None when unreachable
     lost_nodes: Sequence[str] = ()  # nodes of pods whose node is gone
     invalid: str | None = None  # the spec's problems, when it does not parse
+    aggregator_pods: Sequence[AggregatorPodView] = ()
 
 
 def compute_status(
@@ -119,12 +158,27 @@ def _conditions(job: FederatedJob | None, observed: Observation) -> dict[str, tu
         out["Failed"] = ("True", "RoundFailed", failure)
         out["Running"] = ("False", "Finished", "")
     elif aggregator is None:
-        out["Running"] = ("False", "AggregatorUnavailable", "the aggregator does not answer yet")
+        out |= _aggregator_down(job, observed.aggregator_pods)
     elif not job.spec.suspend:
         out["Running"] = ("True", "RoundsInProgress", str(aggregator.get("message", "")))
     tracking = answer.get("tracking")
     if tracking:
         out["Tracking"] = _tracking(tracking)
+    return out
+
+
+def _aggregator_down(
+    job: FederatedJob, pods: Sequence[AggregatorPodView]
+) -> dict[str, tuple[str, str, str]]:
+    failing = [pod for pod in pods if pod.failure]
+    if not failing:
+        return {"Running": ("False", "AggregatorUnavailable", "the aggregator does not answer yet")}
+    pod = max(failing, key=lambda p: p.restarts)
+    message = f"aggregator pod: {pod.failure} (restarted {pod.restarts} times)"
+    out = {"Running": ("False", "AggregatorFailed", message)}
+    # As a Job's backoffLimit: past it, a crash-looping aggregator fails the job.
+    if pod.restarts > job.spec.backoff_limit:
+        out["Failed"] = ("True", "AggregatorFailed", f"{message}; backoffLimit exceeded")
     return out
 
 

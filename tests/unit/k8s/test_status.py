@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.api import FederatedJobStatus, load_job
-from flotilla.k8s.status import Observation, PodView, compute_status
+from flotilla.k8s.status import AggregatorPodView, Observation, PodView, compute_status
 
 ROOT = Path(__file__).resolve().parents[3]
 JOB = load_job(ROOT / "examples" / "federatedjob.yaml")
@@ -107,6 +107,54 @@ def test_lost_nodes_and_failed_pods_are_counted() -> None:
 
     assert status["clients"]["failed"] == 2
     assert "node-c" in _condition(status, "Scheduled")["message"]
+
+
+def _aggregator_pod(restarts: int, waiting: str | None) -> dict[str, Any]:
+    state = (
+        {"waiting": {"reason": waiting, "message": "back-off 40s"}} if waiting else {"running": {}}
+    )
+    container = {
+        "name": "aggregator",
+        "restartCount": restarts,
+        "state": state,
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+    }
+    return {"status": {"phase": "Running", "containerStatuses": [container]}}
+
+
+def test_a_starting_aggregator_is_unavailable_not_failed() -> None:
+    pods = [AggregatorPodView.from_api(_aggregator_pod(0, "ContainerCreating"))]
+    status = _status(Observation(["a"], [_pod("a")], None, aggregator_pods=pods))
+
+    assert _condition(status, "Running")["reason"] == "AggregatorUnavailable"
+    assert status["phase"] == "Pending"
+
+
+def test_a_crash_looping_aggregator_is_reported_then_fails_past_the_backoff_limit() -> None:
+    looping = AggregatorPodView.from_api(_aggregator_pod(2, "CrashLoopBackOff"))
+    status = _status(Observation(["a"], [_pod("a")], None, aggregator_pods=[looping]))
+
+    running = _condition(status, "Running")
+    assert running["reason"] == "AggregatorFailed"
+    assert "CrashLoopBackOff, last exit code 1" in running["message"]
+    assert "restarted 2 times" in running["message"]
+    assert status["phase"] == "Pending"  # the Deployment restarts it; not yet a failure
+
+    beyond = AggregatorPodView.from_api(
+        _aggregator_pod(JOB.spec.backoff_limit + 1, "CrashLoopBackOff")
+    )
+    status = _status(Observation(["a"], [_pod("a")], None, aggregator_pods=[beyond]))
+
+    assert status["phase"] == "Failed"
+    failed = _condition(status, "Failed")
+    assert failed["reason"] == "AggregatorFailed" and "backoffLimit" in failed["message"]
+
+
+def test_an_aggregator_that_answers_is_running_whatever_its_restarts() -> None:
+    restarted = AggregatorPodView.from_api(_aggregator_pod(9, None))
+    status = _status(Observation(["a"], [_pod("a")], _aggregator(), aggregator_pods=[restarted]))
+
+    assert status["phase"] == "Running"
 
 
 def test_an_invalid_spec_fails_with_the_reason() -> None:
