@@ -138,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="override spec.training.maxSeconds (local time budget per round) on this node",
     )
+    parser.add_argument(
+        "--data-retry-seconds",
+        type=_positive_float,
+        default=30.0,
+        help="when the site's data cannot be read (CVAT refuses or is down, a bad export), "
+        "try again after this many seconds, doubling up to 300 (default: 30); the "
+        "aggregator shows the error and the rounds go on without this site meanwhile",
+    )
     client.add_argument(
         "--metrics-port",
         type=int,
@@ -326,6 +334,7 @@ def _client(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 local_epochs=args.local_epochs,
                 max_seconds=args.max_seconds,
+                data_retry_seconds=args.data_retry_seconds,
             ),
         )
         phase = client.run()

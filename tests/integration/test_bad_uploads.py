@@ -40,6 +40,9 @@ def open_round(tmp_path: Path, digits_dir: Path) -> Iterator[tuple[Cluster, Layo
     layout, _ = initial_global_model(load_job(job))
     with cluster(tmp_path, job, ["site-a"]) as running:
         running.start_aggregator()
+        assert _get(running, "/v1/task")["action"] == "report"  # first, say the data is ready
+        status, _ = _request(running, "POST", "/v1/site-report", b'{"ready": true}')
+        assert status == 200
         task = _get(running, "/v1/task?wait=10")
         assert task["action"] == "train" and task["round"] == 1
         status, model = _request(running, "GET", "/v1/model/0")

@@ -8,13 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from flotilla.ml.models import BUILTIN_MODELS, ModelError, build_model
+from flotilla.ml.models import BUILTIN_TASKS, ModelError, build_model
 
 Shape = tuple[int, int, int]
 
 
+CLASSIFIERS = sorted(n for n, task in BUILTIN_TASKS.items() if task == "classification")
+
+
 def _builtin(name: str = "cnn-small", *, seed: int = 0, shape: Shape = (1, 8, 8)) -> nn.Module:
-    return build_model(name=name, entrypoint=None, num_classes=10, input_shape=shape, seed=seed)
+    task = BUILTIN_TASKS.get(name, "classification")
+    return build_model(
+        name=name, entrypoint=None, num_classes=10, input_shape=shape, seed=seed, task=task
+    )
 
 
 def _user(entrypoint: str, *, num_classes: int = 10) -> nn.Module:
@@ -71,7 +77,7 @@ def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "flotilla_test_user_models"
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 5, 7)])
 def test_builtins_map_any_input_shape_to_the_classes(name: str, shape: Shape) -> None:
     model = _builtin(name, shape=shape)
@@ -86,12 +92,36 @@ def test_cnn_small_is_small_and_has_no_batchnorm() -> None:
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_the_detector_outputs_a_centernet_head_and_refuses_a_classification_job() -> None:
+    model = _builtin("centernet-tiny", shape=(3, 64, 64))
+
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 10 + 4, 16, 16)
+    with pytest.raises(ModelError, match="is a detection model; the job's task is classification"):
+        build_model(
+            name="centernet-tiny", entrypoint=None, num_classes=3, input_shape=(3, 64, 64), seed=0
+        )
+
+
+def test_a_user_model_with_the_wrong_head_for_detection_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"a detection model must output \[2, 14, 2, 2\]"):
+        build_model(
+            name=None,
+            entrypoint="flotilla.ml.models:cnn_small",
+            num_classes=10,
+            input_shape=(1, 8, 8),
+            seed=0,
+            task="detection",
+        )
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
 def test_the_seed_decides_the_initial_weights(name: str) -> None:
     a, b, c = _builtin(name, seed=1), _builtin(name, seed=1), _builtin(name, seed=2)
 
     assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b), strict=True))
-    assert not any(torch.equal(x, z) for x, z in zip(_weights(a), _weights(c), strict=True))
+    # Weight matrices, not biases: a detector's heatmap bias starts at its prior on purpose.
+    pairs = zip(_weights(a), _weights(c), strict=True)
+    assert not any(torch.equal(x, z) for x, z in pairs if x.dim() > 1)
 
 
 def test_building_leaves_the_global_rng_alone() -> None:
@@ -120,7 +150,11 @@ def test_the_shape_check_does_not_touch_batchnorm_statistics(user_models: str) -
     ("attribute", "message"),
     [
         ("not_a_model", "returned int, not a torch.nn.Module"),
-        ("wrong_output", r"outputs shape \[2, 3\] for a batch of 2; expected \[2, 10\]"),
+        (
+            "wrong_output",
+            r"outputs shape \[2, 3\] for a batch of 2; "
+            r"a classification model must output \[2, 10\]",
+        ),
         ("wrong_input", r"does not accept inputs of shape \[1, 8, 8\]"),
         ("tuple_output", "returns tuple, not a tensor of logits"),
         ("raises", "failed to build: out of ideas"),
@@ -158,7 +192,8 @@ def test_an_entrypoint_that_cannot_be_imported_is_a_model_error(
 
 
 def test_an_unknown_name_lists_the_builtins() -> None:
-    with pytest.raises(ModelError, match=r"unknown model 'resnet'; built-ins are \['cnn-small'"):
+    builtins = r"built-ins are \['centernet-tiny', 'cnn-small'"
+    with pytest.raises(ModelError, match=r"unknown model 'resnet'; " + builtins):
         _builtin("resnet")
 
 

@@ -20,6 +20,7 @@ def build_job_model(job: FederatedJob) -> torch.nn.Module:
         num_classes=len(spec.labels),
         input_shape=(spec.model.input.channels, spec.model.input.height, spec.model.input.width),
         seed=spec.seed,
+        task=spec.task,
     )
 
 

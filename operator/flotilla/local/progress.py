@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from flotilla.api import FederatedJob
+from flotilla.fl.learning import SCORE_OF_TASK, SCORE_TITLES
 
 BAR_WIDTH = 20
 
@@ -23,6 +24,8 @@ class Progress:
         self._job = job
         self._out = out or sys.stdout
         self._live = self._out.isatty() if live is None else live
+        self._score = SCORE_OF_TASK[job.spec.task]  # the headline score: accuracy or map50
+        self._title = SCORE_TITLES[self._score]
         self._printed = 0  # rounds printed
         self._pending = False  # a live line is on screen
 
@@ -66,7 +69,7 @@ class Progress:
         return (
             f"round {record['round']:>3}/{rounds} [{bar}] "
             f"clients {len(record['answered'])}/{len(record['sampled'])}  "
-            f"loss {_num(record['loss'])}  acc {_num(record['accuracy'])}  "
+            f"loss {_num(record['loss'])}  {self._title} {_num(record.get(self._score))}  "
             f"{record['duration_seconds']:.2f}s"
         )
 
@@ -76,7 +79,7 @@ class Progress:
             self._print(
                 f"round {record['round']:>3}/{summary['rounds']} "
                 f"clients {record['clientsAnswered']}/{record['clientsSampled']}  "
-                f"loss {_num(record['loss'])}  acc {_num(record['accuracy'])}"
+                f"loss {_num(record['loss'])}  {self._title} {_num(record.get(self._score))}"
             )
         final = summary.get("final") or {}
         verdict = "succeeded" if summary.get("phase") == "done" else "FAILED"
@@ -89,13 +92,13 @@ class Progress:
         if final.get("central"):
             c = final["central"]
             lines.append(
-                f"  test accuracy {_num(c['accuracy'])}, loss {_num(c['loss'])} "
+                f"  test {self._title} {_num(c.get(self._score))}, loss {_num(c['loss'])} "
                 f"({int(c['examples'])} held-out examples no client trained on)"
             )
         if final.get("federated"):
             f = final["federated"]
             lines.append(
-                f"  client hold-out accuracy {_num(f['accuracy'])}, loss "
+                f"  client hold-out {self._title} {_num(f.get(self._score))}, loss "
                 f"{_num(f['loss'])} ({int(f['clients'])} clients)"
             )
         lines += _tracking_lines(summary.get("tracking") or {})

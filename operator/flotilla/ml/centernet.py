@@ -120,6 +120,36 @@ class Detections:
     labels: torch.Tensor  # [D] int64
 
 
+class ServedDetections(nn.Module):
+    """The detector as a service answers: [N, top_k, 6] rows of x0, y0, x1, y1, score, label.
+
+    Fixed-size, tensor-only (no Python loop over images), so torch.export can trace it and
+    MLflow can serve it without Flotilla installed; rows below any useful score are the
+    caller's to drop (``decode`` drops them with ``min_score``).
+    """
+
+    def __init__(self, detector: nn.Module, *, num_classes: int, top_k: int = 20) -> None:
+        super().__init__()
+        self.detector, self.num_classes, self.top_k = detector, num_classes, top_k
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.detector(images)
+        classes = self.num_classes
+        heat = torch.sigmoid(output[:, :classes])
+        peaks = heat * (functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
+        rows, cols = heat.shape[2], heat.shape[3]
+        scores, index = peaks.flatten(1).topk(min(self.top_k, classes * rows * cols), dim=1)
+        label, cell = index // (rows * cols), index % (rows * cols)
+        box = output[:, classes:].flatten(2)  # [N, 4, cells]
+        w, h, dx, dy = torch.gather(box, 2, cell.unsqueeze(1).expand(-1, 4, -1)).unbind(1)
+        cx = ((cell % cols).float() + dx) * STRIDE
+        cy = ((cell // cols).float() + dy) * STRIDE
+        half_w, half_h = w.clamp(min=0) * STRIDE / 2, h.clamp(min=0) * STRIDE / 2
+        return torch.stack(
+            [cx - half_w, cy - half_h, cx + half_w, cy + half_h, scores, label.float()], dim=2
+        )
+
+
 def decode(
     output: torch.Tensor, *, num_classes: int, top_k: int = 50, min_score: float = 0.05
 ) -> list[Detections]:

@@ -17,10 +17,11 @@ from torch import nn
 from flotilla.ml.average_precision import mean_average_precision
 from flotilla.ml.centernet import centernet_loss, decode, make_targets
 from flotilla.ml.training import (
+    BaseStep,
     TrainingConfig,
     _optimizer,
     _proximal_anchors,
-    _proximal_term,
+    run_epochs,
 )
 
 
@@ -71,61 +72,39 @@ def train_detection(
         raise ValueError("no training examples")
     model.to(device).train()
     anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
-    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu, num_classes, device)
-    deadline = None if config.max_seconds is None else started + config.max_seconds
-    generator = torch.Generator().manual_seed(seed)
-    epochs = 0.0
-    for _epoch in range(config.local_epochs):
-        order = torch.randperm(count, generator=generator).tolist()
-        step.new_epoch()
-        for start in range(0, count, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            step(images[rows], [boxes[i] for i in rows], [labels[i] for i in rows])
-            if deadline is not None and time.monotonic() > deadline:
-                return step.result(count, started, epochs + step.seen / count)
-        epochs += 1
-    return step.result(count, started, epochs)
+    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu)
+    step.data(images, boxes, labels, num_classes=num_classes, device=device)
+    epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
+    seconds = time.monotonic() - started
+    return DetectionTrainResult(step.loss_sum / step.seen, count, seconds, epochs, step.steps)
 
 
-class _Step:
-    """One optimiser step on one batch, keeping the running loss of the current epoch."""
+class _Step(BaseStep):
+    """CenterNet's loss on a batch; targets are built per batch from its boxes."""
 
-    def __init__(
+    def data(
         self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        anchors: Mapping[str, torch.Tensor] | None,
-        mu: float,
+        images: torch.Tensor,
+        boxes: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        *,
         num_classes: int,
         device: torch.device,
     ) -> None:
-        self.model, self.optimizer, self.anchors, self.mu = model, optimizer, anchors, mu
+        self.images, self.boxes, self.labels = images, boxes, labels
         self.num_classes, self.device = num_classes, device
-        self.steps = 0
-        self.new_epoch()
 
-    def new_epoch(self) -> None:
-        self.loss_sum, self.seen = 0.0, 0
-
-    def __call__(
-        self, images: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor]
-    ) -> None:
-        size = (int(images.shape[2]), int(images.shape[3]))
-        targets = make_targets(boxes, labels, num_classes=self.num_classes, size=size)
-        loss = centernet_loss(self.model(images.to(self.device)), targets.to(self.device))
-        # Report the task loss, not the proximal penalty: it is comparable across strategies.
-        self.loss_sum += float(loss.detach()) * len(boxes)
-        if self.anchors is not None:
-            loss = loss + _proximal_term(self.model, self.anchors, self.mu)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        self.steps += 1
-        self.seen += len(boxes)
-
-    def result(self, count: int, started: float, epochs: float) -> DetectionTrainResult:
-        seconds = time.monotonic() - started
-        return DetectionTrainResult(self.loss_sum / self.seen, count, seconds, epochs, self.steps)
+    def __call__(self, index: torch.Tensor) -> None:
+        rows = index.tolist()
+        size = (int(self.images.shape[2]), int(self.images.shape[3]))
+        targets = make_targets(
+            [self.boxes[i] for i in rows],
+            [self.labels[i] for i in rows],
+            num_classes=self.num_classes,
+            size=size,
+        )
+        output = self.model(self.images[rows].to(self.device))
+        self.optimise(centernet_loss(output, targets.to(self.device)), len(rows))
 
 
 @torch.no_grad()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
 
+from flotilla.ml.centernet import STRIDE, tiny_centernet
+
 InputShape = tuple[int, int, int]
+Task = Literal["classification", "detection"]
 ModelFactory = Callable[..., object]
 
 
@@ -56,7 +59,16 @@ def mlp(*, num_classes: int, input_shape: InputShape) -> nn.Module:
     )
 
 
-BUILTIN_MODELS: Mapping[str, ModelFactory] = {"cnn-small": cnn_small, "mlp": mlp}
+BUILTIN_MODELS: Mapping[str, ModelFactory] = {
+    "cnn-small": cnn_small,
+    "mlp": mlp,
+    "centernet-tiny": tiny_centernet,
+}
+BUILTIN_TASKS: Mapping[str, Task] = {
+    "cnn-small": "classification",
+    "mlp": "classification",
+    "centernet-tiny": "detection",
+}
 
 
 def build_model(
@@ -66,10 +78,12 @@ def build_model(
     num_classes: int,
     input_shape: InputShape,
     seed: int,
+    task: Task = "classification",
 ) -> nn.Module:
     """Build the built-in `name` or call `entrypoint` ('package.module:function') as
     `function(num_classes=..., input_shape=...)`, seeded so that every process gets the
-    same initial weights, and check it maps a batch of `input_shape` to `num_classes`.
+    same initial weights, and check its output fits the task: [N, classes] logits for
+    classification, a CenterNet head [N, classes + 4, H/4, W/4] for detection.
 
     The global torch RNG is left as it was. Raises ModelError naming the model.
     """
@@ -81,6 +95,8 @@ def build_model(
             f"{label}: num_classes ({num_classes}) and every input dimension "
             f"({list(input_shape)}) must be at least 1"
         )
+    if name is not None and name in BUILTIN_TASKS and BUILTIN_TASKS[name] != task:
+        raise ModelError(f"{label} is a {BUILTIN_TASKS[name]} model; the job's task is {task}")
     factory = _builtin(name) if name is not None else _entrypoint(cast(str, entrypoint))
     # fork_rng restores the caller's RNG, so building a model never shifts later draws.
     with torch.random.fork_rng(devices=[]):
@@ -91,7 +107,7 @@ def build_model(
             raise ModelError(f"{label} failed to build: {error}") from error
         if not isinstance(model, nn.Module):
             raise ModelError(f"{label} returned {type(model).__name__}, not a torch.nn.Module")
-        _check_forward(model, label, num_classes=num_classes, input_shape=input_shape)
+        _check_forward(model, label, task=task, num_classes=num_classes, input_shape=input_shape)
     return model
 
 
@@ -124,8 +140,16 @@ def _entrypoint(entrypoint: str) -> ModelFactory:
     return cast(ModelFactory, factory)
 
 
+def expected_output(task: Task, *, num_classes: int, input_shape: InputShape) -> tuple[int, ...]:
+    """The output shape of a batch of 2 that the task's training and metric read."""
+    if task == "classification":
+        return (2, num_classes)
+    _, height, width = input_shape
+    return (2, num_classes + 4, height // STRIDE, width // STRIDE)
+
+
 def _check_forward(
-    model: nn.Module, label: str, *, num_classes: int, input_shape: InputShape
+    model: nn.Module, label: str, *, task: Task, num_classes: int, input_shape: InputShape
 ) -> None:
     # Eval mode so that a user's BatchNorm does not fold the dummy batch into its running
     # statistics, which would make the "initial" weights depend on this check.
@@ -142,8 +166,9 @@ def _check_forward(
         model.train(was_training)
     if not isinstance(output, torch.Tensor):
         raise ModelError(f"{label} returns {type(output).__name__}, not a tensor of logits")
-    if tuple(output.shape) != (2, num_classes):
+    expected = expected_output(task, num_classes=num_classes, input_shape=input_shape)
+    if tuple(output.shape) != expected:
         raise ModelError(
             f"{label} outputs shape {list(output.shape)} for a batch of 2; "
-            f"expected [2, {num_classes}]"
+            f"a {task} model must output {list(expected)}"
         )

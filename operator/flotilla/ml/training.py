@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -104,24 +105,45 @@ def train_local(
     model.to(device)
     x, y = images.to(device), labels.to(device)
     anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
-    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu)
-    deadline = None if config.max_seconds is None else started + config.max_seconds
-    generator = torch.Generator().manual_seed(seed)
+    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu, x, y)
     model.train()
-    epochs = 0.0
-    for _epoch in range(config.local_epochs):
-        order = torch.randperm(count, generator=generator).to(device)
-        step.new_epoch()
-        for start in range(0, count, config.batch_size):
-            step(x, y, order[start : start + config.batch_size])
-            if deadline is not None and time.monotonic() > deadline:
-                return step.result(count, started, epochs + step.seen / count)
-        epochs += 1
+    epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
     return step.result(count, started, epochs)
 
 
-class _Step:
-    """One optimiser step at a time, keeping the running numbers of the current epoch."""
+class EpochStep(Protocol):
+    """One optimiser step on a batch of sample indices; counts what the epoch has seen."""
+
+    seen: int
+
+    def new_epoch(self) -> None: ...
+
+    def __call__(self, index: torch.Tensor) -> None: ...
+
+
+def run_epochs(
+    step: EpochStep, *, count: int, config: TrainingConfig, seed: int, started: float
+) -> float:
+    """Seeded shuffled batches, epoch after epoch, until done or past the time budget.
+
+    Returns the epochs completed, fractional when the budget cut the last one.
+    """
+    deadline = None if config.max_seconds is None else started + config.max_seconds
+    generator = torch.Generator().manual_seed(seed)
+    epochs = 0.0
+    for _epoch in range(config.local_epochs):
+        order = torch.randperm(count, generator=generator)
+        step.new_epoch()
+        for start in range(0, count, config.batch_size):
+            step(order[start : start + config.batch_size])
+            if deadline is not None and time.monotonic() > deadline:
+                return epochs + step.seen / count
+        epochs += 1
+    return epochs
+
+
+class BaseStep:
+    """Backward and step with FedProx's term; subclasses give the batch's task loss."""
 
     def __init__(
         self,
@@ -135,22 +157,45 @@ class _Step:
         self.new_epoch()
 
     def new_epoch(self) -> None:
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self.loss_sum, self.seen = 0.0, 0
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> None:
-        logits = self.model(x[index])
-        loss = functional.cross_entropy(logits, y[index])
+    def optimise(self, loss: torch.Tensor, batch: int) -> None:
         # Report the task loss, not the proximal penalty: it is comparable across strategies.
-        batch_loss = float(loss.detach())
+        self.loss_sum += float(loss.detach()) * batch
         if self.anchors is not None:
             loss = loss + _proximal_term(self.model, self.anchors, self.mu)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         self.steps += 1
-        self.seen += len(index)
-        self.loss_sum += batch_loss * len(index)
-        self.correct += int((logits.argmax(1) == y[index]).sum())
+        self.seen += batch
+
+
+class _Step(BaseStep):
+    """Cross-entropy on a batch, keeping the epoch's running accuracy as well."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        anchors: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> None:
+        self.x, self.y = x, y
+        super().__init__(model, optimizer, anchors, mu)
+
+    def new_epoch(self) -> None:
+        super().new_epoch()
+        self.correct = 0
+
+    def __call__(self, index: torch.Tensor) -> None:
+        index = index.to(self.x.device)
+        logits = self.model(self.x[index])
+        target = self.y[index]
+        self.optimise(functional.cross_entropy(logits, target), len(index))
+        self.correct += int((logits.argmax(1) == target).sum())
 
     def result(self, count: int, started: float, epochs: float) -> TrainResult:
         return TrainResult(

@@ -129,7 +129,8 @@ def federated_metrics(
     for report in evaluations:
         site = metric_safe(str(report["site"]))
         values[f"client.{site}.eval_loss"] = report["loss"]
-        values[f"client.{site}.eval_accuracy"] = report["accuracy"]
+        for score in ("accuracy", "map50"):
+            values[f"client.{site}.eval_{score}"] = report.get(score)
         values[f"client.{site}.eval_examples"] = report["examples"]
     return _metrics(values, step=step, timestamp_ms=stamp)
 

@@ -1,4 +1,5 @@
-"""The final global model as MLflow serves it: images in, one probability per label out.
+"""The final global model as MLflow serves it: images in, one probability per label out
+(classification) or [top_k, 6] detection rows per image (x0, y0, x1, y1, score, label).
 
 Saved in MLflow's pt2 (torch.export) format when the model exports, so serving needs only
 torch, not Flotilla or the user's model code; a model torch.export cannot trace falls back
@@ -17,7 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from flotilla.ml.centernet import STRIDE, ServedDetections
+
 log = logging.getLogger(__name__)
+
+SERVED_DETECTIONS = 20  # detection rows per image in a served detector's answer
 
 
 class Probabilities(nn.Module):
@@ -37,6 +42,7 @@ class ServedModel:
     input_shape: tuple[int, int, int]
     labels: list[str]
     info: Mapping[str, Any] = field(default_factory=dict)
+    output_shape: tuple[int, ...] | None = None  # per image; default: one value per label
     serialization_format: str = "pt2"
 
     def signature(self) -> Any:
@@ -45,7 +51,8 @@ class ServedModel:
 
         # Unnamed: a named tensor makes the serving input a dict, which the torch flavor refuses.
         inputs = TensorSpec(np.dtype(np.float32), (-1, *self.input_shape))
-        outputs = TensorSpec(np.dtype(np.float32), (-1, len(self.labels)))
+        per_image = self.output_shape or (len(self.labels),)
+        outputs = TensorSpec(np.dtype(np.float32), (-1, *per_image))
         return ModelSignature(inputs=Schema([inputs]), outputs=Schema([outputs]))
 
     def input_example(self) -> np.ndarray:
@@ -61,14 +68,26 @@ class ServedModel:
 
 
 def served_model(
-    classifier: nn.Module,
+    network: nn.Module,
     *,
+    task: str = "classification",
     input_shape: tuple[int, int, int],
     labels: list[str],
     info: Mapping[str, Any],
 ) -> ServedModel:
-    module = Probabilities(classifier).eval()
-    model = ServedModel(module=module, input_shape=input_shape, labels=labels, info=info)
+    output_shape: tuple[int, ...] | None = None
+    if task == "detection":
+        cells = (input_shape[1] // STRIDE) * (input_shape[2] // STRIDE)
+        top_k = min(SERVED_DETECTIONS, len(labels) * cells)
+        detections = ServedDetections(network, num_classes=len(labels), top_k=top_k).eval()
+        output_shape = (detections.top_k, 6)
+        module: nn.Module = detections
+        info = {**info, "flotilla.output": "x0, y0, x1, y1, score, label per detection"}
+    else:
+        module = Probabilities(network).eval()
+    model = ServedModel(
+        module=module, input_shape=input_shape, labels=labels, info=info, output_shape=output_shape
+    )
     try:
         example = torch.zeros(2, *input_shape)
         batch = torch.export.Dim("batch", min=1)

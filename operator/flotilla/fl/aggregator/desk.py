@@ -8,6 +8,7 @@ folded under the fold lock, so a round that closes meanwhile takes nothing half-
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -15,10 +16,14 @@ from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected
 from flotilla.fl.aggregator.records import ClientReport
 from flotilla.fl.aggregator.state import EngineState, Phase
 
+log = logging.getLogger(__name__)
+
 
 class ClientDesk(EngineState):
     def task_for(self, site: str) -> dict[str, Any]:
-        if self.phase is Phase.TRAINING and site in self._sampled and site not in self._reports:
+        if site not in self.site_reports and not self.finished:
+            action = "report"  # new here, or this aggregator restarted: say how your data is
+        elif self.phase is Phase.TRAINING and site in self._sampled and site not in self._reports:
             action = "train"
         elif self.phase is Phase.EVALUATING and site in self._sampled - self._evaluated:
             action = "evaluate"
@@ -37,6 +42,22 @@ class ClientDesk(EngineState):
             "deadlineSeconds": max(self._deadline - self.clock(), 0.0),
             "proximalMu": self.strategy.proximal_mu,
         }
+
+    def receive_site_report(self, site: str, report: Mapping[str, Any]) -> None:
+        """A client says its data is ready (with its label report) or why it is not."""
+        before = self.site_reports.get(site)
+        self.site_reports[site] = dict(report)
+        if report.get("ready"):
+            if before is not None and not before.get("ready"):
+                log.info("site %s: its data is ready now; it joins the next round", site)
+            ignored = (report.get("data") or {}).get("ignoredLabels")
+            if ignored:
+                log.warning("site %s: ignores labels the job does not know: %s", site, ignored)
+        elif before != report:
+            log.error(
+                "site %s cannot train: %s; the rounds go on without it", site, report["error"]
+            )
+        self._bump()
 
     async def wait_task(self, site: str, *, timeout: float) -> dict[str, Any]:
         """The site's next action, once it has one (long-poll): never "wait" before timeout."""

@@ -22,6 +22,7 @@ from flotilla.fl.aggregator.checkpoint import CheckpointError, Snapshot
 from flotilla.fl.aggregator.desk import ClientDesk
 from flotilla.fl.aggregator.records import ClientReport, RoundRecord, summarize_round
 from flotilla.fl.aggregator.state import Evaluator, Phase
+from flotilla.fl.learning import SCORE_OF_TASK, SCORE_TITLES
 from flotilla.fl.strategies.base import AggregationError, RoundAggregate
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class RoundEngine(ClientDesk):
             self.message = (
                 f"waiting for clients: {len(present)} of {len(self.sites)} present, {needed} needed"
             )
+            problems = self.site_problems()
+            if problems:
+                self.message += f"; {len(problems)} cannot train (see siteErrors)"
             # Arrivals wake this at once; departures are noticed within the timeout.
             await self._wait_changed(min(max(grace_end - self.clock(), 0.05), 0.5))
 
@@ -180,15 +184,17 @@ class RoundEngine(ClientDesk):
         self.ledger.add_round(record)
         await self._checkpoint(record.round, model)
         self.persisted = record.round
+        score = SCORE_OF_TASK[self.job.spec.task]
         log.info(
-            "round %d/%d done in %.2fs: %d/%d clients, loss %s, accuracy %s",
+            "round %d/%d done in %.2fs: %d/%d clients, loss %s, %s %s",
             record.round,
             self.rounds,
             record.duration_seconds,
             len(record.answered),
             len(record.sampled),
             _fmt(record.loss),
-            _fmt(record.accuracy),
+            SCORE_TITLES[score],
+            _fmt(record.headline()[score]),
         )
         self._bump()
 

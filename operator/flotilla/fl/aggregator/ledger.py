@@ -7,6 +7,7 @@ computed from the evaluations whenever the ledger is read, never stored stale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +18,10 @@ from flotilla.fl.aggregator.records import (
     federated_metrics,
     job_summary,
 )
+
+
+def _score(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 class Ledger:
@@ -35,13 +40,14 @@ class Ledger:
             site=site,
             model_version=version,
             loss=float(report["loss"]),
-            accuracy=float(report["accuracy"]),
             examples=int(report["examples"]),
+            accuracy=_score(report.get("accuracy")),
+            map50=_score(report.get("map50")),
         )
 
     def record_json(self, record: RoundRecord) -> dict[str, Any]:
         record.federated = federated_metrics(list(self.evaluations.get(record.round, {}).values()))
-        return record.to_json() | {"loss": record.loss, "accuracy": record.accuracy}
+        return record.to_json() | record.headline()
 
     def history_json(self, *, after: int = 0) -> list[dict[str, Any]]:
         """The rows of rounds after `after`, oldest first."""

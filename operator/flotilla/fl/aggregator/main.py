@@ -66,9 +66,7 @@ def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOpti
     layout, model = initial_global_model(job)
     test_data = job.spec.evaluation.test_data
     evaluator = (
-        CentralEvaluator(job, Path(test_data.cvat_export.path), device=options.device)
-        if test_data is not None
-        else None
+        CentralEvaluator(job, test_data, device=options.device) if test_data is not None else None
     )
     store = CheckpointStore(options.state_dir)
     engine = RoundEngine(

@@ -98,6 +98,7 @@ class LedgerCollector(Collector):
         )
         yield from _global_metrics(job, history)
         yield from _client_metrics(job, history)
+        yield _site_readiness(job, engine.site_reports)
         yield _counter(
             "flotilla_tracking_failures",
             "Failed attempts to write the job's records to MLflow",
@@ -172,7 +173,7 @@ def _histogram(
 
 
 def _global_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:
-    for metric, doc in (("loss", "Loss"), ("accuracy", "Accuracy")):
+    for metric, doc in (("loss", "Loss"), ("accuracy", "Accuracy"), ("map50", "mAP@0.5")):
         family = GaugeMetricFamily(
             f"flotilla_global_{metric}",
             f"{doc} of the latest evaluated global model: central (the test split) or "
@@ -185,6 +186,17 @@ def _global_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]
             if isinstance(value, int | float) and math.isfinite(value):
                 family.add_metric([job, source], float(value))
         yield family
+
+
+def _site_readiness(job: str, reports: Mapping[str, Mapping[str, Any]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "flotilla_site_data_ready",
+        "1 when the site loaded its data, 0 when it reported an error (CVAT refused, bad export)",
+        labels=["flotilla_job", "site"],
+    )
+    for site, report in sorted(reports.items()):
+        family.add_metric([job, site], 1.0 if report.get("ready") else 0.0)
+    return family
 
 
 def _client_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from flotilla.fl.learning import SCORES
+
 
 @dataclass(frozen=True)
 class ClientReport:
@@ -28,8 +30,9 @@ class EvalReport:
     site: str
     model_version: int
     loss: float
-    accuracy: float
     examples: int
+    accuracy: float = math.nan  # classification
+    map50: float = math.nan  # detection: mAP at IoU 0.5
 
 
 @dataclass
@@ -53,7 +56,7 @@ class RoundRecord:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> RoundRecord:
-        # Derived keys (loss, accuracy) ride along in JSON; they are not state.
+        # Derived keys (loss, accuracy, map50) ride along in JSON; they are not state.
         return RoundRecord(**{f.name: data[f.name] for f in fields(RoundRecord) if f.name in data})
 
     @property
@@ -66,6 +69,14 @@ class RoundRecord:
     def accuracy(self) -> float | None:
         source = self.central or self.federated
         return None if source is None else source.get("accuracy")
+
+    @property
+    def map50(self) -> float | None:
+        source = self.central or self.federated
+        return None if source is None else source.get("map50")
+
+    def headline(self) -> dict[str, float | None]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "map50": self.map50}
 
 
 def summarize_round(
@@ -105,17 +116,26 @@ def summarize_round(
 
 
 def federated_metrics(reports: list[EvalReport]) -> dict[str, float] | None:
-    """Example-weighted loss and accuracy over the clients' hold-outs."""
+    """Example-weighted loss and scores over the clients' hold-outs.
+
+    A site-weighted mAP is an approximation of the pooled one (which would need every
+    site's detections in one place); it is what keeps the boxes at the sites.
+    """
     usable = [r for r in reports if r.examples > 0 and math.isfinite(r.loss)]
     total = sum(r.examples for r in usable)
     if not total:
         return None
-    return {
+    out = {
         "loss": sum(r.loss * r.examples for r in usable) / total,
-        "accuracy": sum(r.accuracy * r.examples for r in usable) / total,
         "examples": float(total),
         "clients": float(len(usable)),
     }
+    for score in SCORES:
+        scored = [r for r in usable if math.isfinite(getattr(r, score))]
+        weight = sum(r.examples for r in scored)
+        if weight:
+            out[score] = sum(getattr(r, score) * r.examples for r in scored) / weight
+    return out
 
 
 def job_summary(
@@ -135,6 +155,7 @@ def job_summary(
             "sites": r["answered"],
             "loss": r["loss"],
             "accuracy": r["accuracy"],
+            "map50": r.get("map50"),
             "trainLoss": r["train_loss"],
             "durationSeconds": r["duration_seconds"],
             "aggregationSeconds": r["aggregation_seconds"],
@@ -157,6 +178,7 @@ def job_summary(
         else {
             "loss": last["loss"],
             "accuracy": last["accuracy"],
+            "map50": last["map50"],
             "central": last["central"],
             "federated": last["federated"],
         },

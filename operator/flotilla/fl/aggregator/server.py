@@ -11,6 +11,7 @@ Routes (all under /v1; every client route takes `Authorization: Bearer <token>`)
     GET  /v1/model/VERSION             the global model, safetensors
     PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors, maybe zstd
     POST /v1/evaluations/VERSION       the caller's evaluation of the final model
+    POST /v1/site-report               the caller's data: ready (label report) or its error
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.intake import Rejected
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from flotilla.fl.learning import SCORES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ MAX_WAIT_SECONDS = 20.0
 SEND_CHUNK = 4 << 20
 MAX_METRICS_HEADER = 16 * 1024
 MAX_EXAMPLES = 10**9
+MAX_ERROR_CHARS = 2000
 
 ENGINE = web.AppKey("engine", RoundEngine)
 TOKENS = web.AppKey("tokens", dict)
@@ -68,6 +71,7 @@ def build_app(
     app.router.add_get("/v1/model/{version}", _model)
     app.router.add_put("/v1/rounds/{round}/update", _update)
     app.router.add_post("/v1/evaluations/{version}", _evaluation)
+    app.router.add_post("/v1/site-report", _site_report)
     return app
 
 
@@ -231,14 +235,47 @@ async def _update(request: web.Request) -> web.Response:
 async def _evaluation(request: web.Request) -> web.Response:
     site = _site(request)
     version = _path_int(request, "version")
-    if (request.content_length or 0) > MAX_METRICS_HEADER:
-        raise Rejected(413, "too_large", "the evaluation report is too large")
-    try:
-        report = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Rejected(400, "bad_json", f"the evaluation report is not JSON: {error}") from None
+    report = await _json_object(request, "the evaluation report")
     request.app[ENGINE].receive_evaluation(site=site, version=version, metrics=_eval_report(report))
     return web.json_response({"accepted": True})
+
+
+async def _site_report(request: web.Request) -> web.Response:
+    site = _site(request)
+    report = await _json_object(request, "the site report")
+    request.app[ENGINE].receive_site_report(site, _checked_site_report(report))
+    return web.json_response({"accepted": True})
+
+
+async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_METRICS_HEADER:
+        raise Rejected(413, "too_large", f"{what} is too large")
+    body = await request.content.read(MAX_METRICS_HEADER + 1)
+    if len(body) > MAX_METRICS_HEADER:
+        raise Rejected(413, "too_large", f"{what} is too large")
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Rejected(400, "bad_json", f"{what} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, "bad_json", f"{what} must be a JSON object")
+    return value
+
+
+def _checked_site_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """{"ready": true, "data": {...}} or {"ready": false, "error": "..."}: nothing else kept."""
+    ready = report.get("ready")
+    if not isinstance(ready, bool):
+        raise Rejected(400, "bad_report", 'a site report needs "ready": true or false')
+    if not ready:
+        error = report.get("error")
+        if not isinstance(error, str) or not error.strip():
+            raise Rejected(400, "bad_report", 'a site that is not ready must say why in "error"')
+        return {"ready": False, "error": error[:MAX_ERROR_CHARS]}
+    data = report.get("data", {})
+    if not isinstance(data, dict):
+        raise Rejected(400, "bad_report", '"data" must be a JSON object')
+    return {"ready": True, "data": data}
 
 
 def _examples(request: web.Request) -> int:
@@ -280,12 +317,15 @@ def _eval_report(report: Any) -> dict[str, Any]:
     examples = report.get("examples")
     if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
         raise Rejected(400, "bad_metrics", f"evaluation examples {examples!r} is not a count")
-    for key in ("loss", "accuracy"):
-        if not _finite(report.get(key)) and examples > 0:
-            raise Rejected(
-                400, "bad_metrics", f"evaluation {key} {report.get(key)!r} is not finite"
-            )
-    return {k: report.get(k) for k in ("loss", "accuracy", "examples")}
+    if examples > 0 and not _finite(report.get("loss")):
+        raise Rejected(400, "bad_metrics", f"evaluation loss {report.get('loss')!r} is not finite")
+    scores = {key: report[key] for key in SCORES if report.get(key) is not None}
+    for key, value in scores.items():
+        if not _finite(value) and examples > 0:
+            raise Rejected(400, "bad_metrics", f"evaluation {key} {value!r} is not finite")
+    if examples > 0 and not scores:
+        raise Rejected(400, "bad_metrics", f"an evaluation needs one of {', '.join(SCORES)}")
+    return {"loss": report.get("loss"), "examples": examples} | scores
 
 
 def _finite(value: Any) -> bool:

@@ -85,6 +85,10 @@ class EngineState:
         self._round_started = 0.0
         self._deadline = 0.0
         self._presence = Presence(clock)
+        # What each client said of its data: {"ready": True, "data": ...} or an error. A
+        # site counts as present only once it said its data is ready: a client whose CVAT
+        # refuses it is connected, but the rounds go on without it.
+        self.site_reports: dict[str, dict[str, Any]] = {}
         self.intake = UpdateIntake(self.update_layout, max_norm=job.spec.limits.max_update_norm)
         self._changed = asyncio.Event()
         self._fold_lock = asyncio.Lock()
@@ -115,7 +119,17 @@ class EngineState:
             self._bump()
 
     def present(self) -> list[str]:
-        return self._presence.present(self.sites)
+        return [s for s in self._presence.present(self.sites) if self.is_ready(s)]
+
+    def is_ready(self, site: str) -> bool:
+        return bool(self.site_reports.get(site, {}).get("ready"))
+
+    def site_problems(self) -> dict[str, str]:
+        return {
+            site: str(report.get("error"))
+            for site, report in sorted(self.site_reports.items())
+            if not report.get("ready")
+        }
 
     # -- status ----------------------------------------------------------------------------
 
@@ -126,7 +140,11 @@ class EngineState:
             phase=self.phase.value,
             failure=self.failure,
             rounds=self.rounds,
-        ) | {"mlflowRunId": tracking.get("runId"), "tracking": tracking}
+        ) | {
+            "mlflowRunId": tracking.get("runId"),
+            "tracking": tracking,
+            "sites": dict(sorted(self.site_reports.items())),
+        }
 
     def status(self) -> dict[str, Any]:
         return {
@@ -148,6 +166,7 @@ class EngineState:
             },
             "lastRound": self.ledger.last_json(),
             "tracking": self.tracking_status(),
+            "siteErrors": self.site_problems(),
         }
 
     # -- plumbing --------------------------------------------------------------------------

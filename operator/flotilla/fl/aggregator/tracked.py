@@ -115,6 +115,7 @@ def final_served_model(engine: RoundEngine, weights: bytearray) -> ServedModel:
     shape = job.spec.model.input
     return served_model(
         classifier,
+        task=job.spec.task,
         input_shape=(shape.channels, shape.height, shape.width),
         labels=list(job.spec.labels),
         info={"flotilla.job": job.metadata.name, "flotilla.round": engine.persisted},

@@ -1,16 +1,20 @@
 """A federated client: one long-lived process per site that trains on the site's own data.
 
-Loop: long-poll the aggregator for a task; on `train`, fetch the global model if
-its version changed, evaluate it on the local hold-out, train, and upload the
-delta with the example count and metrics; on `evaluate`, report the final model's
-hold-out metrics; stop on `done` or `failed`. Only weights and numbers leave the
-site: images and annotations are read here and never sent.
+Loop: long-poll the aggregator for a task; on `report`, say whether the site's data is
+ready (with its label report) or why not; on `train`, fetch the global model if its
+version changed, evaluate it on the local hold-out, train, and upload the delta with the
+example count and metrics; on `evaluate`, report the final model's hold-out metrics;
+stop on `done` or `failed`. A site whose data cannot be read (CVAT refuses or is down,
+a malformed export) stays connected and tries again with a backoff; the rounds go on
+without it meanwhile. Only weights, counts, metrics and error messages leave the site:
+images and annotations are read here and never sent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,20 +22,29 @@ from typing import Any
 import torch
 
 from flotilla.api import CvatExportSource, FederatedJob, parse_job
-from flotilla.data import ImageShape, load_site_data, split_train_holdout
-from flotilla.data.cvat_images import LabelledImages
+from flotilla.data import (
+    DataSourceError,
+    ImageShape,
+    LabelReport,
+    load_site_data,
+    split_train_holdout,
+)
 from flotilla.fl.client.metrics import ClientMetrics
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
 from flotilla.fl.codec import UpdateEncoder
+from flotilla.fl.learning import Samples, learning_for
 from flotilla.fl.modelstate import build_job_model, load_weights
 from flotilla.fl.wire import model_layout
-from flotilla.ml.training import TrainingConfig, evaluate, select_device, train_local
+from flotilla.ml.training import TrainingConfig, select_device
 
 log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 20.0
 # Refusals that mean "the round moved on without you", not "you are broken".
 STALE = frozenset({"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating"})
+
+
+MAX_DATA_RETRY_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,9 @@ class ClientOptions:
     batch_size: int | None = None
     local_epochs: int | None = None
     max_seconds: float | None = None
+    # A site whose data cannot be read (CVAT down, bad export) tries again after this,
+    # doubling up to MAX_DATA_RETRY_SECONDS; the aggregator knows why meanwhile.
+    data_retry_seconds: float = 30.0
 
 
 class FederatedClient:
@@ -54,8 +70,8 @@ class FederatedClient:
         info = self.conn.get_json("/v1/job")
         self.site: str = info["site"]
         self.job: FederatedJob = parse_job(info["spec"], source="the aggregator's /v1/job")
-        self.train, self.holdout = self._load_data()
         spec = self.job.spec
+        self.learning = learning_for(spec.task, num_classes=len(spec.labels))
         self.model = build_job_model(self.job).to(self.device)
         self.layout = model_layout(self.model.state_dict())
         if self.layout.header[8:].decode().rstrip() != info["layoutHeader"]:
@@ -75,6 +91,38 @@ class FederatedClient:
         if options.metrics_port is not None:
             port = self.metrics.serve(options.metrics_port, host=options.metrics_host)
             log.info("site %s: Prometheus metrics on port %d at /metrics", self.site, port)
+        self.train: Samples | None = None
+        self.holdout: Samples | None = None
+        self.site_report: dict[str, Any] = {}
+        self.data_retry_seconds = options.data_retry_seconds
+        self.next_data_try = 0.0
+        self._try_data()
+
+    def _try_data(self) -> None:
+        """Load the site's data, or keep why not: the aggregator learns either way."""
+        try:
+            samples, report = self._load_data()
+        except DataSourceError as error:
+            log.error(
+                "site %s: cannot read its data, retrying in %.0fs: %s",
+                self.site,
+                self.data_retry_seconds,
+                error,
+            )
+            self.metrics.data_ready.set(0)
+            self.site_report = {"ready": False, "error": str(error)}
+            self.next_data_try = time.monotonic() + self.data_retry_seconds
+            self.data_retry_seconds = min(self.data_retry_seconds * 2, MAX_DATA_RETRY_SECONDS)
+            return
+        spec = self.job.spec
+        self.train, self.holdout = split_train_holdout(
+            samples, validation_fraction=spec.training.validation_fraction, seed=spec.seed
+        )
+        self.metrics.data_ready.set(1)
+        self.site_report = {
+            "ready": True,
+            "data": report.as_metrics() | {"train": len(self.train), "holdout": len(self.holdout)},
+        }
         log.info(
             "site %s: %d training and %d hold-out examples on %s",
             self.site,
@@ -83,7 +131,7 @@ class FederatedClient:
             self.device,
         )
 
-    def _load_data(self) -> tuple[LabelledImages, LabelledImages]:
+    def _load_data(self) -> tuple[Samples, LabelReport]:
         spec = self.job.spec
         source = self.job.site_data(self.site)
         if self.options.data_path is not None:
@@ -100,23 +148,20 @@ class FederatedClient:
                 width=spec.model.input.width,
             ),
         )
-        # Sent with the status and metrics once the engine carries it (issue 4).
-        self.label_report = data.report
-        if not isinstance(data.samples, LabelledImages):
-            raise RuntimeError("detection training is not wired into the client yet")
-        return split_train_holdout(
-            data.samples, validation_fraction=spec.training.validation_fraction, seed=spec.seed
-        )
+        return data.samples, data.report
 
     def run(self) -> str:
         """Work until the job ends; returns the job's final phase ("done" or "failed")."""
         while True:
-            task = self.conn.get_json(
-                "/v1/task", params={"wait": LONG_POLL_SECONDS}, wait=LONG_POLL_SECONDS
-            )
+            wait = LONG_POLL_SECONDS
+            if self.train is None:
+                wait = min(wait, max(self.next_data_try - time.monotonic(), 0.0))
+            task = self.conn.get_json("/v1/task", params={"wait": wait}, wait=wait)
             action = task["action"]
             try:
-                if action == "train":
+                if action == "report":
+                    self.conn.post_json("/v1/site-report", self.site_report)
+                elif action == "train":
                     self._train_round(task)
                 elif action == "evaluate":
                     self._evaluate_final(task)
@@ -128,6 +173,9 @@ class FederatedClient:
                 if refused.reason not in STALE:
                     raise
                 log.warning("site %s: %s", self.site, refused)
+            if self.train is None and time.monotonic() >= self.next_data_try:
+                self._try_data()
+                self.conn.post_json("/v1/site-report", self.site_report)
 
     def _ensure_model(self, version: int) -> None:
         if self.cached_version == version:
@@ -141,24 +189,23 @@ class FederatedClient:
         self.cached_version = version
 
     def _holdout_metrics(self, version: int) -> dict[str, Any] | None:
-        if not self.job.spec.evaluation.federated or len(self.holdout) == 0:
+        holdout = self.holdout
+        if not self.job.spec.evaluation.federated or holdout is None or len(holdout) == 0:
             return None
-        result = evaluate(
-            self.model,
-            self.holdout.images,
-            self.holdout.labels,
-            batch_size=self.job.spec.training.batch_size,
-            device=self.device,
+        result = self.learning.evaluate(
+            self.model, holdout, batch_size=self.job.spec.training.batch_size, device=self.device
         )
-        self.metrics.evaluated(loss=result.loss, accuracy=result.accuracy)
+        self.metrics.evaluated(result)
         return {
             "modelVersion": version,
             "loss": result.loss,
-            "accuracy": result.accuracy,
             "examples": result.examples,
+            **result.scores,
         }
 
     def _train_round(self, task: dict[str, Any]) -> None:
+        if self.train is None:  # the aggregator samples only sites that said they are ready
+            raise RuntimeError("asked to train before this site's data is ready")
         round_number, version = int(task["round"]), int(task["modelVersion"])
         self._ensure_model(version)
         evaluation = self._holdout_metrics(version)
@@ -174,10 +221,9 @@ class FederatedClient:
             max_seconds=options.max_seconds or training.max_seconds,
             proximal_mu=float(task.get("proximalMu", 0.0)),
         )
-        result = train_local(
+        result = self.learning.train(
             self.model,
-            self.train.images,
-            self.train.labels,
+            self.train,
             config=config,
             seed=self.job.spec.seed * 100_003 + round_number,
             device=self.device,
@@ -187,9 +233,9 @@ class FederatedClient:
         metrics = {
             "train": {
                 "loss": result.loss,
-                "accuracy": result.accuracy,
                 "seconds": result.seconds,
                 "epochs": result.epochs,
+                **result.scores,
             },
             "eval": evaluation,
         }
@@ -228,5 +274,5 @@ class FederatedClient:
     def _evaluate_final(self, task: dict[str, Any]) -> None:
         version = int(task["modelVersion"])
         self._ensure_model(version)
-        report = self._holdout_metrics(version) or {"loss": None, "accuracy": None, "examples": 0}
+        report = self._holdout_metrics(version) or {"loss": None, "examples": 0}
         self.conn.post_json(f"/v1/evaluations/{version}", report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from flotilla.ml.training import TrainResult
+from flotilla.fl.learning import LocalEvaluation, LocalTraining
 
 TRAIN_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
 
@@ -43,6 +43,12 @@ class ClientMetrics:
         self.holdout_accuracy = gauge(
             "flotilla_local_holdout_accuracy", "Hold-out accuracy of the latest global model"
         )
+        self.holdout_map50 = gauge(
+            "flotilla_local_holdout_map50", "Hold-out mAP@0.5 of the latest global model"
+        )
+        self.data_ready = gauge(
+            "flotilla_local_data_ready", "1 when the site's data loaded, 0 while it cannot"
+        )
         self.sent = counter("flotilla_local_sent_bytes", "Update bytes sent to the aggregator")
         self.received = counter(
             "flotilla_local_received_bytes", "Global-model bytes received from the aggregator"
@@ -55,17 +61,20 @@ class ClientMetrics:
         )
         self._labels = labels
 
-    def trained(self, result: TrainResult, *, sent_bytes: int) -> None:
+    def trained(self, result: LocalTraining, *, sent_bytes: int) -> None:
         self.rounds.inc()
         self.train_seconds.observe(result.seconds)
         self.examples.set(result.examples)
         self.loss.set(result.loss)
-        self.accuracy.set(result.accuracy)
+        if "accuracy" in result.scores:
+            self.accuracy.set(result.scores["accuracy"])
         self.sent.inc(sent_bytes)
 
-    def evaluated(self, *, loss: float, accuracy: float) -> None:
-        self.holdout_loss.set(loss)
-        self.holdout_accuracy.set(accuracy)
+    def evaluated(self, result: LocalEvaluation) -> None:
+        self.holdout_loss.set(result.loss)
+        for score, gauge in (("accuracy", self.holdout_accuracy), ("map50", self.holdout_map50)):
+            if score in result.scores:
+                gauge.set(result.scores[score])
 
     def refused(self, reason: str) -> None:
         self._refusals.labels(**self._labels, reason=reason).inc()
