@@ -32,7 +32,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "flotilla"
-KUBERNETES_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"}
+KUBERNETES_VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0",
+    "platform": "linux/amd64",
+}
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
 # Every kind the chart can render, and the CRD it installs: (group/version, plural, kind, namespaced).
 RESOURCES = [
@@ -171,5 +176,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     # Helm reads its storage driver from the environment when the library starts.
     if os.environ.get("HELM_DRIVER") != "memory":
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "HELM_DRIVER": "memory"})
+        os.execve(
+            sys.executable, [sys.executable, *sys.argv], {**os.environ, "HELM_DRIVER": "memory"}
+        )
     sys.exit(main())
