@@ -13,7 +13,7 @@ fields are errors). The Prometheus Operator's kinds have no schema there; they a
 as not validated and tests/chart/test_render.py checks their shape.
 
 Needs helm-sdkpy, kmock, kubernetes-validate and PyYAML in a Python >= 3.12 (`make
-chart-check` builds .venv-helm). Prints one JSON object: manifest, notes, errors, unvalidated.
+chart-check` builds .venv-helm). Prints one JSON object: manifest, notes, lint, errors, unvalidated.
 
     .venv-helm/bin/python tests/chart/render.py [-f values.yaml]... [--validate 1.30.0]
 """
@@ -39,7 +39,8 @@ KUBERNETES_VERSION = {
     "platform": "linux/amd64",
 }
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Every kind the chart can render, and the CRD it installs: (group/version, plural, kind, namespaced).
+# Every kind the chart can render and the CRD it installs: (group/version, plural, kind,
+# namespaced).
 RESOURCES = [
     ("v1", "namespaces", "Namespace", False),
     ("v1", "serviceaccounts", "ServiceAccount", True),
@@ -57,6 +58,7 @@ RESOURCES = [
     ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", True),
     ("flotilla.dev/v1alpha1", "federatedjobs", "FederatedJob", True),
 ]
+LINT_SEVERITIES = {1: "info", 2: "warning", 3: "error"}
 NO_SCHEMA_GROUPS = ("monitoring.coreos.com/", "flotilla.dev/")
 
 
@@ -107,9 +109,15 @@ async def render(*, values: dict[str, Any], release: str, namespace: str) -> dic
         config = helm_sdkpy.Configuration(
             namespace=namespace, kubeconfig=_kubeconfig(str(server.url), namespace)
         )
+        # Helm's linter; its messages carry no text through helm-sdkpy, only path and severity.
+        lint = await helm_sdkpy.Lint(config).run(str(CHART))
         release_info: dict[str, Any] = await helm_sdkpy.Install(config).run(
             release, str(CHART), values=values, wait=False, timeout=60
         )
+        release_info["lint"] = [
+            {"severity": LINT_SEVERITIES.get(m["Severity"], "unknown"), "path": m["Path"]}
+            for m in lint.get("Messages") or []
+        ]
         return release_info
 
 
@@ -149,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "manifest": manifest,
         "notes": release.get("info", {}).get("notes", ""),
+        "lint": release["lint"],
         "errors": [],
         "unvalidated": [],
     }

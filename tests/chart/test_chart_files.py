@@ -29,12 +29,13 @@ def _schema() -> dict[str, Any]:
 
 
 def _paths(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    """Every key as a dotted path; a non-empty map's own key too."""
+    """Every value as a dotted path: the leaves, and the maps passed on as they are."""
     for key, value in values.items():
         path = f"{prefix}{key}"
-        yield path
         if isinstance(value, dict) and value and path not in FREE_FORM:
             yield from _paths(value, f"{path}.")
+        else:
+            yield path
 
 
 # Maps handed to Kubernetes as they are: documented as a whole, not key by key.

@@ -67,6 +67,11 @@ def test_defaults_render_valid_kubernetes_1_30_objects(default: dict[str, Any]) 
     }
 
 
+def test_helm_lint_finds_nothing_worse_than_info(default: dict[str, Any]) -> None:
+    # Helm's one info is "icon is recommended": the project has no icon.
+    assert [m for m in default["lint"] if m["severity"] != "info"] == []
+
+
 def test_every_toggle_on_renders_valid_objects(all_on: dict[str, Any]) -> None:
     assert all_on["errors"] == []
     assert sorted(all_on["unvalidated"]) == [
