@@ -1,11 +1,12 @@
 """Rendering the chart for real: a Python >= 3.12 with helm-sdkpy, apart from the project's.
 
-The project supports Python 3.11; helm-sdkpy (Helm v4's engine) needs 3.12. The `helm`
-fixture finds a Python >= 3.12 ($FLOTILLA_HELM_PYTHON, python3.12/python3.13 on PATH, or
-pyenv's versions), builds .venv-helm from requirements-helm.txt once (pip, from the package
-index), and renders with tests/chart/render.py in a subprocess. Without such a Python the
-render tests are skipped with the reason (they fail instead under FLOTILLA_CHART_RENDER=required,
-as `make chart-check` sets); if the build fails they fail.
+The project supports Python 3.11; helm-sdkpy (Helm v4's engine) needs 3.12. The
+`helm_python` fixture finds a Python >= 3.12 ($FLOTILLA_HELM_PYTHON, python3.12 or
+python3.13 on PATH, or pyenv's versions), builds .venv-helm from requirements-helm.txt
+once (pip, from the package index); `render` runs tests/chart/render.py with it in a
+subprocess. Without such a Python the render tests are skipped with the reason (they fail
+instead under FLOTILLA_CHART_RENDER=required, as `make chart-check` sets); if the build
+fails they fail.
 """
 
 from __future__ import annotations
