@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # everything together (installing packages one after another can break pip check).
 STAMP := $(VENV)/.installed
 
-.PHONY: install run data test e2e lint typecheck bench serve clean
+.PHONY: install run data test e2e lint typecheck bench serve clean chart-check
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ test: install
 e2e: install
 	$(BIN)/pytest -m e2e tests/e2e -rs
 
+# The Helm chart: files, and rendered by Helm's engine (helm-sdkpy, Python >= 3.12, in
+# .venv-helm, which tests/chart builds) and validated for Kubernetes 1.30. See charts/README.md.
+chart-check: install
+	$(BIN)/ruff check tests/chart
+	FLOTILLA_CHART_RENDER=required $(BIN)/pytest tests/chart -rs
+
 lint: install
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
@@ -56,4 +62,4 @@ serve: install
 		-h 127.0.0.1 -p $(SERVE_PORT)
 
 clean:
-	rm -rf $(VENV) .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-helm .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
