@@ -26,7 +26,7 @@ run: data
 	$(BIN)/flotilla run examples/digits.yaml --summary-json .flotilla/digits-summary.json
 
 test: install
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench charts docs
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -36,8 +36,8 @@ e2e: install
 	$(BIN)/pytest -m e2e tests/e2e -rs
 
 lint: install
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench charts docs
+	$(BIN)/ruff format --check operator tests bench charts docs/*.py
 
 typecheck: install
 	$(BIN)/mypy
