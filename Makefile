@@ -26,7 +26,7 @@ run: data
 	$(BIN)/flotilla run examples/digits.yaml --summary-json .flotilla/digits-summary.json
 
 test: install
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench charts docs
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -42,8 +42,8 @@ chart-check: install
 	FLOTILLA_CHART_RENDER=required $(BIN)/pytest tests/chart -rs
 
 lint: install
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench charts docs
+	$(BIN)/ruff format --check operator tests bench charts docs/*.py
 
 typecheck: install
 	$(BIN)/mypy
