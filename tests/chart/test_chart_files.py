@@ -115,7 +115,9 @@ def test_the_alert_rules_are_a_prometheus_rules_file() -> None:
             assert rule["expr"].strip()
             alerts[rule.get("alert") or rule["record"]] = rule
     assert "FlotillaAggregatorDown" in alerts
-    assert 'job="flotilla-aggregator"' in alerts["FlotillaAggregatorDown"]["expr"]
+    # The chart's PodMonitor names the aggregators' scrape job flotilla-aggregator.
+    selector = re.search(r'up\{job=~"([^"]+)"\}', alerts["FlotillaAggregatorDown"]["expr"])
+    assert selector and re.fullmatch(selector.group(1), "flotilla-aggregator")
 
 
 def test_the_dashboards_are_grafana_json_with_names_fit_for_configmaps() -> None:

@@ -213,9 +213,11 @@ def test_the_dashboard_label_is_configurable(render: Render) -> None:
     rendered = render(
         {"grafana": {"dashboards": {"enabled": True, "label": "dash", "labelValue": "yes"}}}
     )
-    config_map = _one(rendered, "ConfigMap")
-    assert config_map["metadata"]["labels"]["dash"] == "yes"
-    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    config_maps = [d for d in rendered["objects"] if d["kind"] == "ConfigMap"]
+    assert config_maps
+    for config_map in config_maps:
+        assert config_map["metadata"]["labels"]["dash"] == "yes"
+        assert "grafana_dashboard" not in config_map["metadata"]["labels"]
 
 
 def test_without_rbac_and_service_account_the_chart_uses_the_given_account(
