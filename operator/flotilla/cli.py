@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="override spec.training.maxSeconds (local time budget per round) on this node",
     )
-    parser.add_argument(
+    client.add_argument(
         "--data-retry-seconds",
         type=_positive_float,
         default=30.0,

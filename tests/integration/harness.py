@@ -108,12 +108,12 @@ class Cluster:
         )
         self.wait_for(lambda s: True, timeout=STARTUP_SECONDS)
 
-    def start_client(self, site: str, *extra: str) -> None:
+    def start_client(self, site: str, *extra: str, via: str | None = None) -> None:
+        """`via`: dial this URL instead of the aggregator's (a recording proxy)."""
         log = open(self.root / f"{site}.log", "ab")  # noqa: SIM115
+        url = via or self.url
         self.clients[site] = subprocess.Popen(
-            flotilla(
-                "client", "--aggregator", self.url, "--threads", "1", "--device", "cpu", *extra
-            ),
+            flotilla("client", "--aggregator", url, "--threads", "1", "--device", "cpu", *extra),
             stdout=log,
             stderr=log,
             env=child_env(FLOTILLA_TOKEN=self.tokens[site]),

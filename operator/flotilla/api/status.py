@@ -41,6 +41,9 @@ class FederatedJobStatus(ApiModel):
     clients_ready: str | None = None  # "ready/desired", for kubectl get
     clients: ClientCounts = Field(default_factory=ClientCounts)
     metrics: dict[str, float] = Field(default_factory=dict)
+    # Sites whose client runs but cannot read its data (CVAT refused, bad export): site ->
+    # the client's message. The rounds go on without them.
+    site_errors: dict[str, str] = Field(default_factory=dict)
     mlflow_run_id: str | None = None
     start_time: str | None = None
     completion_time: str | None = None

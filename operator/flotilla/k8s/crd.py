@@ -61,6 +61,7 @@ PRINTER_COLUMNS = [
     {"name": "Round", "type": "string", "jsonPath": ".status.progress"},
     {"name": "Clients", "type": "string", "jsonPath": ".status.clientsReady"},
     {"name": "Accuracy", "type": "number", "jsonPath": ".status.metrics.accuracy"},
+    {"name": "mAP50", "type": "number", "jsonPath": ".status.metrics.map50", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

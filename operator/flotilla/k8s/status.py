@@ -15,6 +15,9 @@ from typing import Any
 
 from flotilla.api import FederatedJob
 
+# Bounded: status lives in etcd, and a job may have thousands of sites.
+MAX_SITE_ERRORS = 50
+MAX_SITE_ERROR_CHARS = 500
 CONDITION_TYPES = ("Scheduled", "Running", "Succeeded", "Failed", "Suspended", "Tracking")
 
 
@@ -111,6 +114,14 @@ def compute_status(
     metrics = _metrics(aggregator.get("lastRound")) or previous.get("metrics")
     if metrics:
         status["metrics"] = metrics
+    if aggregator:
+        errors = aggregator.get("siteErrors") or {}
+        status["siteErrors"] = {
+            str(site): str(message)[:MAX_SITE_ERROR_CHARS]
+            for site, message in list(errors.items())[:MAX_SITE_ERRORS]
+        }
+    elif previous.get("siteErrors"):
+        status["siteErrors"] = previous["siteErrors"]
     run_id = (aggregator.get("tracking") or {}).get("runId") or previous.get("mlflowRunId")
     if run_id:
         status["mlflowRunId"] = run_id
@@ -160,7 +171,11 @@ def _conditions(job: FederatedJob | None, observed: Observation) -> dict[str, tu
     elif aggregator is None:
         out |= _aggregator_down(job, observed.aggregator_pods)
     elif not job.spec.suspend:
-        out["Running"] = ("True", "RoundsInProgress", str(aggregator.get("message", "")))
+        message = str(aggregator.get("message", ""))
+        errors = answer.get("siteErrors") or {}
+        if errors:
+            message += f"; {len(errors)} sites cannot read their data: {', '.join(sorted(errors))}"
+        out["Running"] = ("True", "RoundsInProgress", message)
     tracking = answer.get("tracking")
     if tracking:
         out["Tracking"] = _tracking(tracking)
@@ -250,7 +265,7 @@ def _metrics(last_round: Mapping[str, Any] | None) -> dict[str, float] | None:
         return None
     out = {
         key: float(last_round[key])
-        for key in ("loss", "accuracy")
+        for key in ("loss", "accuracy", "map50")
         if isinstance(last_round.get(key), int | float) and math.isfinite(last_round[key])
     }
     return out or None

@@ -27,6 +27,7 @@ class Progress:
         self._score = SCORE_OF_TASK[job.spec.task]  # the headline score: accuracy or map50
         self._title = SCORE_TITLES[self._score]
         self._printed = 0  # rounds printed
+        self._site_errors: dict[str, str] = {}  # as last shown
         self._pending = False  # a live line is on screen
 
     def started(self, *, state_dir: Path) -> None:
@@ -47,6 +48,10 @@ class Progress:
         self._print(f"  aggregator: {url}/v1/status, Prometheus metrics at {url}/metrics")
 
     def update(self, status: dict[str, Any]) -> None:
+        for site, error in (status.get("siteErrors") or {}).items():
+            if self._site_errors.get(site) != error:
+                self.warn(f"site {site} cannot train; the rounds go on without it: {error}")
+        self._site_errors = dict(status.get("siteErrors") or {})
         last = status.get("lastRound")
         if last and last["round"] > self._printed:
             self._clear_live()
@@ -101,6 +106,9 @@ class Progress:
                 f"  client hold-out {self._title} {_num(f.get(self._score))}, loss "
                 f"{_num(f['loss'])} ({int(f['clients'])} clients)"
             )
+        for site, report in (summary.get("sites") or {}).items():
+            if not report.get("ready"):
+                lines.append(f"  site {site} could not read its data: {report.get('error')}")
         lines += _tracking_lines(summary.get("tracking") or {})
         lines.append(f"  state, checkpoints and logs: {summary['stateDir']}")
         self._print("\n".join(lines))

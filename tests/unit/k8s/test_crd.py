@@ -80,6 +80,7 @@ def test_status_subresource_short_names_and_printer_columns() -> None:
         ".status.progress",
         ".status.clientsReady",
         ".status.metrics.accuracy",
+        ".status.metrics.map50",  # priority 1: shown with -o wide
         ".metadata.creationTimestamp",
     ]
 

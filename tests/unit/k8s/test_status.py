@@ -157,6 +157,19 @@ def test_an_aggregator_that_answers_is_running_whatever_its_restarts() -> None:
     assert status["phase"] == "Running"
 
 
+def test_sites_that_cannot_read_their_data_are_named_in_status() -> None:
+    errors = {"site-b": "site site-b: CVAT at http://cvat:8080 refused the credentials"}
+    status = _status(Observation(["a"], [_pod("a")], _aggregator(siteErrors=errors)))
+
+    assert status["siteErrors"] == errors
+    assert "1 sites cannot read their data: site-b" in _condition(status, "Running")["message"]
+    # The aggregator answering again with no error clears them; not answering keeps them.
+    assert _status(Observation(["a"], [_pod("a")], None), previous=status)["siteErrors"] == errors
+    assert (
+        _status(Observation(["a"], [_pod("a")], _aggregator()), previous=status)["siteErrors"] == {}
+    )
+
+
 def test_an_invalid_spec_fails_with_the_reason() -> None:
     observed = Observation([], [], None, invalid="spec.rounds: Input should be >= 1 (got 0)")
 
