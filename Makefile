@@ -78,7 +78,11 @@ PLATFORMS ?= linux/amd64,linux/arm64
 CUDA_PLATFORMS ?= linux/amd64
 BUILDER ?= flotilla
 IMAGES_DIR ?= .images
-BUILDX := docker buildx build --builder $(BUILDER) --build-arg VERSION=$(VERSION)
+# Extra flags for every build, and for the CUDA one only (edge-images/README.md), e.g.
+# CUDA_BUILD_ARGS="--build-arg CUDA_IMAGE=... --build-arg TORCH_INDEX_URL=...".
+BUILD_ARGS ?=
+CUDA_BUILD_ARGS ?=
+BUILDX := docker buildx build --builder $(BUILDER) --build-arg VERSION=$(VERSION) $(BUILD_ARGS)
 
 # $(call image,NAME,DOCKERFILE,TARGET,PLATFORMS,OUTPUT FLAGS)
 image = $(BUILDX) --file edge-images/$(2)/Dockerfile --target $(3) --platform $(4) \
@@ -96,13 +100,13 @@ images: builder
 	$(call image,$(OPERATOR_IMAGE),operator,operator,$(PLATFORMS),$(call oci,$(OPERATOR_IMAGE)))
 	$(call image,$(RUNTIME_IMAGE),runtime,aggregator,$(PLATFORMS),$(call oci,$(RUNTIME_IMAGE)))
 	$(call image,$(CLIENT_IMAGE),runtime,client,$(PLATFORMS),$(call oci,$(CLIENT_IMAGE)))
-	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),$(call oci,$(CUDA_IMAGE)))
+	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),$(call oci,$(CUDA_IMAGE)) $(CUDA_BUILD_ARGS))
 
 push: builder
 	$(call image,$(OPERATOR_IMAGE),operator,operator,$(PLATFORMS),--push)
 	$(call image,$(RUNTIME_IMAGE),runtime,aggregator,$(PLATFORMS),--push)
 	$(call image,$(CLIENT_IMAGE),runtime,client,$(PLATFORMS),--push)
-	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),--push)
+	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),--push $(CUDA_BUILD_ARGS))
 
 # No Docker engine needed: hadolint (from the dev extra) and the checks in tests/edge_images.
 lint-images: install
