@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 # everything together (installing packages one after another can break pip check).
 STAMP := $(VENV)/.installed
 
-.PHONY: install run data test e2e lint typecheck bench serve clean chart-check
+.PHONY: install run data test e2e lint typecheck bench serve clean chart-check \
+	builder images push lint-images
 
 install: $(STAMP)
 
@@ -61,5 +62,55 @@ serve: install
 		$(BIN)/mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local \
 		-h 127.0.0.1 -p $(SERVE_PORT)
 
+# Edge images (edge-images/README.md). Needs Docker with buildx and a builder that can do
+# several platforms (`make builder`; QEMU for the other architecture). The names are the
+# operator's defaults (DEFAULT_IMAGE, DEFAULT_CUDA_IMAGE in operator/flotilla/api/cluster.py)
+# and the chart's operator image; tests/edge_images checks that they stay the same.
+#   make images                      build all, as OCI archives under .images/ (no registry)
+#   make push REGISTRY=... VERSION=... build and push all
+REGISTRY ?= ghcr.io/flotilla-dev
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+RUNTIME_IMAGE := flotilla
+CLIENT_IMAGE := flotilla-client
+CUDA_IMAGE := flotilla-cuda
+OPERATOR_IMAGE := flotilla-operator
+PLATFORMS ?= linux/amd64,linux/arm64
+CUDA_PLATFORMS ?= linux/amd64
+BUILDER ?= flotilla
+IMAGES_DIR ?= .images
+# Extra flags for every build, and for the CUDA one only (edge-images/README.md), e.g.
+# CUDA_BUILD_ARGS="--build-arg CUDA_IMAGE=... --build-arg TORCH_INDEX_URL=...".
+BUILD_ARGS ?=
+CUDA_BUILD_ARGS ?=
+BUILDX := docker buildx build --builder $(BUILDER) --build-arg VERSION=$(VERSION) $(BUILD_ARGS)
+
+# $(call image,NAME,DOCKERFILE,TARGET,PLATFORMS,OUTPUT FLAGS)
+image = $(BUILDX) --file edge-images/$(2)/Dockerfile --target $(3) --platform $(4) \
+	--tag $(REGISTRY)/$(1):$(VERSION) $(5) .
+# A multi-platform result cannot be --load'ed into the local engine: `images` writes OCI
+# archives (docker-container builder), `push` sends the same build to the registry.
+oci = --output type=oci,dest=$(IMAGES_DIR)/$(1)-$(VERSION).tar
+
+builder:
+	docker buildx inspect $(BUILDER) >/dev/null 2>&1 || \
+		docker buildx create --name $(BUILDER) --driver docker-container --bootstrap
+
+images: builder
+	mkdir -p $(IMAGES_DIR)
+	$(call image,$(OPERATOR_IMAGE),operator,operator,$(PLATFORMS),$(call oci,$(OPERATOR_IMAGE)))
+	$(call image,$(RUNTIME_IMAGE),runtime,aggregator,$(PLATFORMS),$(call oci,$(RUNTIME_IMAGE)))
+	$(call image,$(CLIENT_IMAGE),runtime,client,$(PLATFORMS),$(call oci,$(CLIENT_IMAGE)))
+	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),$(call oci,$(CUDA_IMAGE)) $(CUDA_BUILD_ARGS))
+
+push: builder
+	$(call image,$(OPERATOR_IMAGE),operator,operator,$(PLATFORMS),--push)
+	$(call image,$(RUNTIME_IMAGE),runtime,aggregator,$(PLATFORMS),--push)
+	$(call image,$(CLIENT_IMAGE),runtime,client,$(PLATFORMS),--push)
+	$(call image,$(CUDA_IMAGE),cuda,cuda-client,$(CUDA_PLATFORMS),--push $(CUDA_BUILD_ARGS))
+
+# No Docker engine needed: hadolint (from the dev extra) and the checks in tests/edge_images.
+lint-images: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/edge_images -rs
+
 clean:
-	rm -rf $(VENV) .venv-helm .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-helm .images .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
