@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from flotilla.api.cluster import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+from flotilla.api.cluster import DEFAULT_CLIENT_IMAGE, DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
 from tests.edge_images.test_dockerfiles import BY_NAME, makefile_vars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +23,13 @@ def test_the_makefile_takes_its_version_from_pyproject() -> None:
     assert "pyproject.toml" in makefile_vars()["VERSION"]
 
 
-def test_operator_defaults_are_the_runtime_and_cuda_images() -> None:
+def test_operator_defaults_are_the_runtime_client_and_cuda_images() -> None:
     assert f"{_image('RUNTIME_IMAGE')}:{VERSION}" == DEFAULT_IMAGE
+    assert f"{_image('CLIENT_IMAGE')}:{VERSION}" == DEFAULT_CLIENT_IMAGE
     assert f"{_image('CUDA_IMAGE')}:{VERSION}" == DEFAULT_CUDA_IMAGE
-    # The runtime image runs the aggregator (and clients on plain nodes); CUDA is a client.
+    # The runtime image runs the aggregator; clients get the lean image or the CUDA one.
     assert BY_NAME[makefile_vars()["RUNTIME_IMAGE"]].target == "aggregator"
+    assert BY_NAME[makefile_vars()["CLIENT_IMAGE"]].target == "client"
     assert BY_NAME[makefile_vars()["CUDA_IMAGE"]].target == "cuda-client"
 
 

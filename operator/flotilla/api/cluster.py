@@ -14,6 +14,8 @@ from flotilla.api.base import ApiModel
 
 DEFAULT_IMAGE = "ghcr.io/flotilla-dev/flotilla:0.1.0"
 DEFAULT_CUDA_IMAGE = "ghcr.io/flotilla-dev/flotilla-cuda:0.1.0"
+# Clients on CPU nodes: torch and the data readers, neither kopf nor MLflow (edge-images/).
+DEFAULT_CLIENT_IMAGE = "ghcr.io/flotilla-dev/flotilla-client:0.1.0"
 
 # A Kubernetes resource quantity: "500m", "2", "1.5Gi", "64Mi".
 Quantity = Annotated[
@@ -44,7 +46,7 @@ class TrainingOverrides(ApiModel):
 
 
 class Profile(ApiModel):
-    image: str | None = Field(default=None, min_length=1)  # the runtime image if unset
+    image: str | None = Field(default=None, min_length=1)  # runtime.client.image if unset
     resources: Resources | None = None  # replaces the client's resources when set
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
 
@@ -85,6 +87,7 @@ class AggregatorRuntime(ApiModel):
 
 
 class ClientRuntime(ApiModel):
+    image: str = Field(default=DEFAULT_CLIENT_IMAGE, min_length=1)
     resources: Resources = Field(
         default_factory=lambda: Resources(
             requests={"cpu": "500m", "memory": "512Mi"}, limits={"memory": "4Gi"}
@@ -93,7 +96,7 @@ class ClientRuntime(ApiModel):
 
 
 class RuntimeSpec(ApiModel):
-    image: str = Field(default=DEFAULT_IMAGE, min_length=1)
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1)  # the aggregator's
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     aggregator: AggregatorRuntime = Field(default_factory=AggregatorRuntime)
     client: ClientRuntime = Field(default_factory=ClientRuntime)

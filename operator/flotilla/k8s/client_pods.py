@@ -115,7 +115,7 @@ def _container(
     )
     return {
         "name": "client",
-        "image": (profile.image if profile and profile.image else None) or runtime.image,
+        "image": (profile.image if profile and profile.image else None) or runtime.client.image,
         "imagePullPolicy": runtime.image_pull_policy,
         "args": [
             "client",

@@ -63,7 +63,7 @@ def test_three_of_five_nodes_get_a_client_with_their_profile() -> None:
     assert "--device=cuda" in gpu["args"] and "--batch-size=128" in gpu["args"]
     arm = plan.clients["pi-7-factory-local"]["spec"]["containers"][0]
     assert "--batch-size=8" in arm["args"] and "--max-seconds=60" in arm["args"]
-    assert arm["image"] == "ghcr.io/flotilla-dev/flotilla:0.1.0"  # multi-arch by default
+    assert arm["image"] == "ghcr.io/flotilla-dev/flotilla-client:0.1.0"  # multi-arch by default
     plain = plan.clients["plant-c"]["spec"]["containers"][0]
     assert "--device=cpu" in plain["args"]
     assert plain["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
