@@ -145,6 +145,13 @@ def test_every_bad_upload_is_refused_and_the_aggregate_keeps_only_the_good_one(
         ),
         "oversized": _raw(running, _upload_head(running, 10**9), b""),
         "truncated": _request(running, "PUT", path, good[: len(good) // 2], _headers(running)),
+        "report not JSON": _request(running, "POST", "/v1/site-report", b"{ready"),
+        "report not an object": _request(running, "POST", "/v1/site-report", b"[true]"),
+        "report without ready": _request(running, "POST", "/v1/site-report", b'{"data": {}}'),
+        "error without why": _request(running, "POST", "/v1/site-report", b'{"ready": false}'),
+        "report too large": _request(
+            running, "POST", "/v1/site-report", b'{"ready": true, "data": "' + b"x" * 20_000 + b'"}'
+        ),
     }
     _drop_mid_upload(running, good)
 
@@ -156,6 +163,11 @@ def test_every_bad_upload_is_refused_and_the_aggregate_keeps_only_the_good_one(
         "bad examples": (400, "X-Flotilla-Examples"),
         "oversized": (413, "bytes"),
         "truncated": (400, "truncated"),
+        "report not JSON": (400, "not JSON"),
+        "report not an object": (400, "must be a JSON object"),
+        "report without ready": (400, '\\"ready\\": true or false'),
+        "error without why": (400, "must say why"),
+        "report too large": (413, "too large"),
     }
     for case, (status, reason) in expected.items():
         got_status, got_body = refusals[case]
@@ -183,6 +195,7 @@ def test_every_bad_upload_is_refused_and_the_aggregate_keeps_only_the_good_one(
     for reason in ("unauthorized", "round_closed", "bad_examples", "too_large"):
         assert metrics[f'flotilla_updates_rejected_total{{{job},reason="{reason}"}}'] >= 1, reason
     assert metrics[f"flotilla_rounds_completed_total{{{job}}}"] == 1
+    assert metrics[f'flotilla_site_data_ready{{{job},site="site-a"}}'] == 1  # bad reports kept none
     assert metrics[f"flotilla_clients_answered_total{{{job}}}"] == 1
     assert metrics[f'flotilla_round_duration_seconds_bucket{{{job},le="+Inf"}}'] == 1
     assert metrics[f"flotilla_received_bytes_total{{{job}}}"] == len(good)

@@ -1,4 +1,4 @@
-"""A site whose data cannot be read: named to the aggregator, left out of rounds, back when fixed."""
+"""A site whose data cannot be read: named, left out of the rounds, back once fixed."""
 
 from __future__ import annotations
 
