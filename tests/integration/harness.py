@@ -108,7 +108,9 @@ class Cluster:
         )
         self.wait_for(lambda s: True, timeout=STARTUP_SECONDS)
 
-    def start_client(self, site: str, *extra: str, via: str | None = None) -> None:
+    def start_client(
+        self, site: str, *extra: str, via: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         """`via`: dial this URL instead of the aggregator's (a recording proxy)."""
         log = open(self.root / f"{site}.log", "ab")  # noqa: SIM115
         url = via or self.url
@@ -116,7 +118,7 @@ class Cluster:
             flotilla("client", "--aggregator", url, "--threads", "1", "--device", "cpu", *extra),
             stdout=log,
             stderr=log,
-            env=child_env(FLOTILLA_TOKEN=self.tokens[site]),
+            env=child_env(FLOTILLA_TOKEN=self.tokens[site], **(env or {})),
         )
 
     def status(self, *, after: int = -1, wait: float = 0.0) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import cluster, flotilla, write_job
+from tests.unit.cvat_double import CvatDouble, FakeTask
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,9 @@ def test_a_site_that_fixes_its_export_joins_the_rounds(tmp_path: Path, digits_di
         running.start_aggregator()
         for site in sites:
             running.start_client(site, "--data-retry-seconds", "0.5")
-        waiting = running.wait_for(lambda s: "site-c" in s["siteErrors"], timeout=120)
+        waiting = running.wait_for(
+            lambda s: "site-c" in s["siteErrors"] and s["clients"]["present"] == 2, timeout=120
+        )
         assert "3 needed; 1 cannot train" in waiting["message"]
         assert waiting["completedRounds"] == 0  # minClients=3 holds the rounds
 
@@ -85,4 +88,50 @@ def test_a_site_that_fixes_its_export_joins_the_rounds(tmp_path: Path, digits_di
 
     assert [r["sites"] for r in summary["history"]] == [sites, sites]
     assert summary["sites"]["site-c"]["ready"] is True
+    # /v1/status names the ready sites whose labels differ from the job's (non-IID shards
+    # may lack a digit), as their label reports say.
+    for site in ("site-a", "site-b"):
+        data = summary["sites"][site]["data"]
+        expected = {"ignored": data["ignoredLabels"], "missing": data["missingLabels"]}
+        assert waiting["labelMismatches"].get(site, expected) == expected
+        assert (site in waiting["labelMismatches"]) == bool(data["missingLabels"])
     assert "its data is ready now" in running.log("aggregator")
+
+
+def test_refused_cvat_credentials_reach_the_aggregator_without_the_password(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    cvat = CvatDouble()
+    cvat.tasks[7] = FakeTask(id=7, labels=[(1, "3")], frames=[], tags=[])
+    cvat.start()
+    sites = ["site-a", "site-b", "site-c"]
+    live = {"cvat": {"url": cvat.url, "taskIds": [7]}}
+    exports = [
+        {"name": s, "data": {"cvatExport": {"path": str(digits_dir / s)}}} for s in sites[:2]
+    ]
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=sites,
+        rounds=1,
+        overrides={
+            "sites": [*exports, {"name": "site-c", "data": live}],
+            "clients": {"minClients": 2, "joinGraceSeconds": 2},
+        },
+    )
+    wrong = {"CVAT_USERNAME": "alice", "CVAT_PASSWORD": "not-her-password"}
+    try:
+        with cluster(tmp_path, job, sites) as running:
+            running.start_aggregator()
+            for site in sites:
+                running.start_client(site, env=wrong if site == "site-c" else None)
+            assert running.wait_aggregator(timeout=180) == 0, running.log("aggregator")
+            summary = running.summary()
+    finally:
+        cvat.stop()
+
+    assert summary["history"][0]["sites"] == ["site-a", "site-b"]
+    error = summary["sites"]["site-c"]["error"]
+    assert error.startswith("site site-c: ")
+    assert cvat.url in error and "user 'alice'" in error and "refused" in error
+    assert "not-her-password" not in running.log("aggregator") + json.dumps(summary)

@@ -124,6 +124,16 @@ class EngineState:
     def is_ready(self, site: str) -> bool:
         return bool(self.site_reports.get(site, {}).get("ready"))
 
+    def label_mismatches(self) -> dict[str, dict[str, Any]]:
+        """Ready sites whose CVAT labels differ from the job's: what was ignored, what is absent."""
+        out = {}
+        for site, report in sorted(self.site_reports.items()):
+            data = report.get("data") or {}
+            ignored, missing = data.get("ignoredLabels") or {}, data.get("missingLabels") or []
+            if ignored or missing:
+                out[site] = {"ignored": ignored, "missing": missing}
+        return out
+
     def site_problems(self) -> dict[str, str]:
         return {
             site: str(report.get("error"))
@@ -167,6 +177,7 @@ class EngineState:
             "lastRound": self.ledger.last_json(),
             "tracking": self.tracking_status(),
             "siteErrors": self.site_problems(),
+            "labelMismatches": self.label_mismatches(),
         }
 
     # -- plumbing --------------------------------------------------------------------------
