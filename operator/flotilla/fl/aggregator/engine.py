@@ -27,6 +27,9 @@ from flotilla.fl.strategies.base import AggregationError, RoundAggregate
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_ATTEMPTS = 5
+CHECKPOINT_RETRY_SECONDS = 1.0
+
 __all__ = ["Evaluator", "Phase", "RoundEngine"]
 
 
@@ -206,7 +209,24 @@ class RoundEngine(ClientDesk):
             state=self.ledger.state_json()
             | {"identity": self.identity(), "finalEvaluated": self.final_evaluated},
         )
-        await asyncio.to_thread(self.store.save, snapshot)
+        for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(self.store.save, snapshot)
+                return
+            except OSError as error:  # a full or flaky disk: the round is not lost yet
+                self.checkpoint_failures += 1
+                if attempt == CHECKPOINT_ATTEMPTS:
+                    raise
+                delay = min(CHECKPOINT_RETRY_SECONDS * 2 ** (attempt - 1), 30.0)
+                log.warning(
+                    "checkpoint of round %d failed (attempt %d of %d), retrying in %.0fs: %s",
+                    completed,
+                    attempt,
+                    CHECKPOINT_ATTEMPTS,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
 
     async def _await_persist(self) -> None:
         if self._persist is not None:

@@ -11,6 +11,7 @@ them per site: edge nodes are often not scrapeable.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -70,6 +71,7 @@ class LedgerCollector(Collector):
     def __init__(self, engine: RoundEngine, *, tracking_failures: Callable[[], int]) -> None:
         self.engine = engine
         self.tracking_failures = tracking_failures
+        self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
@@ -77,6 +79,26 @@ class LedgerCollector(Collector):
         history = engine.ledger.history_json()
         yield _gauge("flotilla_round_current", "The round being played", job, engine.current_round)
         yield _gauge("flotilla_rounds_planned", "Rounds the job asks for", job, engine.rounds)
+        clients = engine.job.spec.clients
+        yield _gauge(
+            "flotilla_clients_min",
+            "spec.clients.minClients: answers a round needs to be aggregated",
+            job,
+            clients.min_clients,
+        )
+        yield _gauge(
+            "flotilla_round_deadline_seconds",
+            "spec.clients.roundDeadlineSeconds: how long a round waits for answers",
+            job,
+            clients.round_deadline_seconds,
+        )
+        last = history[-1] if history else None
+        yield _gauge(
+            "flotilla_last_progress_timestamp_seconds",
+            "Unix time of the latest completed round, or of the aggregator's start before one",
+            job,
+            float(last["started_at"]) + float(last["duration_seconds"]) if last else self.started,
+        )
         yield _gauge(
             "flotilla_clients_present", "Clients connected now", job, len(engine.present())
         )
@@ -99,6 +121,12 @@ class LedgerCollector(Collector):
         yield from _global_metrics(job, history)
         yield from _client_metrics(job, history)
         yield _site_readiness(job, engine.site_reports)
+        yield _counter(
+            "flotilla_checkpoint_failures",
+            "Failed attempts to write a checkpoint (retried; the job fails after 5 in a row)",
+            job,
+            engine.checkpoint_failures,
+        )
         yield _counter(
             "flotilla_tracking_failures",
             "Failed attempts to write the job's records to MLflow",

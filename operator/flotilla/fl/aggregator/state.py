@@ -73,6 +73,7 @@ class EngineState:
         self.failure: str | None = None
         self.ledger = Ledger()
         self.final_evaluated = False
+        self.checkpoint_failures = 0  # failed checkpoint writes (retried), for /metrics
         self._global = initial_model
         self._global_views = layout.views(initial_model)
         self._sampled: set[str] = set()

@@ -1,0 +1,74 @@
+"""A checkpoint write that fails is retried and counted; one that keeps failing ends the job."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flotilla.api import load_job
+from flotilla.fl.aggregator import engine as engine_module
+from flotilla.fl.aggregator.main import AggregatorOptions, build_engine
+from flotilla.fl.aggregator.metrics import AggregatorMetrics
+
+JOB = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
+
+
+class FlakyStore:
+    """Wraps the real store: the first `failures` saves raise as a full disk would."""
+
+    def __init__(self, store: Any, failures: int) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
+
+    def save(self, snapshot: Any) -> Path:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError(28, "No space left on device")
+        path: Path = self.store.save(snapshot)
+        return path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _engine(tmp_path: Path, failures: int) -> tuple[Any, FlakyStore]:
+    job = load_job(JOB)
+    # No data needed: only checkpoints are exercised.
+    evaluation = job.spec.evaluation.model_copy(update={"test_data": None})
+    job = job.model_copy(update={"spec": job.spec.model_copy(update={"evaluation": evaluation})})
+    engine = build_engine(
+        job, sites=["site-a"], options=AggregatorOptions(state_dir=tmp_path, tracking=False)
+    )
+    flaky = FlakyStore(engine.store, failures)
+    engine.store = flaky
+    return engine, flaky
+
+
+def test_a_failed_checkpoint_write_is_retried_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "CHECKPOINT_RETRY_SECONDS", 0.001)
+    engine, flaky = _engine(tmp_path, failures=2)
+
+    asyncio.run(engine._checkpoint(0, engine.global_model))
+
+    assert flaky.calls == 3 and engine.checkpoint_failures == 2
+    assert any(tmp_path.rglob("LATEST"))  # the third attempt wrote it
+    scraped = {
+        m.name: m for m in AggregatorMetrics(engine, tracking_failures=lambda: 0).registry.collect()
+    }
+    assert scraped["flotilla_checkpoint_failures"].samples[0].value == 2
+    assert scraped["flotilla_clients_min"].samples[0].value == engine.job.spec.clients.min_clients
+
+
+def test_a_checkpoint_that_keeps_failing_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "CHECKPOINT_RETRY_SECONDS", 0.001)
+    engine, flaky = _engine(tmp_path, failures=99)
+
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(engine._checkpoint(0, engine.global_model))
+    assert flaky.calls == engine_module.CHECKPOINT_ATTEMPTS
