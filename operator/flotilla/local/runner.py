@@ -176,21 +176,22 @@ async def _supervise(
     *,
     min_clients: int,
 ) -> None:
-    watcher = asyncio.create_task(_watch_status(url, progress))
+    watcher = asyncio.create_task(_watch_status(url, progress, min_clients))
     aggregator_done = asyncio.create_task(aggregator.process.wait())
     clients_done = asyncio.create_task(_watch_clients(clients, progress, min_clients))
     stopped = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait(
-            {aggregator_done, clients_done, stopped}, return_when=asyncio.FIRST_COMPLETED
+            {aggregator_done, clients_done, stopped, watcher}, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         for task in (watcher, clients_done, stopped):
             task.cancel()
     if stop.is_set():
         raise RunFailed("interrupted; the state directory keeps the last completed round")
-    if clients_done.done() and not clients_done.cancelled() and clients_done.exception():
-        raise clients_done.exception()  # type: ignore[misc]
+    for task in (clients_done, watcher):
+        if task.done() and not task.cancelled() and task.exception():
+            raise task.exception()  # type: ignore[misc]
     if not aggregator_done.done():
         # Give the aggregator a moment to end the job itself (clients exit on "done").
         with contextlib.suppress(TimeoutError):
@@ -219,7 +220,12 @@ async def _watch_clients(clients: list[Child], progress: Progress, min_clients: 
                 )
 
 
-async def _watch_status(url: str, progress: Progress) -> None:
+async def _watch_status(url: str, progress: Progress, min_clients: int) -> None:
+    """Show progress; fail once sites that cannot read their data leave too few to train.
+
+    Locally a site's data is files on this machine, which do not fix themselves while the
+    job waits (in a cluster the aggregator does wait: someone may fix the export or CVAT).
+    """
     seq = -1
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -234,6 +240,14 @@ async def _watch_status(url: str, progress: Progress) -> None:
                 continue
             seq = int(status["seq"])
             progress.update(status)
+            errors = status.get("siteErrors") or {}
+            able = int(status["clients"]["known"]) - len(errors)
+            if errors and able < min_clients and status["phase"] not in ("done", "failed"):
+                reasons = "\n".join(f"  {error}" for error in errors.values())
+                raise RunFailed(
+                    f"only {able} of {status['clients']['known']} sites can read their data "
+                    f"and the job needs minClients={min_clients}:\n{reasons}"
+                )
             if status["phase"] in ("done", "failed"):
                 return
 
