@@ -61,6 +61,7 @@ def run_flotilla(*, job: Path, sites: list[str], env: dict[str, str], scratch: P
             if status["phase"] in ("done", "failed"):
                 break
         peak = status_kib(aggregator.pid, "VmHWM")
+        client_peak = max(status_kib(w.pid, "VmHWM") for w in workers)
         history = get_json(f"{url}/v1/history")
     finally:
         for process in [*workers, aggregator]:
@@ -78,4 +79,10 @@ def run_flotilla(*, job: Path, sites: list[str], env: dict[str, str], scratch: P
         }
         for r in history
     ]
-    return {"started": started, "rounds": rounds, "baselineKib": baseline, "peakKib": peak}
+    return {
+        "started": started,
+        "rounds": rounds,
+        "baselineKib": baseline,
+        "peakKib": peak,
+        "clientPeakKib": client_peak,
+    }
