@@ -24,11 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flotilla_run import run_flotilla  # noqa: E402
-from flower_run import run_flower  # noqa: E402
-from floor import floor_seconds, loopback_bandwidth  # noqa: E402
-from jobs import digits_job, model_env, model_parameters, overhead_job  # noqa: E402
-from procs import available_bytes  # noqa: E402
+from floor import floor_seconds, loopback_bandwidth
+from flotilla_run import run_flotilla
+from flower_run import run_flower
+from jobs import digits_job, model_env, model_parameters, overhead_job
+from procs import available_bytes
 
 GIB = 1 << 30
 MARGIN = 2 * GIB  # left for the machine's other work
@@ -73,14 +73,18 @@ def run_both(
 def overhead_table(args: argparse.Namespace, data: Path, root: Path) -> None:
     bandwidth = loopback_bandwidth()
     print(f"loopback bandwidth (this run): {bandwidth / 1e9:.2f} GB/s\n")
-    print("| model | clients | Flotilla overhead | Flower overhead | **Flower / Flotilla** "
-          "| Flotilla / floor | floor (wire + fold) | round wall Flotilla / Flower |")
+    print(
+        "| model | clients | Flotilla overhead | Flower overhead | **Flower / Flotilla** "
+        "| Flotilla / floor | floor (wire + fold) | round wall Flotilla / Flower |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for model in args.models:
         params = model_parameters(model)
         for clients in args.clients:
             label = f"| {model} ({params / 1e6:.2f}M) | {clients} |"
-            result = run_both(model=model, clients=clients, rounds=args.rounds, data=data, root=root)
+            result = run_both(
+                model=model, clients=clients, rounds=args.rounds, data=data, root=root
+            )
             if isinstance(result, str):
                 print(f"{label} {result} | | | | | |", flush=True)
                 continue
@@ -108,8 +112,10 @@ def reached(result: dict[str, Any], target: float) -> tuple[int, float] | None:
 def accuracy_table(args: argparse.Namespace, data: Path, root: Path) -> None:
     sites = ["site-a", "site-b", "site-c", "site-d"]
     job = digits_job(root=root, data=data, rounds=args.tta_rounds, sites=sites, compression=None)
-    print(f"\nTime to accuracy {args.target} on the digits job ({len(sites)} sites, FedAvg, "
-          f"central test data, up to {args.tta_rounds} rounds):\n")
+    print(
+        f"\nTime to accuracy {args.target} on the digits job ({len(sites)} sites, FedAvg, "
+        f"central test data, up to {args.tta_rounds} rounds):\n"
+    )
     print("| framework | rounds | seconds | final accuracy | job wall time |")
     print("| --- | --- | --- | --- | --- |")
     seconds: dict[str, float] = {}
@@ -124,15 +130,19 @@ def accuracy_table(args: argparse.Namespace, data: Path, root: Path) -> None:
         where = f"{hit[0]} | {hit[1]:.1f} s" if hit else "not reached | -"
         print(f"| {name} | {where} | {last['accuracy']:.4f} | {wall:.1f} s |", flush=True)
     if len(seconds) == 2:
-        print(f"\n**Flower / Flotilla time to {args.target}: "
-              f"{seconds['Flower'] / seconds['Flotilla']:.1f}x**")
+        print(
+            f"\n**Flower / Flotilla time to {args.target}: "
+            f"{seconds['Flower'] / seconds['Flotilla']:.1f}x**"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,10m", help="of cnn, 10m, 50m (comma-separated)")
     parser.add_argument("--clients", default="2,8", help="client counts (comma-separated)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per run; the first is warm-up")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds per run; the first is warm-up"
+    )
     parser.add_argument("--target", type=float, default=0.93, help="accuracy for time-to-accuracy")
     parser.add_argument("--tta-rounds", type=int, default=10, help="rounds of the digits job")
     parser.add_argument("--skip-overhead", action="store_true")
@@ -142,8 +152,10 @@ def main() -> None:
     args.clients = [int(c) for c in args.clients.split(",")]
     from flotilla.data.digits_example import write_digits_example
 
-    print(f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
         root = Path(scratch)
         write_digits_example(root / "shared", sites=["site"], seed=0)

@@ -24,16 +24,31 @@ def get_json(url: str, timeout: float = 60) -> Any:
         return json.loads(response.read())
 
 
-def run_flotilla(*, job: Path, sites: list[str], env: dict[str, str], scratch: Path) -> dict[str, Any]:
+def run_flotilla(
+    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path
+) -> dict[str, Any]:
     """Run the job to its end; returns rounds in the bench's common shape and the memory."""
     tokens = {site: f"bench-token-{site}-0123456789" for site in sites}
     (scratch / "tokens.json").write_text(json.dumps(tokens))
     env = {**os.environ, **env, "FLOTILLA_LOG_LEVEL": "WARNING"}
     flotilla = [sys.executable, "-m", "flotilla"]
     aggregator = subprocess.Popen(
-        [*flotilla, "aggregator", "--job", str(job), "--tokens-file", str(scratch / "tokens.json"),
-         "--state-dir", str(scratch / "state"), "--host", "127.0.0.1", "--port", "0",
-         "--ready-line", "--no-tracking"],
+        [
+            *flotilla,
+            "aggregator",
+            "--job",
+            str(job),
+            "--tokens-file",
+            str(scratch / "tokens.json"),
+            "--state-dir",
+            str(scratch / "state"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-line",
+            "--no-tracking",
+        ],
         stdout=subprocess.PIPE,
         stderr=open(scratch / "aggregator.log", "wb"),  # noqa: SIM115
         env=env,

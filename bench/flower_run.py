@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ def wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"flower-superlink did not listen on {port}")
 
 
-def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Path) -> dict[str, Any]:
+def run_flower(
+    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path
+) -> dict[str, Any]:
     """Run the job under Flower to its end; returns rounds in the bench's common shape."""
     bin_dir = Path(sys.executable).parent  # the bench venv: flwr, flower-superlink, ...
     home = scratch / "flwr"
@@ -63,7 +65,7 @@ def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Pat
     def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             args,
-            stdout=open(scratch / log, "wb"),  # noqa: SIM115
+            stdout=open(scratch / log, "wb"),
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
@@ -71,8 +73,13 @@ def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Pat
         )
 
     superlink = start(
-        ["flower-superlink", "--insecure", "--port", str(port),
-         "--disable-runtime-dependency-installation"],
+        [
+            "flower-superlink",
+            "--insecure",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ],
         "superlink.log",
     )
     nodes: list[subprocess.Popen[bytes]] = []
@@ -81,8 +88,16 @@ def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Pat
         wait_port(port, superlink, scratch / "superlink.log")
         nodes = [
             start(
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--port", str(free_port()), "--node-config", f'site="{site}"'],
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f'site="{site}"',
+                ],
                 f"supernode-{site}.log",
             )
             for site in sites
@@ -90,8 +105,15 @@ def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Pat
         started = time.time()
         with TreePeak(superlink.pid) as memory:
             subprocess.run(
-                ["flwr", "run", str(APP_DIR), "bench", "--stream",
-                 "--run-config", f'job="{job}" out="{out}"'],
+                [
+                    "flwr",
+                    "run",
+                    str(APP_DIR),
+                    "bench",
+                    "--stream",
+                    "--run-config",
+                    f'job="{job}" out="{out}"',
+                ],
                 stdout=open(scratch / "flwr-run.log", "wb"),  # noqa: SIM115
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -102,7 +124,9 @@ def run_flower(*, job: Path, sites: list[str], env: dict[str, str], scratch: Pat
         for process in [*nodes, superlink]:
             stop_group(process)
     if not out.exists():
-        raise RuntimeError(f"the Flower run wrote no timings:\n{(scratch / 'flwr-run.log').read_text()[-3000:]}")
+        raise RuntimeError(
+            f"the Flower run wrote no timings:\n{(scratch / 'flwr-run.log').read_text()[-3000:]}"
+        )
     data = json.loads(out.read_text())
     rounds = [
         {

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from bench_models import parameter_count
 
 # Hidden width of the bench MLP; None: the built-in digits CNN.
@@ -39,7 +38,9 @@ def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: in
     spec: dict[str, Any] = {
         "rounds": rounds,
         "labels": [str(d) for d in range(10)],
-        "model": {"name": "cnn-small"} if hidden is None else {"entrypoint": "bench_models:wide_mlp"},
+        "model": {"name": "cnn-small"}
+        if hidden is None
+        else {"entrypoint": "bench_models:wide_mlp"},
         "sites": [
             {"name": f"site-{i:02d}", "data": {"cvatExport": {"path": str(data / "site")}}}
             for i in range(clients)
@@ -66,8 +67,15 @@ def digits_job(
     spec = yaml.safe_load((BENCH_DIR.parent / "examples" / "digits.yaml").read_text())["spec"]
     spec["rounds"] = rounds
     spec["sites"] = [{"name": s, "data": {"cvatExport": {"path": str(data / s)}}} for s in sites]
-    spec["evaluation"] = {"federated": False, "testData": {"cvatExport": {"path": str(data / "test")}}}
-    spec["clients"] = {"minClients": len(sites), "roundDeadlineSeconds": 300, "joinGraceSeconds": 300}
+    spec["evaluation"] = {
+        "federated": False,
+        "testData": {"cvatExport": {"path": str(data / "test")}},
+    }
+    spec["clients"] = {
+        "minClients": len(sites),
+        "roundDeadlineSeconds": 300,
+        "joinGraceSeconds": 300,
+    }
     if compression:
         spec["compression"] = compression
     name = "digits" + "".join(f"-{v}" for v in (compression or {}).values())

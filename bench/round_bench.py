@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flotilla_run import run_flotilla  # noqa: E402
-from floor import floor_seconds, loopback_bandwidth  # noqa: E402
-from jobs import model_env, model_parameters, overhead_job  # noqa: E402
-from procs import available_bytes  # noqa: E402
+from floor import floor_seconds, loopback_bandwidth
+from flotilla_run import run_flotilla
+from jobs import model_env, model_parameters, overhead_job
+from procs import available_bytes
 
 GIB, MIB = 1 << 30, 1 << 20
 MARGIN = 2 * GIB  # left for the machine's other work
@@ -61,15 +61,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="10m,50m", help="of cnn, 10m, 50m (comma-separated)")
     parser.add_argument("--clients", default="2,8", help="client counts (comma-separated)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per run; the first is warm-up")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds per run; the first is warm-up"
+    )
     args = parser.parse_args()
     from flotilla.data.digits_example import write_digits_example
 
     bandwidth = loopback_bandwidth()
-    print(f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
-          f"{time.strftime('%Y-%m-%d')}; loopback bandwidth (this run) {bandwidth / 1e9:.2f} GB/s\n")
-    print("| model | clients | round wall | overhead | floor (wire + fold) | **overhead / floor** "
-          "| aggregator before → peak | **(peak - before) / model** | client peak |")
+    print(
+        f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
+        f"{time.strftime('%Y-%m-%d')}; loopback bandwidth (this run) {bandwidth / 1e9:.2f} GB/s\n"
+    )
+    print(
+        "| model | clients | round wall | overhead | floor (wire + fold) | **overhead / floor** "
+        "| aggregator before → peak | **(peak - before) / model** | client peak |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     peaks: dict[str, list[tuple[int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
@@ -82,10 +88,15 @@ def main() -> None:
                 label = f"| {model} ({params / 1e6:.2f}M) | {clients} |"
                 need = needed_bytes(params=params, clients=clients)
                 if need > available_bytes() - MARGIN:
-                    print(f"{label} not run: would need ~{need / GIB:.0f} GB, "
-                          f"{available_bytes() / GIB:.0f} GB free | | | | | | |", flush=True)
+                    print(
+                        f"{label} not run: would need ~{need / GIB:.0f} GB, "
+                        f"{available_bytes() / GIB:.0f} GB free | | | | | | |",
+                        flush=True,
+                    )
                     continue
-                m = measure(model=model, clients=clients, rounds=args.rounds, data=root / "data", root=root)
+                m = measure(
+                    model=model, clients=clients, rounds=args.rounds, data=root / "data", root=root
+                )
                 wire, fold = floor_seconds(params=params, clients=clients, bandwidth=bandwidth)
                 peaks.setdefault(model, []).append((clients, m["peak"]))
                 print(
@@ -93,14 +104,17 @@ def main() -> None:
                     f"{wire + fold:.3f} s ({wire:.3f} + {fold:.3f}) | "
                     f"**{m['overhead'] / (wire + fold):.2f}x** | "
                     f"{m['base'] / MIB:.0f} → {m['peak'] / MIB:.0f} MiB | "
-                    f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | {m['client'] / MIB:.0f} MiB |",
+                    f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | "
+                    f"{m['client'] / MIB:.0f} MiB |",
                     flush=True,
                 )
     for model, points in peaks.items():
         if len(points) >= 2:
             (c0, p0), (c1, p1) = points[0], points[-1]
-            print(f"\n{model}: aggregator peak grows {(p1 - p0) / (c1 - c0) / MIB:.1f} MiB per extra "
-                  f"client ({c0} → {c1} clients; model {model_parameters(model) * 4 / MIB:.0f} MiB)")
+            print(
+                f"\n{model}: aggregator peak grows {(p1 - p0) / (c1 - c0) / MIB:.1f} MiB per extra "
+                f"client ({c0} → {c1} clients; model {model_parameters(model) * 4 / MIB:.0f} MiB)"
+            )
 
 
 if __name__ == "__main__":

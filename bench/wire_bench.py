@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jobs import digits_job  # noqa: E402
+from jobs import digits_job
 
 ENCODINGS = ["float32", "float32+zstd", "float16", "float16+zstd", "int8", "int8+zstd"]
 SITES = ["site-a", "site-b", "site-c", "site-d"]
@@ -31,8 +31,18 @@ SITES = ["site-a", "site-b", "site-c", "site-d"]
 def run(job: Path, scratch: Path) -> dict:
     summary = scratch / "summary.json"
     subprocess.run(
-        [sys.executable, "-m", "flotilla", "run", str(job), "--no-tracking",
-         "--state-dir", str(scratch / "state"), "--summary-json", str(summary)],
+        [
+            sys.executable,
+            "-m",
+            "flotilla",
+            "run",
+            str(job),
+            "--no-tracking",
+            "--state-dir",
+            str(scratch / "state"),
+            "--summary-json",
+            str(summary),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "FLOTILLA_LOG_LEVEL": "WARNING"},
@@ -47,9 +57,13 @@ def main() -> None:
     args = parser.parse_args()
     from flotilla.data.digits_example import write_digits_example
 
-    print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; digits job, "
-          f"{len(SITES)} sites, {args.rounds} rounds\n")
-    print("| encoding | bytes per round | **fp32 / this** | final accuracy | **Δ vs fp32 (points)** |")
+    print(
+        f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; digits job, "
+        f"{len(SITES)} sites, {args.rounds} rounds\n"
+    )
+    print(
+        "| encoding | bytes per round | **fp32 / this** | final accuracy | **Δ vs fp32 (points)** |"
+    )
     print("| --- | --- | --- | --- | --- |")
     baseline: tuple[float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="flotilla-wire-") as scratch:
@@ -58,8 +72,13 @@ def main() -> None:
         for encoding in args.encodings.split(","):
             dtype, _, zstd = encoding.partition("+")
             compression = {"dtype": dtype, "zstd": bool(zstd)}
-            job = digits_job(root=root, data=root / "data", rounds=args.rounds, sites=SITES,
-                             compression=compression)
+            job = digits_job(
+                root=root,
+                data=root / "data",
+                rounds=args.rounds,
+                sites=SITES,
+                compression=compression,
+            )
             (root / encoding).mkdir()
             summary = run(job, root / encoding)
             per_round = statistics.mean(r["bytesReceived"] for r in summary["history"])
@@ -68,8 +87,10 @@ def main() -> None:
                 baseline = (per_round, accuracy)
             ratio = f"**{baseline[0] / per_round:.2f}x**" if baseline else "-"
             delta = f"**{(accuracy - baseline[1]) * 100:+.2f}**" if baseline else "-"
-            print(f"| {encoding} | {per_round / 1024:.1f} KiB | {ratio} | {accuracy:.4f} | {delta} |",
-                  flush=True)
+            print(
+                f"| {encoding} | {per_round / 1024:.1f} KiB | {ratio} | {accuracy:.4f} | {delta} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

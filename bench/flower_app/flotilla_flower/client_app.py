@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 
 import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
 from flotilla.api import FederatedJob
 from flotilla.data import ImageShape, load_site_data, split_train_holdout
 from flotilla.fl.learning import Samples, learning_for
 from flotilla.ml.training import TrainingConfig
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
 from flotilla_flower.shared import empty_model, job_at
 
 torch.set_num_threads(1)  # as Flotilla's clients (`--threads 1`)

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flotilla.fl.aggregator.evaluation import CentralEvaluator
-from flotilla.fl.modelstate import build_job_model
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from flotilla.fl.aggregator.evaluation import CentralEvaluator
+from flotilla.fl.modelstate import build_job_model
 from flotilla_flower.shared import job_at
 
 app = ServerApp()

@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 import torch
+
 from flotilla.api import FederatedJob, load_job
 from flotilla.fl.modelstate import build_job_model
 
