@@ -25,15 +25,22 @@ def get_json(url: str, timeout: float = 60) -> Any:
 
 
 def run_flotilla(
-    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path
+    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path, profile: Path | None = None
 ) -> dict[str, Any]:
-    """Run the job to its end; returns rounds in the bench's common shape and the memory."""
+    """Run the job to its end; returns rounds in the bench's common shape and the memory.
+
+    With `profile`, the aggregator runs under py-spy (a speedscope file there, all threads,
+    idle frames left out); its memory figures are then py-spy's, not the aggregator's.
+    """
     tokens = {site: f"bench-token-{site}-0123456789" for site in sites}
     (scratch / "tokens.json").write_text(json.dumps(tokens))
     env = {**os.environ, **env, "FLOTILLA_LOG_LEVEL": "WARNING"}
     flotilla = [sys.executable, "-m", "flotilla"]
+    spy = Path(sys.executable).parent / "py-spy"
+    prefix = [str(spy), "record", "-f", "speedscope", "-o", str(profile), "--threads", "--"]
     aggregator = subprocess.Popen(
         [
+            *(prefix if profile else []),
             *flotilla,
             "aggregator",
             "--job",

@@ -42,11 +42,17 @@ def needed_bytes(*, params: int, clients: int) -> int:
     return int(0.5 * GIB + 4 * model + clients * (0.4 * GIB + 4 * model))
 
 
-def measure(*, model: str, clients: int, rounds: int, data: Path, root: Path) -> dict[str, Any]:
+def measure(
+    *, model: str, clients: int, rounds: int, data: Path, root: Path, profile: Path | None
+) -> dict[str, Any]:
     job = overhead_job(root=root, data=data, model=model, clients=clients, rounds=rounds)
     sites = [f"site-{i:02d}" for i in range(clients)]
     scratch = Path(tempfile.mkdtemp(prefix=f"flotilla-{model}-{clients}-", dir=root))
-    result = run_flotilla(job=job, sites=sites, env=model_env(model), scratch=scratch)
+    if profile:
+        profile = profile.resolve() / f"aggregator-{model}-{clients}.speedscope.json"
+    result = run_flotilla(
+        job=job, sites=sites, env=model_env(model), scratch=scratch, profile=profile
+    )
     rows = result["rounds"][1:] or result["rounds"]  # round 1 includes process warm-up
     return {
         "wall": statistics.median(r["duration"] for r in rows),
@@ -63,6 +69,9 @@ def main() -> None:
     parser.add_argument("--clients", default="2,8", help="client counts (comma-separated)")
     parser.add_argument(
         "--rounds", type=int, default=4, help="rounds per run; the first is warm-up"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="run the aggregator under py-spy, writing profiles here"
     )
     args = parser.parse_args()
     from flotilla.data.digits_example import write_digits_example
@@ -95,7 +104,12 @@ def main() -> None:
                     )
                     continue
                 m = measure(
-                    model=model, clients=clients, rounds=args.rounds, data=root / "data", root=root
+                    model=model,
+                    clients=clients,
+                    rounds=args.rounds,
+                    data=root / "data",
+                    root=root,
+                    profile=args.profile,
                 )
                 wire, fold = floor_seconds(params=params, clients=clients, bandwidth=bandwidth)
                 peaks.setdefault(model, []).append((clients, m["peak"]))
