@@ -7,8 +7,10 @@ client's training seconds) and its peak RSS (`VmHWM`) against its RSS before rou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import status_kib, stop_group
+from procs import status_kib, stop_group, tree
 
 
 def get_json(url: str, timeout: float = 60) -> Any:
@@ -62,7 +64,12 @@ def run_flotilla(
         start_new_session=True,
     )
     assert aggregator.stdout is not None
-    url = aggregator.stdout.readline().decode().split()[-1]
+    line = ""
+    while not line.startswith("FLOTILLA-READY "):  # py-spy, when profiling, prints first
+        line = aggregator.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"the aggregator did not start; see {scratch}/aggregator.log")
+    url = line.split()[-1]
     baseline = status_kib(aggregator.pid, "VmRSS")
     workers = [
         subprocess.Popen(
@@ -86,6 +93,11 @@ def run_flotilla(
         client_peak = max(status_kib(w.pid, "VmHWM") for w in workers)
         history = get_json(f"{url}/v1/history")
     finally:
+        if profile:  # stop the aggregator, not py-spy: it writes the profile once that exits
+            for pid in tree(aggregator.pid)[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            aggregator.wait(timeout=60)
         for process in [*workers, aggregator]:
             stop_group(process)
     if status["phase"] != "done":
