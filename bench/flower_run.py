@@ -9,8 +9,10 @@ SuperExec, ServerApp). Needs flwr (the bench environment, `make bench-env`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import TreePeak, stop_group
+from procs import TreePeak, stop_group, tree
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 READY_SECONDS = 120.0
@@ -121,8 +123,14 @@ def run_flower(
                 timeout=3600,
             )
     finally:
+        # SuperExec and the ServerApp/ClientApp processes start sessions of their own:
+        # stop every descendant, not only the groups this started.
+        stragglers = [pid for p in [*nodes, superlink] for pid in tree(p.pid)[1:]]
         for process in [*nodes, superlink]:
             stop_group(process)
+        for pid in stragglers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     if not out.exists():
         raise RuntimeError(
             f"the Flower run wrote no timings:\n{(scratch / 'flwr-run.log').read_text()[-3000:]}"
