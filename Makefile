@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # everything together (installing packages one after another can break pip check).
 STAMP := $(VENV)/.installed
 
-.PHONY: install run data test e2e lint typecheck bench serve clean chart-check \
+.PHONY: install run data test e2e lint typecheck bench bench-env serve clean chart-check \
 	builder images push lint-images
 
 install: $(STAMP)
@@ -49,8 +49,29 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install
-	$(BIN)/python bench/round_bench.py
+# Benchmarks (bench/README.md): ratios measured in one run, never pass/fail. Flower is
+# not a project dependency: it lives only in .venv-bench, with the same CPU torch and
+# the project, plus the profilers used when a target is missed.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_CLIENTS ?= 2,8,32
+FLOWER_CLIENTS ?= 2,8
+
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install --quiet 'torch==2.13.0' 'flwr==1.42.0' -e '.[examples]' \
+		'py-spy==0.4.3' 'pyinstrument==5.1.3'
+	$(BENCH_BIN)/pip check
+	touch $(BENCH_STAMP)
+
+# About 15-20 minutes on 2 cores; runs that would not fit in free memory are reported, not run.
+bench: bench-env
+	$(BENCH_BIN)/python bench/round_bench.py --models 10m,50m --clients $(BENCH_CLIENTS)
+	$(BENCH_BIN)/python bench/wire_bench.py
+	$(BENCH_BIN)/python bench/compare_flower.py --models cnn,10m --clients $(FLOWER_CLIENTS)
 
 # Serve the model the last `make run` registered (models:/digits@candidate) on port 5001.
 MODEL ?= digits
@@ -113,4 +134,5 @@ lint-images: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/edge_images -rs
 
 clean:
-	rm -rf $(VENV) .venv-helm .images .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
+.PHONY: install run data test e2e lint typecheck bench bench-env serve clean chart-check \
+	builder images push lint-images

@@ -1,260 +1,134 @@
-"""Round overhead and aggregator memory for a ~10M-parameter model with N client processes.
+"""Flotilla's round overhead against the floor, and the aggregator's memory as clients grow.
 
-Runs a real aggregator and N real clients on 127.0.0.1 with trivial local work
-(one SGD step), so the framework dominates the round. Reports, per round, the
-overhead (round wall time minus the slowest client's training), the floor (the
-round's bytes over loopback bandwidth measured in this same run, plus the
-weighted average at this machine's memory bandwidth), their ratio, and the
-aggregator's peak RSS against its RSS before the first round.
+Runs a real aggregator and N real clients on 127.0.0.1 with trivial local work (one
+SGD step) on synthetic ~10M and ~50M float32-parameter models, so the framework
+dominates the round. Reports, per model and client count: the overhead (round wall
+time minus the slowest client's training, median of the rounds after the first), the
+floor (the round's bytes over loopback bandwidth measured in this same run, plus the
+weighted average at this machine's memory bandwidth), their ratio; and the aggregator's
+peak RSS against its RSS before round 1, in models, with the bytes each extra client adds.
 
-    .venv/bin/python bench/round_bench.py [--clients 8] [--rounds 4] [--hidden 140000]
+    .venv/bin/python bench/round_bench.py [--models 10m,50m] [--clients 2,8] [--rounds 4]
 
-Not part of the test suite: figures vary with the machine and its load; the
-ratios are what to compare.
+Not part of the test suite: figures vary with the machine and its load; the ratios are
+what to compare. Runs that would not fit in available memory are reported, not run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCH_DIR = Path(__file__).resolve().parent
+from floor import floor_seconds, loopback_bandwidth
+from flotilla_run import run_flotilla
+from jobs import model_env, model_parameters, overhead_job
+from procs import available_bytes
 
-
-def loopback_bandwidth(size: int = 256 << 20) -> float:
-    """Bytes per second through a TCP socket on 127.0.0.1, received into a reused buffer."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    payload = memoryview(bytearray(os.urandom(1 << 20)) * (size >> 20))
-
-    def send() -> None:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(payload)
-
-    sender = threading.Thread(target=send)
-    started = time.perf_counter()
-    sender.start()
-    connection, _ = server.accept()
-    buffer = memoryview(bytearray(1 << 20))
-    got = 0
-    with connection:
-        while got < size:
-            n = connection.recv_into(buffer)
-            if not n:
-                break
-            got += n
-    elapsed = time.perf_counter() - started
-    sender.join()
-    server.close()
-    return got / elapsed
+GIB, MIB = 1 << 30, 1 << 20
+MARGIN = 2 * GIB  # left for the machine's other work
 
 
-def fold_seconds(params: int, clients: int) -> float:
-    """Time to fold `clients` float32 deltas of `params` values into one sum, in place."""
-    total = torch.zeros(params)
-    delta = torch.randn(params)
-    started = time.perf_counter()
-    for _ in range(clients):
-        total.add_(delta, alpha=0.5)
-    return time.perf_counter() - started
+def needed_bytes(*, params: int, clients: int) -> int:
+    """Aggregator ~4 models; a client: runtime, model, gradients, receive and send buffers."""
+    model = params * 4
+    return int(0.5 * GIB + 4 * model + clients * (0.4 * GIB + 4 * model))
 
 
-def write_job(root: Path, data: Path, clients: int, rounds: int, hidden: int) -> Path:
+def measure(
+    *, model: str, clients: int, rounds: int, data: Path, root: Path, profile: Path | None
+) -> dict[str, Any]:
+    job = overhead_job(root=root, data=data, model=model, clients=clients, rounds=rounds)
     sites = [f"site-{i:02d}" for i in range(clients)]
-    spec: dict[str, Any] = {
-        "rounds": rounds,
-        "labels": [str(d) for d in range(10)],
-        "model": {
-            "entrypoint": "bench_models:wide_mlp",
-            "input": {"channels": 1, "height": 8, "width": 8},
-        },
-        "sites": [{"name": s, "data": {"cvatExport": {"path": str(data / "site")}}} for s in sites],
-        "evaluation": {"federated": False},
-        "clients": {"minClients": clients, "roundDeadlineSeconds": 600, "joinGraceSeconds": 600},
-        "training": {
-            "localEpochs": 1,
-            "batchSize": 64,
-            "learningRate": 0.001,
-            "maxSeconds": 0.001,
-            "validationFraction": 0,
-        },
-        "strategy": {"name": "fedavg"},
-    }
-    os.environ["FLOTILLA_BENCH_HIDDEN"] = str(hidden)
-    path = root / "job.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "flotilla.dev/v1alpha1",
-                "kind": "FederatedJob",
-                "metadata": {"name": "bench"},
-                "spec": spec,
-            }
-        )
+    scratch = Path(tempfile.mkdtemp(prefix=f"flotilla-{model}-{clients}-", dir=root))
+    if profile:
+        profile = profile.resolve() / f"aggregator-{model}-{clients}.speedscope.json"
+    result = run_flotilla(
+        job=job, sites=sites, env=model_env(model), scratch=scratch, profile=profile
     )
-    return path
-
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found for pid {pid}")
-
-
-def get_json(url: str, timeout: float = 60) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def run(clients: int, rounds: int, hidden: int) -> dict[str, Any]:
-    from flotilla.data.digits_example import write_digits_example
-
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        write_digits_example(root / "data", sites=["site"], seed=0)
-        job = write_job(root, root / "data", clients, rounds, hidden)
-        tokens = {f"site-{i:02d}": f"bench-token-{i:02d}-0123456789" for i in range(clients)}
-        (root / "tokens.json").write_text(json.dumps(tokens))
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{BENCH_DIR}:{os.environ.get('PYTHONPATH', '')}",
-            "FLOTILLA_LOG_LEVEL": "WARNING",
-        }
-        log = open(root / "aggregator.log", "wb")  # noqa: SIM115
-        aggregator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flotilla",
-                "aggregator",
-                "--job",
-                str(job),
-                "--tokens-file",
-                str(root / "tokens.json"),
-                "--state-dir",
-                str(root / "state"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--ready-line",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-        )
-        assert aggregator.stdout is not None
-        url = aggregator.stdout.readline().decode().split()[-1]
-        baseline = rss_kib(aggregator.pid, "VmRSS")
-        workers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "flotilla",
-                    "client",
-                    "--aggregator",
-                    url,
-                    "--threads",
-                    "1",
-                    "--device",
-                    "cpu",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**env, "FLOTILLA_TOKEN": token},
-            )
-            for token in tokens.values()
-        ]
-        try:
-            seq = -1
-            while True:
-                status = get_json(f"{url}/v1/status?after={seq}&wait=20")
-                seq = status["seq"]
-                if status["phase"] in ("done", "failed"):
-                    break
-            peak = rss_kib(aggregator.pid, "VmHWM")
-            history = get_json(f"{url}/v1/history")
-        finally:
-            for process in [*workers, aggregator]:
-                process.terminate()
-            for process in [*workers, aggregator]:
-                process.wait(timeout=30)
-        if status["phase"] != "done":
-            raise RuntimeError(f"bench job failed: {status['failure']}")
-    return {"history": history, "baseline_kib": baseline, "peak_kib": peak}
+    rows = result["rounds"][1:] or result["rounds"]  # round 1 includes process warm-up
+    return {
+        "wall": statistics.median(r["duration"] for r in rows),
+        "overhead": statistics.median(r["duration"] - r["slowestTrain"] for r in rows),
+        "base": result["baselineKib"] * 1024,
+        "peak": result["peakKib"] * 1024,
+        "client": result["clientPeakKib"] * 1024,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--models", default="10m,50m", help="of cnn, 10m, 50m (comma-separated)")
+    parser.add_argument("--clients", default="2,8", help="client counts (comma-separated)")
     parser.add_argument(
-        "--hidden",
-        type=int,
-        default=140_000,
-        help="hidden width of the bench MLP (140000: ~10.5M parameters)",
+        "--rounds", type=int, default=4, help="rounds per run; the first is warm-up"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="run the aggregator under py-spy, writing profiles here"
     )
     args = parser.parse_args()
-    sys.path.insert(0, str(BENCH_DIR))
-    from bench_models import parameter_count
+    from flotilla.data.digits_example import write_digits_example
 
-    params = parameter_count(args.hidden)
-    model_bytes = params * 4
     bandwidth = loopback_bandwidth()
-    result = run(args.clients, args.rounds, args.hidden)
-    fold = fold_seconds(params, args.clients)
-    wire_floor = 2 * args.clients * model_bytes / bandwidth
-    floor = wire_floor + fold
-    rows = result["history"][1:] or result["history"]  # round 1 includes process warm-up
-    overheads = [
-        r["duration_seconds"] - max(c["trainSeconds"] for c in r["clients"].values()) for r in rows
-    ]
-    overhead = statistics.median(overheads)
-    peak_mib = result["peak_kib"] / 1024
-    base_mib = result["baseline_kib"] / 1024
-    model_mib = model_bytes / 2**20
-    print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
     print(
-        f"model: {params / 1e6:.2f}M float32 parameters ({model_mib:.0f} MiB); "
-        f"{args.clients} client processes; {len(rows)} measured rounds"
+        f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
+        f"{time.strftime('%Y-%m-%d')}; loopback bandwidth (this run) {bandwidth / 1e9:.2f} GB/s\n"
     )
     print(
-        f"loopback bandwidth (this run): {bandwidth / 1e9:.2f} GB/s; "
-        f"fold of {args.clients} deltas: {fold * 1000:.0f} ms"
+        "| model | clients | round wall | overhead | floor (wire + fold) | **overhead / floor** "
+        "| aggregator before → peak | **(peak - before) / model** | client peak |"
     )
-    print()
-    wall = statistics.median(r["duration_seconds"] for r in rows)
-    slowest = statistics.median(max(c["trainSeconds"] for c in r["clients"].values()) for r in rows)
-    table = [
-        ("round wall time (median)", f"{wall:.3f} s"),
-        ("slowest client training (median)", f"{slowest:.3f} s"),
-        ("round overhead (median)", f"{overhead:.3f} s"),
-        ("floor: bytes / loopback + fold", f"{floor:.3f} s ({wire_floor:.3f} + {fold:.3f})"),
-        ("**overhead / floor**", f"**{overhead / floor:.2f}x**"),
-        ("aggregator RSS before round 1", f"{base_mib:.0f} MiB"),
-        ("aggregator peak RSS", f"{peak_mib:.0f} MiB"),
-        ("**(peak - before) / model size**", f"**{(peak_mib - base_mib) / model_mib:.2f}x**"),
-    ]
-    print("| measure | value |")
-    print("| --- | --- |")
-    for name, value in table:
-        print(f"| {name} | {value} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    peaks: dict[str, list[tuple[int, int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
+        root = Path(scratch)
+        write_digits_example(root / "data", sites=["site"], seed=0)
+        for model in args.models.split(","):
+            params = model_parameters(model)
+            model_bytes = params * 4
+            for clients in (int(c) for c in args.clients.split(",")):
+                label = f"| {model} ({params / 1e6:.2f}M) | {clients} |"
+                need = needed_bytes(params=params, clients=clients)
+                if need > available_bytes() - MARGIN:
+                    print(
+                        f"{label} not run: would need ~{need / GIB:.0f} GB, "
+                        f"{available_bytes() / GIB:.0f} GB free | | | | | | |",
+                        flush=True,
+                    )
+                    continue
+                m = measure(
+                    model=model,
+                    clients=clients,
+                    rounds=args.rounds,
+                    data=root / "data",
+                    root=root,
+                    profile=args.profile,
+                )
+                wire, fold = floor_seconds(params=params, clients=clients, bandwidth=bandwidth)
+                peaks.setdefault(model, []).append((clients, m["peak"]))
+                print(
+                    f"{label} {m['wall']:.3f} s | {m['overhead']:.3f} s | "
+                    f"{wire + fold:.3f} s ({wire:.3f} + {fold:.3f}) | "
+                    f"**{m['overhead'] / (wire + fold):.2f}x** | "
+                    f"{m['base'] / MIB:.0f} → {m['peak'] / MIB:.0f} MiB | "
+                    f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | "
+                    f"{m['client'] / MIB:.0f} MiB |",
+                    flush=True,
+                )
+    for model, points in peaks.items():
+        if len(points) >= 2:
+            (c0, p0), (c1, p1) = points[0], points[-1]
+            print(
+                f"\n{model}: aggregator peak grows {(p1 - p0) / (c1 - c0) / MIB:.1f} MiB per extra "
+                f"client ({c0} → {c1} clients; model {model_parameters(model) * 4 / MIB:.0f} MiB)"
+            )
 
 
 if __name__ == "__main__":

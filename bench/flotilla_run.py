@@ -1,0 +1,122 @@
+"""One Flotilla run for the bench: an aggregator and one client process per site on 127.0.0.1.
+
+The same processes `flotilla run` starts (aggregator, then clients with `--threads 1`),
+driven directly so the bench can read the aggregator's per-round history (with every
+client's training seconds) and its peak RSS (`VmHWM`) against its RSS before round 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from procs import status_kib, stop_group, tree
+
+
+def get_json(url: str, timeout: float = 60) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def run_flotilla(
+    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path, profile: Path | None = None
+) -> dict[str, Any]:
+    """Run the job to its end; returns rounds in the bench's common shape and the memory.
+
+    With `profile`, the aggregator runs under py-spy (a speedscope file there, all threads,
+    idle frames left out); its memory figures are then py-spy's, not the aggregator's.
+    """
+    tokens = {site: f"bench-token-{site}-0123456789" for site in sites}
+    (scratch / "tokens.json").write_text(json.dumps(tokens))
+    env = {**os.environ, **env, "FLOTILLA_LOG_LEVEL": "WARNING"}
+    flotilla = [sys.executable, "-m", "flotilla"]
+    spy = Path(sys.executable).parent / "py-spy"
+    prefix = [str(spy), "record", "-f", "speedscope", "-o", str(profile), "--threads", "--"]
+    aggregator = subprocess.Popen(
+        [
+            *(prefix if profile else []),
+            *flotilla,
+            "aggregator",
+            "--job",
+            str(job),
+            "--tokens-file",
+            str(scratch / "tokens.json"),
+            "--state-dir",
+            str(scratch / "state"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-line",
+            "--no-tracking",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(scratch / "aggregator.log", "wb"),  # noqa: SIM115
+        env=env,
+        start_new_session=True,
+    )
+    assert aggregator.stdout is not None
+    line = ""
+    while not line.startswith("FLOTILLA-READY "):  # py-spy, when profiling, prints first
+        line = aggregator.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"the aggregator did not start; see {scratch}/aggregator.log")
+    url = line.split()[-1]
+    baseline = status_kib(aggregator.pid, "VmRSS")
+    workers = [
+        subprocess.Popen(
+            [*flotilla, "client", "--aggregator", url, "--threads", "1", "--device", "cpu"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(scratch / f"{site}.log", "wb"),  # noqa: SIM115
+            env={**env, "FLOTILLA_TOKEN": token},
+            start_new_session=True,
+        )
+        for site, token in tokens.items()
+    ]
+    started = time.time()
+    try:
+        seq = -1
+        while True:
+            status = get_json(f"{url}/v1/status?after={seq}&wait=20")
+            seq = status["seq"]
+            if status["phase"] in ("done", "failed"):
+                break
+        peak = status_kib(aggregator.pid, "VmHWM")
+        client_peak = max(status_kib(w.pid, "VmHWM") for w in workers)
+        history = get_json(f"{url}/v1/history")
+    finally:
+        if profile:  # stop the aggregator, not py-spy: it writes the profile once that exits
+            for pid in tree(aggregator.pid)[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            aggregator.wait(timeout=60)
+        for process in [*workers, aggregator]:
+            stop_group(process)
+    if status["phase"] != "done":
+        raise RuntimeError(f"flotilla bench job failed: {status['failure']}")
+    rounds = [
+        {
+            "round": r["round"],
+            "started": r["started_at"],
+            "duration": r["duration_seconds"],
+            "slowestTrain": max(c["trainSeconds"] for c in r["clients"].values()),
+            "bytes": r["bytes_received"],
+            "accuracy": r.get("accuracy"),
+        }
+        for r in history
+    ]
+    return {
+        "started": started,
+        "rounds": rounds,
+        "baselineKib": baseline,
+        "peakKib": peak,
+        "clientPeakKib": client_peak,
+    }

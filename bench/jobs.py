@@ -1,0 +1,93 @@
+"""The bench's jobs and models: FederatedJob YAML written for a model, a client count and data.
+
+Models: the digits CNN (`cnn`, 38,282 parameters) and synthetic MLPs of ~10M and ~50M
+float32 parameters (`10m`, `50m`, `bench_models.wide_mlp`) whose local work is one SGD
+step, so the framework dominates the round.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_models import parameter_count
+
+# Hidden width of the bench MLP; None: the built-in digits CNN.
+MODELS: dict[str, int | None] = {"cnn": None, "10m": 140_000, "50m": 666_667}
+CNN_PARAMETERS = 38_282
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def model_parameters(model: str) -> int:
+    hidden = MODELS[model]
+    return CNN_PARAMETERS if hidden is None else parameter_count(hidden)
+
+
+def model_env(model: str) -> dict[str, str]:
+    """What every process of a run needs to build the model: bench/ importable, its width."""
+    hidden = MODELS[model]
+    path = f"{BENCH_DIR}:{os.environ.get('PYTHONPATH', '')}"
+    return {"PYTHONPATH": path, "FLOTILLA_BENCH_HIDDEN": str(hidden or 0)}
+
+
+def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: int) -> Path:
+    """N sites reading the same export; one SGD step of local work."""
+    hidden = MODELS[model]
+    spec: dict[str, Any] = {
+        "rounds": rounds,
+        "labels": [str(d) for d in range(10)],
+        "model": {"name": "cnn-small"}
+        if hidden is None
+        else {"entrypoint": "bench_models:wide_mlp"},
+        "sites": [
+            {"name": f"site-{i:02d}", "data": {"cvatExport": {"path": str(data / "site")}}}
+            for i in range(clients)
+        ],
+        "evaluation": {"federated": False},
+        "clients": {"minClients": clients, "roundDeadlineSeconds": 900, "joinGraceSeconds": 900},
+        "training": {
+            "localEpochs": 1,
+            "batchSize": 64,
+            "learningRate": 0.001,
+            "maxSeconds": 0.001,
+            "validationFraction": 0,
+        },
+        "strategy": {"name": "fedavg"},
+    }
+    spec["model"]["input"] = {"channels": 1, "height": 8, "width": 8}
+    return write(root / f"overhead-{model}-{clients}.yaml", spec)
+
+
+def digits_job(
+    *, root: Path, data: Path, rounds: int, sites: list[str], compression: dict[str, Any] | None
+) -> Path:
+    """examples/digits.yaml with absolute paths, every site in every round, central scores only."""
+    spec = yaml.safe_load((BENCH_DIR.parent / "examples" / "digits.yaml").read_text())["spec"]
+    spec["rounds"] = rounds
+    spec["sites"] = [{"name": s, "data": {"cvatExport": {"path": str(data / s)}}} for s in sites]
+    spec["evaluation"] = {
+        "federated": False,
+        "testData": {"cvatExport": {"path": str(data / "test")}},
+    }
+    spec["clients"] = {
+        "minClients": len(sites),
+        "roundDeadlineSeconds": 300,
+        "joinGraceSeconds": 300,
+    }
+    if compression:
+        spec["compression"] = compression
+    name = "digits" + "".join(f"-{v}" for v in (compression or {}).values())
+    return write(root / f"{name}.yaml", spec)
+
+
+def write(path: Path, spec: dict[str, Any]) -> Path:
+    document = {
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "FederatedJob",
+        "metadata": {"name": "bench"},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
