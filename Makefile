@@ -134,5 +134,4 @@ lint-images: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/edge_images -rs
 
 clean:
-.PHONY: install run data test e2e lint typecheck bench bench-env serve clean chart-check \
-	builder images push lint-images
+	rm -rf $(VENV) $(BENCH_VENV) .venv-helm .images .flotilla examples/data mlruns .mypy_cache .pytest_cache .ruff_cache
