@@ -37,7 +37,9 @@ from flotilla.fl.learning import SCORES
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 20.0
-SEND_CHUNK = 4 << 20
+# What a slow reader can hold in its transport buffer: the per-client memory of a download
+# (4 MiB pieces measured as 4.3 MiB per extra client in bench/round_bench.py).
+SEND_CHUNK = 1 << 20
 MAX_METRICS_HEADER = 16 * 1024
 MAX_EXAMPLES = 10**9
 MAX_ERROR_CHARS = 2000
