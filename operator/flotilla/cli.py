@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     aggregator.add_argument(
         "--state-dir", type=Path, required=True, help="checkpoints; an existing one is resumed"
     )
+    aggregator.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="serve HTTPS (TLS 1.2+) with this PEM certificate (its SANs must hold the names "
+        "clients dial); required unless spec.security.tls.mode is disabled",
+    )
+    aggregator.add_argument(
+        "--tls-key", type=Path, help="the PEM private key of --tls-cert (keep it 0600)"
+    )
     aggregator.add_argument("--host", default="0.0.0.0")
     aggregator.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     aggregator.add_argument(
@@ -114,7 +123,25 @@ def _parser() -> argparse.ArgumentParser:
     aggregator.set_defaults(handler=_aggregator)
 
     client = commands.add_parser("client", help="train on this site's data for a job")
-    client.add_argument("--aggregator", required=True, help="aggregator URL, http(s)://host:port")
+    client.add_argument(
+        "--aggregator",
+        required=True,
+        help="aggregator URL: https://host:port, or http:// where the job's spec disables TLS",
+    )
+    client.add_argument(
+        "--ca-file",
+        type=Path,
+        help="PEM CA certificate that the aggregator's certificate must verify against (the "
+        "job's ca.crt); required with https://. Only this CA is trusted, and the host name "
+        "dialled must be in the certificate",
+    )
+    client.add_argument(
+        "--site",
+        default=os.environ.get("FLOTILLA_SITE") or None,
+        help="this client's site, sent as X-Flotilla-Site from the first request; the "
+        "aggregator refuses a token of another site (default: $FLOTILLA_SITE, else "
+        "learnt from the aggregator)",
+    )
     client.add_argument(
         "--token-file",
         type=Path,
@@ -277,10 +304,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _aggregator(args: argparse.Namespace) -> int:
-    from flotilla.fl.aggregator.main import AggregatorOptions, load_tokens, serve
+    from flotilla.fl.aggregator.main import AggregatorOptions, check_transport, load_tokens, serve
+    from flotilla.fl.tls import TlsConfigError, server_context
 
     job = load_job(args.job)
-    tokens = load_tokens(args.tokens_file)
     options = AggregatorOptions(
         state_dir=args.state_dir,
         host=args.host,
@@ -290,7 +317,17 @@ def _aggregator(args: argparse.Namespace) -> int:
         tracking=args.tracking,
         tracking_uri=args.tracking_uri,
         metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
+    try:
+        tokens = load_tokens(args.tokens_file)
+        check_transport(job, options)
+        if args.tls_cert and args.tls_key:
+            server_context(args.tls_cert, args.tls_key)  # a bad file fails here, not mid-start
+    except (ValueError, TlsConfigError) as error:
+        print(f"flotilla aggregator: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
     def ready(url: str) -> None:
         logging.getLogger("flotilla").info("aggregator listening on %s", url)
@@ -307,8 +344,10 @@ def _client(args: argparse.Namespace) -> int:
         AggregatorConnection,
         AggregatorRefused,
         AggregatorUnavailable,
+        AggregatorUntrusted,
         Backoff,
     )
+    from flotilla.fl.tls import TlsConfigError, client_context
     from flotilla.ml.models import ModelError
     from flotilla.ml.training import configure_threads
 
@@ -320,9 +359,23 @@ def _client(args: argparse.Namespace) -> int:
     if not token:
         print("flotilla client: no token: pass --token-file or set FLOTILLA_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    https = args.aggregator.startswith("https://")
+    if https != (args.ca_file is not None):
+        problem = "https:// needs --ca-file" if https else "--ca-file needs an https:// URL"
+        print(f"flotilla client: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        context = client_context(ca_file=args.ca_file) if args.ca_file else None
+    except TlsConfigError as error:
+        print(f"flotilla client: {error}", file=sys.stderr)
+        return EXIT_USAGE
     configure_threads(args.threads)
     connection = AggregatorConnection(
-        args.aggregator, token, backoff=Backoff(give_up_after=args.give_up_after)
+        args.aggregator,
+        token,
+        backoff=Backoff(give_up_after=args.give_up_after),
+        ssl_context=context,
+        site=args.site,
     )
     try:
         client = FederatedClient(
@@ -338,7 +391,13 @@ def _client(args: argparse.Namespace) -> int:
             ),
         )
         phase = client.run()
-    except (DataSourceError, ModelError, AggregatorUnavailable, AggregatorRefused) as error:
+    except (
+        DataSourceError,
+        ModelError,
+        AggregatorUnavailable,
+        AggregatorRefused,
+        AggregatorUntrusted,
+    ) as error:
         print(f"flotilla client: {error}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, DataSourceError | ModelError) else EXIT_JOB_FAILED
     # A job that failed is the aggregator's to report; this client did its part.

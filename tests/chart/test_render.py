@@ -125,7 +125,9 @@ def test_rbac_grants_what_config_rbac_grants(default: dict[str, Any]) -> None:
     rendered = {d["metadata"]["name"]: d for d in default["objects"] if d["kind"] == "ClusterRole"}
     config = _config_roles()
     operator = _granted(rendered["flotilla-operator"], rendered["flotilla-operator-cluster"])
-    assert operator == _granted(config["flotilla-operator"])
+    # config/ grants cert-manager certificates always; the chart with certManager.enabled.
+    certificates = {g for g in _granted(config["flotilla-operator"]) if g[0] == "cert-manager.io"}
+    assert operator == _granted(config["flotilla-operator"]) - certificates
     for role in ("flotilla-federatedjob-viewer", "flotilla-federatedjob-editor"):
         assert _granted(rendered[role]) == _granted(config[role])
         aggregate = {k: v for k, v in rendered[role]["metadata"]["labels"].items() if "rbac" in k}
@@ -166,7 +168,8 @@ def test_the_pod_monitor_scrapes_what_the_operator_makes_aggregators(
     all_on: dict[str, Any],
 ) -> None:
     job = load_job(ROOT / "examples" / "federatedjob.yaml")
-    aggregator = aggregator_objects.deployment(job, ["site-a"])["spec"]["template"]
+    deployment = aggregator_objects.deployment(job, ["site-a"], tokens={"site-a": "t" * 32})
+    aggregator = deployment["spec"]["template"]
     (container,) = aggregator["spec"]["containers"]
     monitor = _one(all_on, "PodMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == {objects.ROLE_LABEL: "aggregator"}
@@ -177,6 +180,8 @@ def test_the_pod_monitor_scrapes_what_the_operator_makes_aggregators(
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] in {p["name"] for p in container["ports"]}
+    # Not the API port: it speaks TLS, which the monitor does not.
+    assert f"--metrics-port={objects.AGGREGATOR_METRICS_PORT}" in container["args"]
     assert endpoint["path"] == "/metrics"
     assert {"targetLabel": "job", "replacement": "flotilla-aggregator"} in endpoint["relabelings"]
 
@@ -218,6 +223,19 @@ def test_the_dashboard_label_is_configurable(render: Render) -> None:
     for config_map in config_maps:
         assert config_map["metadata"]["labels"]["dash"] == "yes"
         assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+
+
+def test_cert_manager_enabled_grants_certificates_as_config_does(
+    default: dict[str, Any], all_on: dict[str, Any]
+) -> None:
+    def operator_rules(rendered: dict[str, Any]) -> set[tuple[str, str, str]]:
+        roles = [d for d in rendered["objects"] if d["kind"] == "ClusterRole"]
+        return _granted(*(r for r in roles if r["metadata"]["name"].endswith("-operator")))
+
+    config = _granted(_config_roles()["flotilla-operator"])
+    wanted = {g for g in config if g[0] == "cert-manager.io"}
+    assert wanted and wanted <= operator_rules(all_on)
+    assert not wanted & operator_rules(default)
 
 
 def test_without_rbac_and_service_account_the_chart_uses_the_given_account(

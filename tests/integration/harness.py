@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from flotilla.fl.tls import client_context
+from flotilla.local.tls import write_local_tls
+
 STARTUP_SECONDS = 90.0
 
 
@@ -44,6 +47,9 @@ def write_job(
         "clients": {"minClients": len(sites), "roundDeadlineSeconds": 60, "joinGraceSeconds": 5},
         "training": {"localEpochs": 3, "batchSize": 16, "learningRate": 0.05, "momentum": 0.9},
         "strategy": {"name": "fedavg"},
+        # Plain HTTP unless a test asks for TLS: most tests are about rounds, and the privacy
+        # test reads every byte on the wire. tests/integration/test_tls.py covers TLS.
+        "security": {"tls": {"mode": "disabled"}},
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):
@@ -80,7 +86,11 @@ class Cluster:
         self.tokens_path.write_text(json.dumps(self.tokens))
         self.state_dir = root / "state"
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        document = yaml.safe_load(job.read_text())
+        mode = document["spec"].get("security", {}).get("tls", {}).get("mode", "operator")
+        self.tls = write_local_tls(root / "tls") if mode != "disabled" else None
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.aggregator: subprocess.Popen[bytes] | None = None
         self.clients: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -100,6 +110,7 @@ class Cluster:
                 "--port",
                 str(self.port),
                 "--exit-when-done",
+                *(self.tls.aggregator_args() if self.tls else []),
                 *extra,
             ),
             stdout=log,
@@ -114,8 +125,11 @@ class Cluster:
         """`via`: dial this URL instead of the aggregator's (a recording proxy)."""
         log = open(self.root / f"{site}.log", "ab")  # noqa: SIM115
         url = via or self.url
+        trust = ["--ca-file", str(self.tls.ca)] if self.tls and url.startswith("https") else []
         self.clients[site] = subprocess.Popen(
-            flotilla("client", "--aggregator", url, "--threads", "1", "--device", "cpu", *extra),
+            flotilla(
+                "client", "--aggregator", url, *trust, "--threads", "1", "--device", "cpu", *extra
+            ),
             stdout=log,
             stderr=log,
             env=child_env(FLOTILLA_TOKEN=self.tokens[site], **(env or {})),
@@ -124,7 +138,8 @@ class Cluster:
     def status(self, *, after: int = -1, wait: float = 0.0) -> dict[str, Any] | None:
         url = f"{self.url}/v1/status?after={after}&wait={wait}"
         try:
-            with urllib.request.urlopen(url, timeout=wait + 10) as response:
+            context = client_context(ca_file=self.tls.ca) if self.tls else None
+            with urllib.request.urlopen(url, timeout=wait + 10, context=context) as response:
                 status: dict[str, Any] = json.loads(response.read())
                 return status
         except OSError:

@@ -213,3 +213,36 @@ def _metrics(running: Cluster) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+def test_a_token_used_twice_in_a_round_is_refused_as_duplicate(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    sites = ["site-a", "site-b"]
+    job = write_job(
+        tmp_path / "job.yaml",
+        data_dir=digits_dir,
+        sites=sites,
+        rounds=2,
+        overrides={"clients": {"minClients": 2, "joinGraceSeconds": 0}},
+    )
+    layout, _ = initial_global_model(load_job(job))
+    with cluster(tmp_path, job, sites) as running:
+        running.start_aggregator()
+        for site in sites:
+            token = {"Authorization": f"Bearer {running.tokens[site]}"}
+            status, _ = _request(running, "POST", "/v1/site-report", b'{"ready": true}', token)
+            assert status == 200
+        running.wait_for(lambda s: s["round"] == 1 and s["phase"] == "training", timeout=30)
+        good = bytes(_delta(layout, 0.01))
+        path = "/v1/rounds/1/update"
+
+        first, _ = _request(running, "PUT", path, good, _headers(running))
+        again, body = _request(running, "PUT", path, good, _headers(running))
+        other_site, refused = _request(
+            running, "PUT", path, good, _headers(running, **{"X-Flotilla-Site": "site-b"})
+        )
+
+    assert first == 200
+    assert again == 409 and json.loads(body)["reason"] == "duplicate"
+    assert other_site == 403 and json.loads(refused)["reason"] == "wrong_site"

@@ -51,6 +51,7 @@ ALLOWED_HEADERS = {
     "x-flotilla-examples",
     "x-flotilla-metrics",
     "x-flotilla-compression",
+    "x-flotilla-site",  # the site's own name, checked against its token (docs/security.md)
 }
 
 
@@ -193,6 +194,7 @@ def test_no_image_or_annotation_crosses_the_wire(tmp_path: Path, digits_dir: Pat
             assert kind is not None, f"unexpected request {request.method} {request.path}"
             seen[kind] = seen.get(kind, 0) + 1
             assert set(request.headers) <= ALLOWED_HEADERS, request.headers
+            assert request.headers.get("x-flotilla-site", SITES[0]) in SITES
             if "x-flotilla-metrics" in request.headers:
                 _numbers_and_labels(
                     json.loads(request.headers["x-flotilla-metrics"]), labels, "metrics"

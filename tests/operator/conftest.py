@@ -33,6 +33,8 @@ NAMESPACED = {
     "v1/persistentvolumeclaims": "PersistentVolumeClaim",
     "v1/events": "Event",
     "apps/v1/deployments": "Deployment",
+    "networking.k8s.io/v1/networkpolicies": "NetworkPolicy",
+    "cert-manager.io/v1/certificates": "Certificate",
 }
 # kopf waits for namespaces and CRDs to be discoverable before it starts any watch.
 CLUSTER_WIDE = {
@@ -64,14 +66,14 @@ def node(name: str, **labels: str) -> dict[str, Any]:
     }
 
 
-Poll = Callable[[FederatedJob], Any]
+Poll = Callable[[FederatedJob, str | None], Any]
 
 
 @asynccontextmanager
 async def operator(
     server: kmock.KubernetesEmulator, *, poll: Poll | None = None
 ) -> AsyncIterator[OperatorMetrics]:
-    async def no_aggregator(job: FederatedJob) -> Mapping[str, Any] | None:
+    async def no_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any] | None:
         return None
 
     registry = kopf.OperatorRegistry()

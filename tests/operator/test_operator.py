@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,51 @@ async def test_suspend_removes_the_clients_and_keeps_the_aggregator_then_resume(
         await eventually(lambda: len(_pods(cluster)) == 3)
 
 
+def _tokens(server: kmock.KubernetesEmulator) -> dict[str, str]:
+    secret = server.objects["v1/secrets", NAMESPACE, "digits-tokens"]
+    tokens: dict[str, str] = json.loads(secret["stringData"]["tokens.json"])
+    return tokens
+
+
+def _deployment_annotations(server: kmock.KubernetesEmulator) -> dict[str, str]:
+    deployment = server.objects["apps/v1/deployments", NAMESPACE, "digits-aggregator"]
+    return dict(deployment["spec"]["template"]["metadata"]["annotations"])
+
+
+@pytest.mark.asyncio
+async def test_resuming_rotates_every_token_and_restarts_the_aggregator_keeping_the_ca(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    async with operator(cluster):
+        await eventually(lambda: len(_pods(cluster)) == 3)
+        before, ca = _tokens(cluster), _ca(cluster)
+        await eventually(lambda: len(_requests(cluster)) > 40)  # timer ticks change nothing
+        assert _tokens(cluster) == before
+
+        _set_job(cluster, suspend=True)
+        await eventually(lambda: _pods(cluster) == {})
+        assert _tokens(cluster) == before  # suspending alone rotates nothing
+        hash_suspended = _deployment_annotations(cluster)["flotilla.dev/tokens-hash"]
+
+        _set_job(cluster, suspend=False)
+        await eventually(lambda: len(_pods(cluster)) == 3)
+
+    after = _tokens(cluster)
+    assert sorted(after) == sorted(before)
+    assert all(after[site] != before[site] for site in before)
+    assert _deployment_annotations(cluster)["flotilla.dev/tokens-hash"] != hash_suspended
+    assert _ca(cluster) == ca  # the TLS Secret is made once
+    secret = cluster.objects["v1/secrets", NAMESPACE, "digits-tokens"]
+    assert secret["metadata"]["annotations"]["flotilla.dev/rotate-on-resume"] == "false"
+
+
+def _ca(server: kmock.KubernetesEmulator) -> str:
+    ca: str = server.objects["v1/secrets", NAMESPACE, "digits-tls"]["stringData"]["ca.crt"]
+    return ca
+
+
 @pytest.mark.asyncio
 async def test_a_failed_client_pod_is_replaced_within_the_backoff_limit(
     cluster: kmock.KubernetesEmulator,
@@ -237,7 +283,7 @@ async def test_a_finished_job_removes_its_clients_then_its_aggregator_after_the_
         "tracking": {"enabled": True, "state": "synced", "runId": "run-42"},
     }
 
-    async def poll(job: Any) -> dict[str, Any]:
+    async def poll(job: Any, ca: str | None) -> dict[str, Any]:
         return answer
 
     async with operator(cluster, poll=poll):
@@ -284,7 +330,7 @@ async def test_a_crash_looping_aggregator_pod_shows_as_aggregator_failed(
         },
     }
 
-    async def unreachable(job: Any) -> None:
+    async def unreachable(job: Any, ca: str | None) -> None:
         return None
 
     async with operator(cluster, poll=unreachable):

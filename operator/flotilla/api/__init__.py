@@ -9,6 +9,7 @@ from flotilla.api.data import (
 )
 from flotilla.api.errors import SpecError
 from flotilla.api.loader import load_job, parse_job
+from flotilla.api.security import NetworkPolicySpec, SecuritySpec, TlsSpec
 from flotilla.api.spec import (
     API_GROUP,
     API_VERSION,
@@ -49,13 +50,16 @@ __all__ = [
     "InputSpec",
     "LimitsSpec",
     "ModelSpec",
+    "NetworkPolicySpec",
     "ObjectMeta",
     "Phase",
+    "SecuritySpec",
     "SiteSpec",
     "SpecError",
     "StrategyName",
     "StrategyParams",
     "StrategySpec",
+    "TlsSpec",
     "TrackingSpec",
     "TrainingSpec",
     "load_job",

@@ -16,6 +16,7 @@ from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
 from flotilla.api.cluster import RuntimeSpec
 from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
+from flotilla.api.security import SecuritySpec
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
 from flotilla.api.tracking import TrackingSpec
@@ -150,6 +151,7 @@ class FederatedJobSpec(ApiModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     # Cluster only (see api/cluster.py); the local runner ignores them.
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
     suspend: bool = False
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     # Client pod replacements per node, and aggregator restarts before the job fails.

@@ -13,11 +13,14 @@ import yaml
 
 from flotilla.api import FederatedJob
 from flotilla.k8s import objects as o
+from flotilla.k8s.security_objects import CERT_KEY, PRIVATE_KEY, TLS_DIR, serving_volume
 
 STATE_DIR = "/var/lib/flotilla"
 CONFIG_DIR = "/etc/flotilla/job"
 TOKENS_DIR = "/etc/flotilla/tokens"
 TOKENS_KEY = "tokens.json"
+# Set on the tokens Secret while the job is suspended: the next resume issues new tokens.
+ROTATE_ANNOTATION = "flotilla.dev/rotate-on-resume"
 
 
 def token_key(site: str) -> str:
@@ -43,17 +46,26 @@ def tokens_secret(
     existing: Mapping[str, str],
     new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
 ) -> dict[str, Any]:
-    """One token per site; a site keeps its token across reconciles (`existing`)."""
+    """One token per site; a site keeps its token across reconciles (`existing`), until
+    the job resumes from suspension: the reconcile then passes no `existing`."""
     tokens = {site: existing.get(site) or new_token() for site in sorted(sites)}
     data = {token_key(site): token for site, token in tokens.items()}
     data[TOKENS_KEY] = json.dumps(tokens, sort_keys=True)
+    metadata = o.metadata(job, o.tokens_secret_name(job), "aggregator")
+    metadata["annotations"] = {ROTATE_ANNOTATION: "true" if job.spec.suspend else "false"}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": o.metadata(job, o.tokens_secret_name(job), "aggregator"),
+        "metadata": metadata,
         "stringData": data,
     }
+
+
+def tokens_of(secret: Mapping[str, Any]) -> dict[str, str]:
+    """The site -> token map of a tokens Secret as built above."""
+    tokens: dict[str, str] = json.loads(secret["stringData"][TOKENS_KEY])
+    return tokens
 
 
 def service(job: FederatedJob) -> dict[str, Any]:
@@ -63,7 +75,10 @@ def service(job: FederatedJob) -> dict[str, Any]:
         "metadata": o.metadata(job, o.aggregator_name(job), "aggregator"),
         "spec": {
             "selector": o.selector(job, "aggregator"),
-            "ports": [{"name": "http", "port": o.PORT, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": o.PORT, "targetPort": "http"},
+                {"name": "metrics", "port": o.AGGREGATOR_METRICS_PORT, "targetPort": "metrics"},
+            ],
         },
     }
 
@@ -86,12 +101,16 @@ def state_claim(job: FederatedJob) -> dict[str, Any] | None:
     }
 
 
-def deployment(job: FederatedJob, sites: Sequence[str]) -> dict[str, Any]:
+def deployment(
+    job: FederatedJob, sites: Sequence[str], *, tokens: Mapping[str, str]
+) -> dict[str, Any]:
     """`sites` go into the pod's config hash: a new site restarts the aggregator with its
-    token (it resumes from its checkpoint at the next round)."""
+    token (it resumes from its checkpoint at the next round). So do the tokens, by a hash:
+    rotated tokens restart it, and it reads the new tokens file as it starts."""
     runtime = job.spec.runtime
     tmp_volume, _ = o.scratch()
     config_hash = o.content_hash(job.to_dict()["spec"], sorted(sites))
+    tokens_hash = o.content_hash(sorted(tokens.items()))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -103,7 +122,10 @@ def deployment(job: FederatedJob, sites: Sequence[str]) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": o.labels(job, "aggregator"),
-                    "annotations": {o.HASH_ANNOTATION: config_hash},
+                    "annotations": {
+                        o.HASH_ANNOTATION: config_hash,
+                        o.TOKENS_HASH_ANNOTATION: tokens_hash,
+                    },
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
@@ -119,7 +141,11 @@ def deployment(job: FederatedJob, sites: Sequence[str]) -> dict[str, Any]:
 
 def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
     runtime = job.spec.runtime
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    tls = job.spec.security.tls.enabled
+    # The kubelet probes HTTPS without verifying the certificate.
+    health = {"path": "/healthz", "port": "http", "scheme": "HTTPS" if tls else "HTTP"}
+    probe = {"httpGet": health, "periodSeconds": 10}
+    tls_args = [f"--tls-cert={TLS_DIR}/{CERT_KEY}", f"--tls-key={TLS_DIR}/{PRIVATE_KEY}"]
     container: dict[str, Any] = {
         "name": "aggregator",
         "image": runtime.image,
@@ -130,8 +156,13 @@ def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
             f"--tokens-file={TOKENS_DIR}/{TOKENS_KEY}",
             f"--state-dir={STATE_DIR}",
             f"--port={o.PORT}",
+            f"--metrics-port={o.AGGREGATOR_METRICS_PORT}",
+            *(tls_args if tls else []),
         ],
-        "ports": [{"name": "http", "containerPort": o.PORT}],
+        "ports": [
+            {"name": "http", "containerPort": o.PORT},
+            {"name": "metrics", "containerPort": o.AGGREGATOR_METRICS_PORT},
+        ],
         "readinessProbe": probe,
         "livenessProbe": probe | {"failureThreshold": 6},
         "resources": o.resources(
@@ -143,6 +174,7 @@ def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
             {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True},
             {"name": "state", "mountPath": STATE_DIR},
+            *([serving_volume(job)[1]] if tls else []),
             o.scratch()[1],
         ],
     }
@@ -169,4 +201,5 @@ def _aggregator_volumes(job: FederatedJob) -> list[dict[str, Any]]:
             },
         },
         {"name": "state", **state},
+        *([serving_volume(job)[0]] if job.spec.security.tls.enabled else []),
     ]

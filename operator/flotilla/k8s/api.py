@@ -24,6 +24,8 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "ConfigMap": ("/api/v1", "configmaps", True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    "Certificate": ("/apis/cert-manager.io/v1", "certificates", True),
     "FederatedJob": ("/apis/flotilla.dev/v1alpha1", "federatedjobs", True),
 }
 TIMEOUT = aiohttp.ClientTimeout(total=30)

@@ -13,19 +13,29 @@ from flotilla.api.data import CVAT_SECRET_MOUNT
 from flotilla.k8s import objects as o
 from flotilla.k8s.aggregator_objects import token_key
 from flotilla.k8s.nodes import Placement
+from flotilla.k8s.security_objects import CA_KEY, TLS_DIR, ca_volume
 
 DATA_DIR = "/data"
 
 
 def aggregator_url(job: FederatedJob) -> str:
-    namespace = job.metadata.namespace or "default"
-    return f"http://{o.aggregator_name(job)}.{namespace}.svc:{o.PORT}"
+    """https unless the spec disables TLS; the host is one of the certificate's names."""
+    scheme = "https" if job.spec.security.tls.enabled else "http"
+    return f"{scheme}://{o.aggregator_name(job)}.{o.namespace(job)}.svc:{o.PORT}"
 
 
 def client_pod(job: FederatedJob, placement: Placement) -> dict[str, Any]:
     """Raises SpecError when the site has no data source."""
     profile = _profile(job, placement)
     data = _site_data(job, placement.site)
+    if job.spec.security.tls.enabled:
+        volume, mount = ca_volume(job)
+        trust = _SiteData(volumes=[volume], mounts=[mount], args=[f"--ca-file={TLS_DIR}/{CA_KEY}"])
+        data = _SiteData(
+            volumes=data.volumes + trust.volumes,
+            mounts=data.mounts + trust.mounts,
+            args=data.args + trust.args,
+        )
     tmp_volume, tmp_mount = o.scratch()
     return {
         "apiVersion": "v1",
@@ -135,6 +145,7 @@ def _container(
                     }
                 },
             },
+            {"name": "FLOTILLA_SITE", "value": placement.site},
             {"name": "HOME", "value": "/tmp"},
         ],
         "ports": [{"name": "metrics", "containerPort": o.CLIENT_METRICS_PORT}],

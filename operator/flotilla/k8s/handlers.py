@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import aiohttp
 import kopf
 
 from flotilla.api import API_GROUP, FederatedJob
+from flotilla.fl.tls import client_context
 from flotilla.k8s import objects as o
 from flotilla.k8s.api import Connection, KubeApi
 from flotilla.k8s.client_pods import aggregator_url
@@ -25,16 +27,24 @@ from flotilla.k8s.reconcile import Context, Outcome, reconcile
 PLURAL = "federatedjobs"
 VERSION = "v1alpha1"
 TIMER_SECONDS = 10.0
-Poll = Callable[[FederatedJob], Awaitable[Mapping[str, Any] | None]]
+Poll = Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
 Login = Callable[..., kopf.ConnectionInfo | None]
 
 
-async def poll_aggregator(job: FederatedJob) -> Mapping[str, Any] | None:
-    """The aggregator's /v1/status, or None while it does not answer."""
+async def poll_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any] | None:
+    """The aggregator's /v1/status, or None while it does not answer. Over TLS, only with
+    the job's CA (`ca`, PEM) and the Service's name verified: no CA yet, no poll."""
     timeout = aiohttp.ClientTimeout(total=3)
+    trust: ssl.SSLContext | bool = False
+    if job.spec.security.tls.enabled:
+        if ca is None:
+            return None
+        trust = client_context(ca_data=ca)
     try:
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(ssl=trust)
+            ) as session,
             session.get(f"{aggregator_url(job)}/v1/status") as response,
         ):
             if response.status != 200:

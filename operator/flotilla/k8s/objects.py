@@ -12,11 +12,16 @@ from flotilla.api import API_VERSION, FederatedJob
 APP = "flotilla"
 PORT = 8080
 CLIENT_METRICS_PORT = 9090
+# The aggregator's /metrics: plain HTTP on a port of its own, as its API port may speak TLS.
+AGGREGATOR_METRICS_PORT = 9090
 JOB_LABEL = "flotilla.dev/job"
 ROLE_LABEL = "flotilla.dev/role"
 NODE_LABEL = "flotilla.dev/node"
 SITE_LABEL = "flotilla.dev/site"
 HASH_ANNOTATION = "flotilla.dev/config-hash"
+TOKENS_HASH_ANNOTATION = "flotilla.dev/tokens-hash"
+# The operator's own pod, in any namespace (config/operator.yaml and the chart label it so).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/part-of": APP, "app.kubernetes.io/component": "operator"}
 
 
 def aggregator_name(job: FederatedJob) -> str:
@@ -25,6 +30,14 @@ def aggregator_name(job: FederatedJob) -> str:
 
 def tokens_secret_name(job: FederatedJob) -> str:
     return f"{job.metadata.name}-tokens"
+
+
+def tls_secret_name(job: FederatedJob) -> str:
+    return f"{job.metadata.name}-tls"
+
+
+def namespace(job: FederatedJob) -> str:
+    return job.metadata.namespace or "default"
 
 
 def config_map_name(job: FederatedJob) -> str:

@@ -8,21 +8,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.api import FederatedJob, SpecError
+from flotilla.fl.certs import TlsMaterial, make_tls
 from flotilla.k8s import aggregator_objects as agg
+from flotilla.k8s import security_objects as sec
 from flotilla.k8s.client_pods import client_pod
 from flotilla.k8s.nodes import NodeInfo, Placement, placements
+from flotilla.k8s.objects import aggregator_name
 
 
 @dataclass(frozen=True)
 class Plan:
-    aggregator: list[dict[str, Any]]  # ConfigMap, Secret, Service, PVC?, Deployment
+    # ConfigMap, tokens Secret, TLS Secret or Certificate?, Service, NetworkPolicy?, PVC?,
+    # Deployment
+    aggregator: list[dict[str, Any]]
     clients: dict[str, dict[str, Any]]  # site -> Pod
     placements: list[Placement]
     problems: list[str] = field(default_factory=list)  # sites that cannot get a pod, and why
+    ca: str | None = None  # the CA the aggregator's certificate verifies against, when known
 
     @property
     def sites(self) -> list[str]:
         return [p.site for p in self.placements]
+
+
+def _default_tls(job: FederatedJob) -> TlsMaterial:
+    return make_tls(common_name=aggregator_name(job), dns_names=sec.dns_names(job))
 
 
 def plan_job(
@@ -30,19 +40,28 @@ def plan_job(
     nodes: Sequence[NodeInfo],
     *,
     existing_tokens: Mapping[str, str],
+    existing_tls: TlsMaterial | None = None,
     finished: bool = False,
     new_token: Callable[[], str] | None = None,
+    new_tls: Callable[[FederatedJob], TlsMaterial] = _default_tls,
 ) -> Plan:
-    """Suspended or finished jobs keep the aggregator (its state, its status) and no clients."""
+    """Suspended or finished jobs keep the aggregator (its state, its status) and no clients.
+
+    TLS material that exists is kept (`existing_tls`); `new_tls` makes it otherwise.
+    """
     chosen = placements(job, list(nodes))
     sites = [p.site for p in chosen]
     token_args = {"new_token": new_token} if new_token else {}
+    tokens = agg.tokens_secret(job, sites, existing=existing_tokens, **token_args)
+    security, ca = _security_objects(job, existing_tls, new_tls)
     aggregator = [
         agg.job_config_map(job),
-        agg.tokens_secret(job, sites, existing=existing_tokens, **token_args),
+        tokens,
+        *security,
         agg.service(job),
+        *([sec.network_policy(job)] if job.spec.security.network_policy.enabled else []),
         *([claim] if (claim := agg.state_claim(job)) else []),
-        agg.deployment(job, sites),
+        agg.deployment(job, sites, tokens=agg.tokens_of(tokens)),
     ]
     clients: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
@@ -54,4 +73,18 @@ def plan_job(
                 problems.append(
                     f"site {placement.site} (node {placement.node}): {error.problems[0]}"
                 )
-    return Plan(aggregator=aggregator, clients=clients, placements=chosen, problems=problems)
+    return Plan(aggregator=aggregator, clients=clients, placements=chosen, problems=problems, ca=ca)
+
+
+def _security_objects(
+    job: FederatedJob,
+    existing: TlsMaterial | None,
+    new_tls: Callable[[FederatedJob], TlsMaterial],
+) -> tuple[list[dict[str, Any]], str | None]:
+    mode = job.spec.security.tls.mode
+    if mode == "operator":
+        material = existing or new_tls(job)
+        return [sec.tls_secret(job, material)], material.ca
+    if mode == "certManager":
+        return [sec.certificate(job)], existing.ca if existing else None
+    return [], None

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from flotilla.api import FederatedJob, SpecError
+from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s import objects as o
-from flotilla.k8s.aggregator_objects import TOKENS_KEY
+from flotilla.k8s.aggregator_objects import ROTATE_ANNOTATION, TOKENS_KEY
 from flotilla.k8s.api import AlreadyExists, KubeApi, path
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
+from flotilla.k8s.security_objects import CA_KEY, CERT_KEY, PRIVATE_KEY
 from flotilla.k8s.status import AggregatorPodView, Observation, PodView, compute_status
 
 REPLACEMENTS_ANNOTATION = "flotilla.dev/client-replacements"
@@ -35,7 +37,8 @@ class Recorder(Protocol):
 class Context:
     api: KubeApi
     recorder: Recorder
-    poll: Callable[[FederatedJob], Awaitable[Mapping[str, Any] | None]]
+    # The aggregator's /v1/status, over HTTPS verified against the CA given (PEM), if any.
+    poll: Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
@@ -72,15 +75,33 @@ async def reconcile(
     nodes = [NodeInfo.from_api(n) for n in await ctx.api.list(path("Node"))]
     secret = await ctx.api.get(path("Secret", namespace=namespace, name=o.tokens_secret_name(job)))
     tokens = _tokens(secret)
-    answer = await ctx.poll(job)
+    # Resumed after a suspension: every site gets a new token (the old ones may have leaked
+    # while the job sat idle; the client pods are all new anyway).
+    rotate = not job.spec.suspend and _annotation(secret, ROTATE_ANNOTATION) == "true"
+    tls_secret = None
+    if job.spec.security.tls.enabled:
+        tls_secret = await ctx.api.get(
+            path("Secret", namespace=namespace, name=o.tls_secret_name(job))
+        )
+    existing_tls = _tls_material(tls_secret)
+    answer = await ctx.poll(job, existing_tls.ca if existing_tls else None)
     finished = previous.get("phase") in ("Succeeded", "Failed") or (answer or {}).get("phase") in (
         "done",
         "failed",
     )
-    plan = plan_job(job, nodes, existing_tokens=tokens, finished=finished)
+    plan = plan_job(
+        job,
+        nodes,
+        existing_tokens={} if rotate else tokens,
+        existing_tls=existing_tls,
+        finished=finished,
+    )
+    missing_tls = job.spec.security.tls.mode == "operator" and existing_tls is None
     if _expired(job, previous, ctx.now()):
         await _clean_up(ctx, plan, namespace)
-    elif full or secret is None or sorted(tokens) != plan.sites:
+    elif full or secret is None or rotate or missing_tls or sorted(tokens) != plan.sites:
+        if rotate:
+            ctx.recorder.info("TokensRotated", "New client tokens: the job resumed")
         await _apply_aggregator(ctx, plan, namespace)
     for problem in plan.problems:
         ctx.recorder.warn("NoDataSource", problem)
@@ -109,6 +130,24 @@ def _tokens(secret: Mapping[str, Any] | None) -> dict[str, str]:
         raw = (secret.get("stringData") or {}).get(TOKENS_KEY, "{}")
     tokens: dict[str, str] = json.loads(raw)
     return tokens
+
+
+def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
+    value = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return value.get(key)
+
+
+def _tls_material(secret: Mapping[str, Any] | None) -> TlsMaterial | None:
+    """What a TLS Secret holds, whoever wrote it (we, or cert-manager); None if incomplete."""
+    if not secret:
+        return None
+    data = secret.get("data") or {}
+    plain = dict(secret.get("stringData") or {})
+    for key, value in data.items():
+        plain[key] = base64.b64decode(value).decode()
+    if not all(plain.get(key) for key in (CERT_KEY, PRIVATE_KEY, CA_KEY)):
+        return None
+    return TlsMaterial(cert=plain[CERT_KEY], key=plain[PRIVATE_KEY], ca=plain[CA_KEY])
 
 
 async def _apply_aggregator(ctx: Context, plan: Plan, namespace: str) -> None:

@@ -24,8 +24,10 @@ from typing import Any
 import aiohttp
 
 from flotilla.api import FederatedJob
+from flotilla.fl.tls import client_context
 from flotilla.local.processes import Child, start_child, stop_children
 from flotilla.local.progress import Progress
+from flotilla.local.tls import write_local_tls
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +94,19 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # TLS unless the spec opts out: the same transport as in a cluster.
+    tls = write_local_tls(state_dir / "tls") if job.spec.security.tls.enabled else None
     try:
         aggregator, url = await _start_aggregator(
-            options, tokens_path, state_dir, logs, tracking=local_tracking_args(job, options)
+            options,
+            tokens_path,
+            state_dir,
+            logs,
+            extra=[*local_tracking_args(job, options), *(tls.aggregator_args() if tls else [])],
         )
         children.append(aggregator)
         progress.serving(url)
+        trust = ["--ca-file", str(tls.ca)] if tls else []
         for site, token in tokens.items():
             children.append(
                 await start_child(
@@ -106,17 +115,23 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
                         "client",
                         "--aggregator",
                         url,
+                        *trust,
                         "--threads",
                         str(options.threads),
                         "--device",
                         options.device,
                     ],
                     log_path=logs / f"{site}.log",
-                    env={"FLOTILLA_TOKEN": token},
+                    env={"FLOTILLA_TOKEN": token, "FLOTILLA_SITE": site},
                 )
             )
         await _supervise(
-            aggregator, children[1:], url, progress, stop, min_clients=job.spec.clients.min_clients
+            aggregator,
+            children[1:],
+            _Watched(url, tls.ca if tls else None),
+            progress,
+            stop,
+            min_clients=job.spec.clients.min_clients,
         )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -132,7 +147,7 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
 
 
 async def _start_aggregator(
-    options: RunOptions, tokens_path: Path, state_dir: Path, logs: Path, *, tracking: list[str]
+    options: RunOptions, tokens_path: Path, state_dir: Path, logs: Path, *, extra: list[str]
 ) -> tuple[Child, str]:
     child = await start_child(
         "aggregator",
@@ -150,7 +165,7 @@ async def _start_aggregator(
             "0",
             "--exit-when-done",
             "--ready-line",
-            *tracking,
+            *extra,
         ],
         log_path=logs / "aggregator.log",
         stdout_pipe=True,
@@ -167,16 +182,22 @@ async def _start_aggregator(
     raise RunFailed(f"the aggregator did not start:\n{child.tail()}")
 
 
+@dataclass(frozen=True)
+class _Watched:
+    url: str
+    ca: Path | None  # the run's CA, when the aggregator serves HTTPS
+
+
 async def _supervise(
     aggregator: Child,
     clients: list[Child],
-    url: str,
+    watched: _Watched,
     progress: Progress,
     stop: asyncio.Event,
     *,
     min_clients: int,
 ) -> None:
-    watcher = asyncio.create_task(_watch_status(url, progress, min_clients))
+    watcher = asyncio.create_task(_watch_status(watched, progress, min_clients))
     aggregator_done = asyncio.create_task(aggregator.process.wait())
     clients_done = asyncio.create_task(_watch_clients(clients, progress, min_clients))
     stopped = asyncio.create_task(stop.wait())
@@ -220,7 +241,7 @@ async def _watch_clients(clients: list[Child], progress: Progress, min_clients: 
                 )
 
 
-async def _watch_status(url: str, progress: Progress, min_clients: int) -> None:
+async def _watch_status(watched: _Watched, progress: Progress, min_clients: int) -> None:
     """Show progress; fail once sites that cannot read their data leave too few to train.
 
     Locally a site's data is files on this machine, which do not fix themselves while the
@@ -228,11 +249,13 @@ async def _watch_status(url: str, progress: Progress, min_clients: int) -> None:
     """
     seq = -1
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    trust = client_context(ca_file=watched.ca) if watched.ca else None
+    connector = aiohttp.TCPConnector(ssl=trust) if trust else None
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         while True:
             try:
                 async with session.get(
-                    f"{url}/v1/status", params={"after": seq, "wait": 20}
+                    f"{watched.url}/v1/status", params={"after": seq, "wait": 20}
                 ) as response:
                     status = await response.json()
             except (aiohttp.ClientError, TimeoutError):

@@ -16,11 +16,13 @@ import pytest
 import yaml
 
 from flotilla.api import load_job, parse_job
+from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data" / "k8s"
+FAKE_TLS = TlsMaterial(cert="CERTIFICATE", key="PRIVATE KEY", ca="CA CERTIFICATE")
 CASES = sorted(p.stem for p in (DATA / "input").glob("*.yaml"))
 
 
@@ -36,6 +38,7 @@ def _plan(case: str) -> Plan:
         [NodeInfo.from_api(node) for node in given["nodes"]],
         existing_tokens=given["existingTokens"],
         new_token=lambda: f"generated-token-{next(counter)}",
+        new_tls=lambda job: FAKE_TLS,
     )
 
 
@@ -79,10 +82,22 @@ def test_every_object_is_owned_by_the_job_and_labelled() -> None:
         assert meta["namespace"] == "factory"
 
 
-def test_every_pod_is_hardened() -> None:
-    plan = _plan("three-of-five-nodes")
-    deployment = plan.aggregator[-1]
-    pods = [deployment["spec"]["template"]["spec"], *(p["spec"] for p in plan.clients.values())]
+def _pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pod an object makes: a Pod's spec, a workload's template."""
+    specs = []
+    for obj in objects:
+        if obj["kind"] == "Pod":
+            specs.append(obj["spec"])
+        elif "template" in obj.get("spec", {}):
+            specs.append(obj["spec"]["template"]["spec"])
+    return specs
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_pod_of_every_plan_is_hardened(case: str) -> None:
+    plan = _plan(case)
+    pods = _pod_specs(_objects(plan))
+    assert len(pods) == 1 + len(plan.clients)  # the Deployment and the client Pods
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -92,6 +107,8 @@ def test_every_pod_is_hardened() -> None:
             assert security["readOnlyRootFilesystem"] is True
             assert security["allowPrivilegeEscalation"] is False
             assert security["capabilities"] == {"drop": ["ALL"]}
+            assert security["privileged"] is False
+        assert pod["securityContext"]["runAsUser"] != 0
 
 
 def test_a_client_gets_its_own_token_only() -> None:
@@ -110,7 +127,14 @@ def test_suspended_keeps_the_aggregator_and_tokens_but_no_clients() -> None:
 
     assert plan.clients == {}
     kinds = [obj["kind"] for obj in plan.aggregator]
-    assert kinds == ["ConfigMap", "Secret", "Service", "PersistentVolumeClaim", "Deployment"]
+    assert kinds == [
+        "ConfigMap",
+        "Secret",
+        "Secret",
+        "Service",
+        "PersistentVolumeClaim",
+        "Deployment",
+    ]
     assert plan.aggregator[1]["stringData"]["token-site-a"] == "kept-token-of-site-a-0123456789"
 
 
@@ -136,3 +160,99 @@ def test_a_live_cvat_site_gets_its_credentials_secret_and_no_host_path() -> None
     assert not any(arg.startswith("--data") for arg in container["args"])
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/var/run/secrets/flotilla/cvat"]["readOnly"] is True
+
+
+def test_the_aggregator_serves_tls_and_each_client_trusts_only_the_ca() -> None:
+    plan = _plan("three-of-five-nodes")
+    secrets = {o["metadata"]["name"]: o for o in plan.aggregator if o["kind"] == "Secret"}
+    assert secrets["inspection-tls"]["stringData"] == {
+        "tls.crt": "CERTIFICATE",
+        "tls.key": "PRIVATE KEY",
+        "ca.crt": "CA CERTIFICATE",
+    }
+    aggregator = plan.aggregator[-1]["spec"]["template"]["spec"]
+    args = aggregator["containers"][0]["args"]
+    assert "--tls-cert=/etc/flotilla/tls/tls.crt" in args
+    assert "--tls-key=/etc/flotilla/tls/tls.key" in args
+    assert aggregator["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+    for site, pod in plan.clients.items():
+        spec = pod["spec"]
+        tls = next(v for v in spec["volumes"] if v["name"] == "tls")["secret"]
+        assert tls == {
+            "secretName": "inspection-tls",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        container = spec["containers"][0]
+        assert "--aggregator=https://inspection-aggregator.factory.svc:8080" in container["args"]
+        assert "--ca-file=/etc/flotilla/tls/ca.crt" in container["args"]
+        assert {"name": "FLOTILLA_SITE", "value": site} in container["env"]
+
+
+def test_tls_disabled_is_plain_http_with_no_tls_objects() -> None:
+    plan = _plan("three-of-five-nodes")
+    job = load_job(ROOT / "examples" / "federatedjob.yaml").to_dict()
+    job["spec"]["security"] = {"tls": {"mode": "disabled"}}
+    job["metadata"]["namespace"] = "factory"
+    plain = plan_job(
+        parse_job(job, source="test"),
+        [NodeInfo(name="edge-1", labels={"flotilla.dev/edge": "true"})],
+        existing_tokens={},
+    )
+
+    assert [o["metadata"]["name"] for o in plain.aggregator if o["kind"] == "Secret"] == [
+        "digits-tokens"
+    ]
+    container = plain.clients["edge-1"]["spec"]["containers"][0]
+    assert "--aggregator=http://digits-aggregator.factory.svc:8080" in container["args"]
+    assert not any(a.startswith("--ca-file") for a in container["args"])
+    assert plan.ca == "CA CERTIFICATE" and plain.ca is None
+
+
+def test_cert_manager_writes_the_secret_and_the_policy_fences_the_aggregator() -> None:
+    plan = _plan("cert-manager-network-policy")
+    kinds = {o["kind"]: o for o in plan.aggregator}
+    assert [o["metadata"]["name"] for o in plan.aggregator if o["kind"] == "Secret"] == [
+        "digits-tokens"
+    ]  # no keys made by the operator
+    certificate = kinds["Certificate"]["spec"]
+    assert certificate["secretName"] == "digits-tls"
+    assert certificate["issuerRef"] == {
+        "name": "flotilla-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    assert certificate["dnsNames"] == [
+        "digits-aggregator",
+        "digits-aggregator.ml",
+        "digits-aggregator.ml.svc",
+        "digits-aggregator.ml.svc.cluster.local",
+    ]
+    policy = kinds["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {
+        "flotilla.dev/job": "digits",
+        "flotilla.dev/role": "aggregator",
+    }
+    api, metrics = policy["ingress"]
+    assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
+    peers = api["from"]
+    assert {
+        "podSelector": {
+            "matchLabels": {"flotilla.dev/job": "digits", "flotilla.dev/role": "client"}
+        }
+    } in peers
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/part-of": "flotilla",
+                "app.kubernetes.io/component": "operator",
+            }
+        },
+    } in peers
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert prometheus in peers and metrics["from"] == [prometheus]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]

@@ -23,6 +23,7 @@ from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.tracked import attach_exporter, run_exporter
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
+from flotilla.fl.tls import server_context
 from flotilla.tracking.exporter import TrackingExporter
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,22 @@ class AggregatorOptions:
     tracking: bool = True
     tracking_uri: str | None = None  # overrides the spec's and $MLFLOW_TRACKING_URI
     metrics_port: int | None = None  # None: /metrics on the API port
+    # HTTPS with this certificate and key; both None: plain HTTP (spec.security.tls disabled).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def check_transport(job: FederatedJob, options: AggregatorOptions) -> None:
+    """Plain HTTP only when the spec says so: tokens and models would cross the network in
+    clear. Raises ValueError naming what is missing."""
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    mode = job.spec.security.tls.mode
+    if options.tls_cert is None and mode != "disabled":
+        raise ValueError(
+            f"spec.security.tls.mode is {mode!r}: serve HTTPS with --tls-cert and --tls-key, "
+            "or set spec.security.tls.mode: disabled for plain HTTP"
+        )
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -92,6 +109,7 @@ async def serve(
     on_ready: Callable[[str], None],
 ) -> int:
     """Run the job to its end (or forever, unless exit_when_done). Returns the exit code."""
+    check_transport(job, options)
     engine = build_engine(job, sites=sorted(tokens), options=options)
     exporter = attach_exporter(
         engine,
@@ -112,10 +130,15 @@ async def serve(
         shutdown_timeout=SHUTDOWN_SECONDS,
     )
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    tls = (
+        server_context(options.tls_cert, options.tls_key)
+        if options.tls_cert and options.tls_key
+        else None
+    )
+    site = web.TCPSite(runner, options.host, options.port, ssl_context=tls)
     await site.start()
     address = runner.addresses[0]
-    on_ready(f"http://{address[0]}:{address[1]}")
+    on_ready(f"{'https' if tls else 'http'}://{address[0]}:{address[1]}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

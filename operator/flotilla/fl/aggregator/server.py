@@ -1,7 +1,8 @@
 """The aggregator's HTTP API (aiohttp): clients dial in, long-poll for work, pull the model,
 push their update. Translates HTTP to `RoundEngine` calls and `Rejected` to 4xx answers.
 
-Routes (all under /v1; every client route takes `Authorization: Bearer <token>`):
+Routes (all under /v1; every client route takes `Authorization: Bearer <token>` and, once the
+client knows it, `X-Flotilla-Site: <its site>`; a site that is not the token's is refused):
     GET  /healthz                      liveness
     GET  /metrics                      Prometheus metrics (unless served on a port of their own)
     GET  /v1/status?after=SEQ&wait=S   job progress; long-polls until it changes
@@ -43,6 +44,7 @@ SEND_CHUNK = 1 << 20
 MAX_METRICS_HEADER = 16 * 1024
 MAX_EXAMPLES = 10**9
 MAX_ERROR_CHARS = 2000
+SITE_HEADER = "X-Flotilla-Site"  # the site a client says it is; checked against its token
 
 ENGINE = web.AppKey("engine", RoundEngine)
 TOKENS = web.AppKey("tokens", dict)
@@ -111,11 +113,20 @@ async def _drain(request: web.Request, limit: int) -> None:
 
 
 def _site(request: web.Request) -> str:
+    """The site whose token the request carries; the site it claims, if any, must be that one
+    (a token copied to another site's client is refused, not silently used)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
         for site, expected in request.app[TOKENS].items():
             if hmac.compare_digest(token.encode(), expected.encode()):
+                claimed = request.headers.get(SITE_HEADER)
+                if claimed is not None and claimed != site:
+                    raise Rejected(
+                        403,
+                        "wrong_site",
+                        f"{SITE_HEADER} says {claimed[:64]!r} but the token is another site's",
+                    )
                 engine = request.app[ENGINE]
                 engine.touch(site, _link_alive(request))
                 return str(site)

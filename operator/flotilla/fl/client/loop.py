@@ -69,6 +69,7 @@ class FederatedClient:
         self.device = select_device(options.device)
         info = self.conn.get_json("/v1/job")
         self.site: str = info["site"]
+        self.conn.set_site(self.site)  # on every request from now on; checked against the token
         self.job: FederatedJob = parse_job(info["spec"], source="the aggregator's /v1/job")
         spec = self.job.spec
         self.learning = learning_for(spec.task, num_classes=len(spec.labels))

@@ -25,11 +25,17 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+SITE_HEADER = "X-Flotilla-Site"
 RETRYABLE = (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, OSError)
 
 
 class AggregatorUnavailable(Exception):
     """The aggregator did not answer within the client's patience."""
+
+
+class AggregatorUntrusted(Exception):
+    """The aggregator's certificate does not verify against the CA this client trusts:
+    retrying cannot help, and talking on would hand the token to whoever answered."""
 
 
 class AggregatorRefused(Exception):
@@ -63,7 +69,10 @@ class AggregatorConnection:
         backoff: Backoff | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
+        site: str | None = None,
     ) -> None:
+        """`site`: this client's site when it knows it before asking /v1/job; sent as
+        X-Flotilla-Site, which the aggregator checks against the token's site."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"aggregator URL {url!r} must be http(s)://host:port")
@@ -72,10 +81,15 @@ class AggregatorConnection:
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._prefix = parsed.path.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
+        if site:
+            self.set_site(site)
         self._backoff = backoff or Backoff()
         self._ssl = ssl_context
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+
+    def set_site(self, site: str) -> None:
+        self._headers[SITE_HEADER] = site
 
     def close(self) -> None:
         if self._conn is not None:
@@ -170,6 +184,13 @@ class AggregatorConnection:
                 )
         return self._conn
 
+    def _hint(self, error: BaseException) -> str:
+        if self._scheme == "http" and isinstance(error, http.client.RemoteDisconnected):
+            return " (does the aggregator serve HTTPS? then dial https:// with --ca-file)"
+        if self._scheme == "https" and "WRONG_VERSION_NUMBER" in str(error):
+            return " (does the aggregator serve plain HTTP? its spec disables TLS)"
+        return ""
+
     def _with_retries(self, attempt: Callable[[], T]) -> T:
         started = time.monotonic()
         delays = self._backoff.delays()
@@ -178,12 +199,19 @@ class AggregatorConnection:
                 return attempt()
             except AggregatorRefused:
                 raise
+            except ssl.SSLCertVerificationError as error:
+                self.close()
+                raise AggregatorUntrusted(
+                    f"the aggregator at {self._host}:{self._port} is not who it should be: "
+                    f"its TLS certificate does not verify against this client's CA "
+                    f"(--ca-file): {error.verify_message or error}"
+                ) from error
             except RETRYABLE as error:
                 self.close()
                 if time.monotonic() - started > self._backoff.give_up_after:
                     raise AggregatorUnavailable(
                         f"no answer from {self._host}:{self._port} for "
-                        f"{self._backoff.give_up_after:.0f}s: {error}"
+                        f"{self._backoff.give_up_after:.0f}s: {error}{self._hint(error)}"
                     ) from error
                 delay = next(delays)
                 log.info("aggregator unreachable (%s); retrying in %.1fs", error, delay)
