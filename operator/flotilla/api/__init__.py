@@ -9,6 +9,7 @@ from flotilla.api.data import (
 )
 from flotilla.api.errors import SpecError
 from flotilla.api.loader import load_job, parse_job
+from flotilla.api.privacy import PrivacySpec
 from flotilla.api.spec import (
     API_GROUP,
     API_VERSION,
@@ -51,6 +52,7 @@ __all__ = [
     "ModelSpec",
     "ObjectMeta",
     "Phase",
+    "PrivacySpec",
     "SiteSpec",
     "SpecError",
     "StrategyName",

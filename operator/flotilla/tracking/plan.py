@@ -111,6 +111,8 @@ def round_metrics(row: Mapping[str, Any]) -> list[Metric]:
     }
     for key, value in (row.get("central") or {}).items():
         values[f"central.{key}"] = value
+    # Differential privacy: the epsilon spent up to this round (absent without noise).
+    values["privacy.epsilon"] = (row.get("privacy") or {}).get("epsilon")
     for site, numbers in (row.get("clients") or {}).items():
         for source, name in _CLIENT_TRAIN_KEYS.items():
             if source in numbers:
