@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds without an answer from the aggregator before exiting",
     )
+    # A test tool (tests/integration/test_poisoned_clients.py): this client sends a
+    # Byzantine update instead of its own. Hidden from --help: no deployment wants it.
+    client.add_argument("--poison", choices=["scale", "signflip", "random"], help=argparse.SUPPRESS)
     client.set_defaults(handler=_client)
 
     operator = commands.add_parser(
@@ -388,6 +391,7 @@ def _client(args: argparse.Namespace) -> int:
                 local_epochs=args.local_epochs,
                 max_seconds=args.max_seconds,
                 data_retry_seconds=args.data_retry_seconds,
+                poison=args.poison,
             ),
         )
         phase = client.run()

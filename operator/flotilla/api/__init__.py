@@ -9,6 +9,7 @@ from flotilla.api.data import (
 )
 from flotilla.api.errors import SpecError
 from flotilla.api.loader import load_job, parse_job
+from flotilla.api.privacy import PrivacySpec
 from flotilla.api.security import NetworkPolicySpec, SecuritySpec, TlsSpec
 from flotilla.api.spec import (
     API_GROUP,
@@ -53,6 +54,7 @@ __all__ = [
     "NetworkPolicySpec",
     "ObjectMeta",
     "Phase",
+    "PrivacySpec",
     "SecuritySpec",
     "SiteSpec",
     "SpecError",

@@ -16,6 +16,7 @@ from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
 from flotilla.api.cluster import RuntimeSpec
 from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
+from flotilla.api.privacy import PrivacySpec
 from flotilla.api.security import SecuritySpec
 from flotilla.api.status import FederatedJobStatus
 from flotilla.api.strategy import StrategySpec
@@ -148,6 +149,8 @@ class FederatedJobSpec(ApiModel):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    # Unset: no differential privacy (the default strategy weighs clients by examples).
+    privacy: PrivacySpec | None = None
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     # Cluster only (see api/cluster.py); the local runner ignores them.
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -162,6 +165,7 @@ class FederatedJobSpec(ApiModel):
         problems = _duplicates("labels", self.labels)
         problems += _duplicates("sites", [site.name for site in self.sites], suffix=("name",))
         problems += _strategy_fits_clients(self.strategy, self.clients)
+        problems += _privacy_fits_strategy(self.privacy, self.strategy)
         raise_problems(problems)
         return self
 
@@ -195,6 +199,24 @@ def _strategy_fits_clients(strategy: StrategySpec, clients: ClientsSpec) -> list
         message = f"must be <= clients.perRound ({per_round})"
         problems.append(FieldProblem(("strategy", "selected"), message, selected))
     return problems
+
+
+# Robust rules pick or order coordinates among the updates: one client's update can move
+# the result by more than clipNorm / sampled, so the Gaussian noise would not cover it.
+_ROBUST_STRATEGIES = ("fedmedian", "trimmedmean", "krum", "multikrum")
+
+
+def _privacy_fits_strategy(
+    privacy: PrivacySpec | None, strategy: StrategySpec
+) -> list[FieldProblem]:
+    if privacy is None or strategy.name not in _ROBUST_STRATEGIES:
+        return []
+    message = (
+        f"differential privacy needs a mean-based strategy (fedavg, fedprox, fedadam, fedyogi, "
+        f"fedadagrad), not strategy.name {strategy.name!r}: a robust rule's sensitivity is not "
+        "bounded by clipNorm"
+    )
+    return [FieldProblem(("privacy",), message, strategy.name)]
 
 
 class FederatedJob(ApiModel):

@@ -159,6 +159,8 @@ def parse_header(raw: bytes, expected: Layout) -> dict[str, tuple[int, int]]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise WireError(f"the safetensors header is not valid JSON: {error}") from None
+    except RecursionError:  # "[[[[...": Python's decoder recurses per level
+        raise WireError("the safetensors header is nested too deeply") from None
     if not isinstance(header, dict):
         raise WireError("the safetensors header is not a JSON object")
     header.pop("__metadata__", None)

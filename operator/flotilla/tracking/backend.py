@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from flotilla.tracking.plan import Metric, redact_uri
+from flotilla.tracking.plan import Metric, redact_uri, split_credentials
 from flotilla.tracking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ class MlflowBackend:
     def __init__(self, tracking_uri: str) -> None:
         for key, value in _MLFLOW_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        tracking_uri, username, password = split_credentials(tracking_uri)
+        if username is not None:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = username
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
         import mlflow
         from mlflow.tracking import MlflowClient
 

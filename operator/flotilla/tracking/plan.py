@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 # MLflow refuses longer param values; a longer value is cut and says so.
 PARAM_VALUE_LIMIT = 6000
@@ -50,6 +50,19 @@ def redact_uri(uri: str) -> str:
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """An http(s) URI without its user:password, and those (URL-decoded), for MLflow's
+    MLFLOW_TRACKING_USERNAME / _PASSWORD: MLflow prints the URI it is given ("View run
+    at ..."), so credentials must not ride in it."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+        return uri, None, None
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return urlunsplit(parts._replace(netloc=netloc)), username, password
 
 
 def job_params(job: Mapping[str, Any]) -> dict[str, str]:
@@ -111,6 +124,8 @@ def round_metrics(row: Mapping[str, Any]) -> list[Metric]:
     }
     for key, value in (row.get("central") or {}).items():
         values[f"central.{key}"] = value
+    # Differential privacy: the epsilon spent up to this round (absent without noise).
+    values["privacy.epsilon"] = (row.get("privacy") or {}).get("epsilon")
     for site, numbers in (row.get("clients") or {}).items():
         for source, name in _CLIENT_TRAIN_KEYS.items():
             if source in numbers:

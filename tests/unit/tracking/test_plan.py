@@ -11,6 +11,7 @@ from flotilla.tracking.plan import (
     job_params,
     redact_uri,
     round_metrics,
+    split_credentials,
 )
 
 
@@ -127,3 +128,20 @@ def test_site_names_are_made_safe_for_metric_keys() -> None:
     assert [m.key for m in round_metrics(row) if m.key.startswith("client.")] == [
         "client.site_1.examples"
     ]
+
+
+def test_credentials_leave_an_http_uri_for_mlflows_own_variables() -> None:
+    assert split_credentials("https://bob:p%40ss@mlflow.example:5000/x") == (
+        "https://mlflow.example:5000/x",
+        "bob",
+        "p@ss",
+    )
+    assert split_credentials("http://mlflow:5000") == ("http://mlflow:5000", None, None)
+    assert split_credentials("sqlite:///tmp/m.db") == ("sqlite:///tmp/m.db", None, None)
+
+
+def test_a_private_round_logs_its_epsilon_and_a_plain_one_does_not() -> None:
+    private = {m.key: m.value for m in round_metrics(_row(privacy={"epsilon": 1.5}))}
+    assert private["privacy.epsilon"] == 1.5
+    assert "privacy.epsilon" not in {m.key for m in round_metrics(_row())}
+    assert "privacy.epsilon" not in {m.key for m in round_metrics(_row(privacy={"epsilon": None}))}

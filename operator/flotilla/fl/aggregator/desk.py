@@ -112,9 +112,12 @@ class ClientDesk(EngineState):
         aggregate = self._aggregate
         assert aggregate is not None
         update = received.update
-        await asyncio.to_thread(
-            aggregate.add, update.tensors, weight=float(examples), scales=update.scales
-        )
+        weight, scales = float(examples), update.scales
+        if self.privacy is not None:
+            # DP-FedAvg: uniform weights, each delta clipped as it is folded (a scale, no copy).
+            weight = 1.0
+            scales = self.privacy.clipped_scales(scales, update.tensors, norm=update.norm)
+        await asyncio.to_thread(aggregate.add, update.tensors, weight=weight, scales=scales)
         train = metrics.get("train", {})
         self._reports[site] = ClientReport(
             site=site,

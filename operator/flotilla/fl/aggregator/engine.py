@@ -50,6 +50,8 @@ class RoundEngine(ClientDesk):
         self.strategy.optimizer.load_state_dict(snapshot.optimizer_state)
         self.completed = self.persisted = snapshot.completed_rounds
         self.ledger.restore(snapshot.state)
+        if self.privacy is not None:
+            self.privacy.restore(record.to_json() for record in self.ledger.rounds)
         # A finished job given more rounds must evaluate its new final model too.
         self.final_evaluated = (
             bool(snapshot.state.get("finalEvaluated")) and self.completed >= self.rounds
@@ -64,14 +66,17 @@ class RoundEngine(ClientDesk):
 
     async def run(self) -> None:
         try:
+            stopped = None
             while self.completed < self.rounds and self.phase is not Phase.FAILED:
+                if (stopped := self._privacy_exhausted()) is not None:
+                    break
                 await self._play_round()
             await self._await_persist()
             if self.phase is Phase.FAILED:
                 return
             if self.job.spec.evaluation.federated and not self.final_evaluated:
                 await self._final_evaluation()
-            self._set_phase(Phase.DONE, f"completed {self.completed} rounds")
+            self._set_phase(Phase.DONE, stopped or f"completed {self.completed} rounds")
         except Exception as error:  # the job must end visibly, never hang
             log.exception("the round engine failed")
             self._fail(f"internal error: {error}")
@@ -102,6 +107,25 @@ class RoundEngine(ClientDesk):
             log.warning("round %d attempt %d failed: %s", self.current_round, attempt, reason)
             self.message = f"round {self.current_round} retried: {reason}"
         self._fail(f"round {self.current_round} failed {attempt} times: {reason}")
+
+    def _privacy_exhausted(self) -> str | None:
+        """Why the job stops before the next round: it would spend more than targetEpsilon."""
+        privacy = self.privacy
+        if privacy is None or privacy.spec.target_epsilon is None:
+            return None
+        # The most clients a round can sample: the preview never underestimates epsilon.
+        most = min(self.job.spec.clients.per_round or len(self.sites), len(self.sites))
+        after = privacy.epsilon_after_next(sampled=most)
+        target = privacy.spec.target_epsilon
+        if after is not None and after <= target:
+            return None
+        message = (
+            f"stopped after {self.completed} of {self.rounds} rounds: round "
+            f"{self.completed + 1} would spend epsilon {after:.3g} > targetEpsilon {target:g} "
+            f"(delta {privacy.spec.delta:g})"
+        )
+        log.warning("privacy budget: %s", message)
+        return message
 
     async def _await_clients(self, needed: int) -> list[str]:
         self._set_phase(Phase.WAITING, "waiting for clients")
@@ -159,6 +183,22 @@ class RoundEngine(ClientDesk):
     ) -> None:
         started = self.clock()
         await asyncio.to_thread(aggregate.finish)
+        spent = None
+        if self.privacy is not None:
+            sampled = len(self._sampled_last)
+            await asyncio.to_thread(
+                self.privacy.privatize,
+                self.layout.views(accumulator),
+                answered=len(reports),
+                sampled=sampled,
+            )
+            spent = self.privacy.spend(sampled=sampled)
+            log.info(
+                "round %d: privacy spent so far epsilon %s at delta %g",
+                self.completed + 1,
+                _fmt(spent["epsilon"]),
+                spent["delta"],
+            )
         await self._await_persist()  # the optimizer state of the last round is on disk
         await asyncio.to_thread(
             self.strategy.optimizer.step,
@@ -174,6 +214,7 @@ class RoundEngine(ClientDesk):
             duration=self.clock() - self._round_started,
             aggregation_seconds=self.clock() - started,
         )
+        record.privacy = spent
         self._global, self._global_views = accumulator, self.layout.views(accumulator)
         self.completed += 1
         self._persist = asyncio.create_task(self._persist_round(record, accumulator))

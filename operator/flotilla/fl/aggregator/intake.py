@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import aiohttp.web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from flotilla.fl.codec import DecodedUpdate, decode_update
@@ -69,7 +70,12 @@ class UpdateIntake:
                 offsets = receiver.finish()
             except WireError as error:
                 raise Rejected(400, "bad_payload", str(error)) from None
-            except (OSError, aiohttp.ClientError, HttpProcessingError) as error:
+            except (
+                OSError,
+                aiohttp.ClientError,
+                HttpProcessingError,
+                aiohttp.web.RequestPayloadError,
+            ) as error:
                 raise Rejected(
                     400,
                     "connection_lost",

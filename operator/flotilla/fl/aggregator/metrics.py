@@ -119,6 +119,7 @@ class LedgerCollector(Collector):
             AGGREGATION_SECONDS_BUCKETS,
         )
         yield from _global_metrics(job, history)
+        yield _privacy_epsilon(job, history)
         yield from _client_metrics(job, history)
         yield _site_readiness(job, engine.site_reports)
         yield _counter(
@@ -214,6 +215,19 @@ def _global_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]
             if isinstance(value, int | float) and math.isfinite(value):
                 family.add_metric([job, source], float(value))
         yield family
+
+
+def _privacy_epsilon(job: str, history: list[dict[str, Any]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "flotilla_privacy_epsilon",
+        "Differential privacy: epsilon spent so far (at spec.privacy.delta); absent without it",
+        labels=["flotilla_job"],
+    )
+    spent = [row["privacy"] for row in history if row.get("privacy")]
+    epsilon = spent[-1].get("epsilon") if spent else None
+    if isinstance(epsilon, int | float) and math.isfinite(epsilon):
+        family.add_metric([job], float(epsilon))
+    return family
 
 
 def _site_readiness(job: str, reports: Mapping[str, Mapping[str, Any]]) -> GaugeMetricFamily:

@@ -50,6 +50,8 @@ class RoundRecord:
     central: dict[str, float] | None = None
     federated: dict[str, float] | None = None
     clients: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Differential privacy: epsilon spent up to this round, delta, and what it was spent with.
+    privacy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ def job_summary(
             "attempts": r["attempts"],
             "central": r["central"],
             "federated": r["federated"],
+            "privacy": r.get("privacy"),
         }
         for r in history
     ]

@@ -102,10 +102,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _drain(request: web.Request, limit: int) -> None:
     """Read what is left of a refused body, so the client reads our answer, not a reset."""
-    if (request.content_length or 0) > limit:
-        return
+    if (request.content_length or 0) > limit or _content_encoded(request):
+        return  # reading a Content-Encoding body would decompress it: close instead
     seen = 0
-    with contextlib.suppress(OSError, aiohttp.ClientError, HttpProcessingError):
+    with contextlib.suppress(
+        OSError, aiohttp.ClientError, HttpProcessingError, web.RequestPayloadError
+    ):
         async for chunk in request.content.iter_any():
             seen += len(chunk)
             if seen > limit:
@@ -155,7 +157,7 @@ def _number(request: web.Request, name: str, default: float) -> float:
 
 def _path_int(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit():
+    if not _is_count(raw):
         raise Rejected(400, "bad_path", f"{name} {raw!r} is not a non-negative integer")
     return int(raw)
 
@@ -227,7 +229,7 @@ async def _update(request: web.Request) -> web.Response:
         )
     # Not Content-Encoding: aiohttp would decompress that itself, unbounded, before our
     # size checks; our receiver decompresses in bounded pieces against the layout.
-    if "Content-Encoding" in request.headers:
+    if _content_encoded(request):
         raise Rejected(415, "bad_encoding", "send compressed updates with X-Flotilla-Compression")
     encoding = request.headers.get("X-Flotilla-Compression", "identity").lower()
     if encoding not in ("identity", "zstd"):
@@ -261,18 +263,30 @@ async def _site_report(request: web.Request) -> web.Response:
 
 
 async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
+    if _content_encoded(request):
+        raise Rejected(415, "bad_encoding", f"send {what} as plain JSON, without Content-Encoding")
     if (request.content_length or 0) > MAX_METRICS_HEADER:
         raise Rejected(413, "too_large", f"{what} is too large")
     body = await request.content.read(MAX_METRICS_HEADER + 1)
     if len(body) > MAX_METRICS_HEADER:
         raise Rejected(413, "too_large", f"{what} is too large")
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Rejected(400, "bad_json", f"{what} is not JSON: {error}") from None
+    value = _loads(body, reason="bad_json", what=what)
     if not isinstance(value, dict):
         raise Rejected(400, "bad_json", f"{what} must be a JSON object")
     return value
+
+
+def _content_encoded(request: web.Request) -> bool:
+    return request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+
+
+def _loads(raw: str | bytes, *, reason: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Rejected(400, reason, f"{what} is not JSON: {error}") from None
+    except RecursionError:  # "[[[[...": Python's decoder recurses per level
+        raise Rejected(400, reason, f"{what} is nested too deeply") from None
 
 
 def _checked_site_report(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,7 +307,7 @@ def _checked_site_report(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def _examples(request: web.Request) -> int:
     raw = request.headers.get("X-Flotilla-Examples", "")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_EXAMPLES:
+    if not _is_count(raw) or not 0 < int(raw) <= MAX_EXAMPLES:
         raise Rejected(
             400,
             "bad_examples",
@@ -306,10 +320,7 @@ def _metrics(request: web.Request) -> dict[str, Any]:
     raw = request.headers.get("X-Flotilla-Metrics", "{}")
     if len(raw) > MAX_METRICS_HEADER:
         raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics is too large")
-    try:
-        metrics = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise Rejected(400, "bad_metrics", f"X-Flotilla-Metrics is not JSON: {error}") from None
+    metrics = _loads(raw, reason="bad_metrics", what="X-Flotilla-Metrics")
     if not isinstance(metrics, dict):
         raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics must be a JSON object")
     train = metrics.get("train", {})
@@ -341,5 +352,15 @@ def _eval_report(report: Any) -> dict[str, Any]:
     return {"loss": report.get("loss"), "examples": examples} | scores
 
 
+def _is_count(raw: str) -> bool:
+    # str.isdigit() alone takes "²" and other Unicode digits that int() refuses.
+    return raw.isascii() and raw.isdigit() and len(raw) <= 20
+
+
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer beyond float's range: no metric is that large
+        return False

@@ -21,6 +21,7 @@ from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.intake import UpdateIntake
 from flotilla.fl.aggregator.ledger import Ledger
 from flotilla.fl.aggregator.presence import Presence
+from flotilla.fl.aggregator.privacy import DifferentialPrivacy
 from flotilla.fl.aggregator.records import ClientReport
 from flotilla.fl.strategies import Strategy
 from flotilla.fl.strategies.base import RoundAggregate
@@ -90,6 +91,10 @@ class EngineState:
         # site counts as present only once it said its data is ready: a client whose CVAT
         # refuses it is connected, but the rounds go on without it.
         self.site_reports: dict[str, dict[str, Any]] = {}
+        privacy = job.spec.privacy
+        self.privacy = (
+            DifferentialPrivacy(privacy, clients=len(self.sites)) if privacy is not None else None
+        )
         self.intake = UpdateIntake(self.update_layout, max_norm=job.spec.limits.max_update_norm)
         self._changed = asyncio.Event()
         self._fold_lock = asyncio.Lock()
@@ -155,6 +160,7 @@ class EngineState:
             "mlflowRunId": tracking.get("runId"),
             "tracking": tracking,
             "sites": dict(sorted(self.site_reports.items())),
+            "privacy": self.privacy.status() if self.privacy is not None else None,
         }
 
     def status(self) -> dict[str, Any]:
@@ -179,6 +185,7 @@ class EngineState:
             "tracking": self.tracking_status(),
             "siteErrors": self.site_problems(),
             "labelMismatches": self.label_mismatches(),
+            "privacy": self.privacy.status() if self.privacy is not None else None,
         }
 
     # -- plumbing --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from flotilla.data import (
     split_train_holdout,
 )
 from flotilla.fl.client.metrics import ClientMetrics
+from flotilla.fl.client.poison import poison_delta
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
 from flotilla.fl.codec import UpdateEncoder
 from flotilla.fl.learning import Samples, learning_for
@@ -60,6 +61,8 @@ class ClientOptions:
     # A site whose data cannot be read (CVAT down, bad export) tries again after this,
     # doubling up to MAX_DATA_RETRY_SECONDS; the aggregator knows why meanwhile.
     data_retry_seconds: float = 30.0
+    # Tests only (the hidden --poison flag): send a Byzantine update (see poison.py).
+    poison: str | None = None
 
 
 class FederatedClient:
@@ -270,6 +273,8 @@ class FederatedClient:
         with torch.no_grad():
             for name, view in self.global_views.items():
                 torch.sub(state[name].detach().to("cpu"), view, out=view)
+        if self.options.poison is not None:
+            poison_delta(self.global_views, self.options.poison, seed=self.job.spec.seed)
         return self.encoder.encode(self.global_buffer, self.global_views)
 
     def _evaluate_final(self, task: dict[str, Any]) -> None:

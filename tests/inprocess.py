@@ -1,0 +1,143 @@
+"""The aggregator in the test's own event loop: its real aiohttp app, engine and checkpoints.
+
+For tests that send many requests (fuzzing) or look into the engine between rounds
+(differential privacy): no processes to start, the same code path from socket to
+aggregate. The job is the digits example without central evaluation, so no data is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+
+from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.engine import RoundEngine
+from flotilla.fl.aggregator.main import AggregatorOptions, build_engine
+from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.wire import Layout
+
+
+def digits_job(
+    sites: list[str], *, rounds: int, spec: Mapping[str, Any] | None = None
+) -> FederatedJob:
+    """The digits job (mlp, 8x8) with no data read by the aggregator; `spec` overrides keys."""
+    document: dict[str, Any] = {
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "FederatedJob",
+        "metadata": {"name": "inproc"},
+        "spec": {
+            "rounds": rounds,
+            "labels": [str(d) for d in range(10)],
+            "model": {"name": "mlp", "input": {"channels": 1, "height": 8, "width": 8}},
+            "sites": [{"name": s} for s in sites],
+            "data": {"cvatExport": {"path": "/nonexistent"}},
+            "evaluation": {"federated": False},
+            "clients": {
+                "minClients": len(sites),
+                "joinGraceSeconds": 0,
+                "roundDeadlineSeconds": 600,
+            },
+            **(spec or {}),
+        },
+    }
+    return FederatedJob.from_dict(document)
+
+
+@dataclass
+class Aggregator:
+    client: TestClient[Any, Any]
+    engine: RoundEngine
+    tokens: dict[str, str]
+
+    @property
+    def layout(self) -> Layout:
+        return self.engine.update_layout
+
+    def headers(self, site: str, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[site]}", **extra}
+
+    async def request(
+        self, method: str, path: str, *, site: str | None = None, **kwargs: Any
+    ) -> tuple[int, bytes]:
+        headers = kwargs.pop("headers", None)
+        if headers is None and site is not None:
+            headers = self.headers(site)
+        async with self.client.request(method, path, headers=headers, **kwargs) as response:
+            return response.status, await response.read()
+
+    async def join(self) -> None:
+        """Every site says its data is ready and waits for round 1 to open."""
+        for site in self.tokens:
+            status, body = await self.request(
+                "POST", "/v1/site-report", site=site, data=b'{"ready": true}'
+            )
+            assert status == 200, body
+        for site in self.tokens:
+            status, body = await self.request("GET", "/v1/task?wait=10", site=site)
+            assert status == 200 and json.loads(body)["action"] == "train", body
+
+    async def upload(self, site: str, delta: bytes | bytearray, *, examples: int = 10) -> int:
+        status, body = await self.request(
+            "PUT",
+            f"/v1/rounds/{self.engine.current_round}/update",
+            headers=self.headers(
+                site,
+                **{"X-Flotilla-Examples": str(examples), "X-Flotilla-Metrics": "{}"},
+            ),
+            data=bytes(delta),
+        )
+        assert status in (200, 409), body
+        return status
+
+    def delta(self, fill: float) -> bytearray:
+        """A delta in the job's wire layout, every value `fill`."""
+        buffer = self.layout.allocate()
+        for view in self.layout.views(buffer).values():
+            view.fill_(fill)
+        return buffer
+
+    async def until(self, predicate: Callable[[RoundEngine], bool], *, timeout: float = 30) -> None:
+        """Wait for the engine to reach a state (checked on each change; no fixed sleeps)."""
+        end = self.engine.clock() + timeout
+        while not predicate(self.engine):
+            remaining = end - self.engine.clock()
+            assert remaining > 0, f"timed out: {self.engine.status()}"
+            await self.engine._wait_changed(remaining)
+
+    async def training(self, number: int) -> None:
+        await self.until(lambda e: e.phase.value == "training" and e.current_round == number)
+
+    def model(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.engine.layout.views(self.engine.global_model).items()}
+
+
+@contextlib.asynccontextmanager
+async def aggregator(
+    job: FederatedJob, state_dir: Path, *, run: bool = True
+) -> AsyncIterator[Aggregator]:
+    sites = [site.name for site in job.spec.sites]
+    tokens = {site: f"token-{site}-0123456789abcdef" for site in sites}
+    engine = build_engine(
+        job, sites=sites, options=AggregatorOptions(state_dir=state_dir, tracking=False)
+    )
+    metrics = AggregatorMetrics(engine, tracking_failures=lambda: 0)
+    client = TestClient(TestServer(build_app(engine, tokens=tokens, metrics=metrics)))
+    await client.start_server()
+    task = asyncio.get_running_loop().create_task(engine.run()) if run else None
+    try:
+        yield Aggregator(client=client, engine=engine, tokens=tokens)
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await client.close()

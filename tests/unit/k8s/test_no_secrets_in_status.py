@@ -1,0 +1,121 @@
+"""The operator's status and events never carry a site's token, whatever it reconciles.
+
+The tokens live in one Secret (the plan makes it; that is their place). Everything
+else the reconcile emits is searched for them: the status it computes, the events it
+records, and every object it creates or patches apart from that Secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flotilla.api import load_job
+from flotilla.k8s.aggregator_objects import TOKENS_KEY
+from flotilla.k8s.api import AlreadyExists
+from flotilla.k8s.reconcile import Context, reconcile
+
+ROOT = Path(__file__).resolve().parents[3]
+TOKENS = {"site-a": "tok-a-Qw83LmZp01xYv", "site-b": "tok-b-Rt62NnBq44cWs"}
+
+
+class FakeApi:
+    """Nodes, the existing tokens Secret, and a record of what was written."""
+
+    def __init__(self, nodes: list[dict[str, Any]], secret: dict[str, Any]) -> None:
+        self.nodes, self.secret = nodes, secret
+        self.written: list[tuple[str, str, Mapping[str, Any]]] = []
+
+    async def list(self, url: str, **_: Any) -> list[dict[str, Any]]:
+        return self.nodes if url.endswith("/nodes") else []
+
+    async def get(self, url: str) -> dict[str, Any] | None:
+        return self.secret if "/secrets/" in url else None
+
+    async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.written.append(("create", url, body))
+        if body["kind"] == "Secret":
+            raise AlreadyExists(409, "exists")
+        return dict(body)
+
+    async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.written.append(("patch", url, body))
+        return dict(body)
+
+    async def delete(self, url: str) -> bool:
+        self.written.append(("delete", url, {}))
+        return True
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def info(self, reason: str, message: str) -> None:
+        self.seen.append(f"{reason}: {message}")
+
+    def warn(self, reason: str, message: str) -> None:
+        self.seen.append(f"{reason}: {message}")
+
+
+def _node(name: str, site: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"flotilla.dev/edge": "true", "flotilla.dev/site": site},
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_reconcile_outputs_hold_no_token(tmp_path: Path) -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml").to_dict()
+    job["metadata"] |= {"namespace": "ml", "uid": "uid-1", "generation": 2}
+    secret = {
+        "metadata": {"name": f"{job['metadata']['name']}-tokens"},
+        "data": {TOKENS_KEY: base64.b64encode(json.dumps(TOKENS).encode()).decode()},
+    }
+    api = FakeApi([_node("edge-1", "site-a"), _node("edge-2", "site-b")], secret)
+    events = Events()
+    # What the aggregator's /v1/status says, a site's refusal included.
+    aggregator = {
+        "phase": "training",
+        "round": 2,
+        "rounds": 10,
+        "completedRounds": 1,
+        "message": "round 2: training on 2 clients",
+        "clients": {"known": 2, "present": 2, "sampled": 2, "answered": 0},
+        "siteErrors": {"site-b": "CVAT at https://cvat.example refused user 'alice'"},
+        "tracking": {"enabled": True, "state": "ok", "runId": "r1"},
+    }
+
+    async def poll(_: Any) -> Mapping[str, Any]:
+        return aggregator
+
+    ctx = Context(api=api, recorder=events, poll=poll)  # type: ignore[arg-type]
+    outcome = asyncio.run(reconcile(ctx, job, pods=[], full=True))
+
+    assert api.written and events.seen  # it did create objects and say so
+    emitted = {
+        "status": json.dumps(outcome.status),
+        "annotations": json.dumps(outcome.annotations),
+        "events": "\n".join(events.seen),
+        "objects": yaml.safe_dump(
+            [dict(body) for _, url, body in api.written if "/secrets" not in url]
+        ),
+    }
+    for where, text in emitted.items():
+        for site, token in TOKENS.items():
+            assert token not in text, f"{site}'s token appears in the {where}"
+    # Client pods reference their token through the Secret, never by value.
+    pods = [body for _, _, body in api.written if body.get("kind") == "Pod"]
+    assert pods
+    for pod in pods:
+        env = pod["spec"]["containers"][0].get("env", [])
+        assert any("secretKeyRef" in (e.get("valueFrom") or {}) for e in env), env
