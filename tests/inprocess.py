@@ -41,6 +41,8 @@ def digits_job(
             "sites": [{"name": s} for s in sites],
             "data": {"cvatExport": {"path": "/nonexistent"}},
             "evaluation": {"federated": False},
+            # Plain HTTP: these tests read and write the wire themselves (TLS: test_tls.py).
+            "security": {"tls": {"mode": "disabled"}},
             "clients": {
                 "minClients": len(sites),
                 "joinGraceSeconds": 0,

@@ -95,7 +95,7 @@ def test_reconcile_outputs_hold_no_token(tmp_path: Path) -> None:
         "tracking": {"enabled": True, "state": "ok", "runId": "r1"},
     }
 
-    async def poll(_: Any) -> Mapping[str, Any]:
+    async def poll(*_: Any) -> Mapping[str, Any]:
         return aggregator
 
     ctx = Context(api=api, recorder=events, poll=poll)  # type: ignore[arg-type]
