@@ -83,6 +83,8 @@ def digits_job(
 
 
 def write(path: Path, spec: dict[str, Any]) -> Path:
+    # Plain HTTP on loopback, as Flower runs here (--insecure): the same wire work for both.
+    spec = {**spec, "security": {"tls": {"mode": "disabled"}}}
     document = {
         "apiVersion": "flotilla.dev/v1alpha1",
         "kind": "FederatedJob",
