@@ -45,6 +45,7 @@ def test_classification_reports_accuracy_while_training_and_on_the_hold_out() ->
     assert learning.score == SCORE_OF_TASK["classification"] == "accuracy"
     assert trained.examples == 24 and trained.steps == 3 and set(trained.scores) == {"accuracy"}
     assert evaluated.examples == 24 and 0 <= evaluated.scores["accuracy"] <= 1
+    assert all(p.grad is None for p in model.parameters())  # no idle gradients between rounds
 
 
 def test_detection_reports_map50_on_the_hold_out_and_nothing_on_an_empty_one() -> None:
@@ -66,6 +67,7 @@ def test_detection_reports_map50_on_the_hold_out_and_nothing_on_an_empty_one() -
 
     assert learning.score == "map50"
     assert trained.examples == 6 and trained.scores == {} and math.isfinite(trained.loss)
+    assert all(p.grad is None for p in model.parameters())
     assert evaluated.examples == 6 and 0 <= evaluated.scores["map50"] <= 1
     assert empty.examples == 0 and math.isnan(empty.scores["map50"])
 

@@ -75,6 +75,7 @@ def train_detection(
     step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu)
     step.data(images, boxes, labels, num_classes=num_classes, device=device)
     epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
+    model.zero_grad(set_to_none=True)  # a model's worth of memory, idle until next round
     seconds = time.monotonic() - started
     return DetectionTrainResult(step.loss_sum / step.seen, count, seconds, epochs, step.steps)
 

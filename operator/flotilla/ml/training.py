@@ -108,6 +108,7 @@ def train_local(
     step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu, x, y)
     model.train()
     epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
+    model.zero_grad(set_to_none=True)  # a model's worth of memory, idle until next round
     return step.result(count, started, epochs)
 
 
