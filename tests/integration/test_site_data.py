@@ -59,6 +59,7 @@ def test_a_malformed_export_is_reported_and_the_rounds_go_on_without_that_site(
     assert "site site-c could not read its data" in run.stdout
     client_log = (tmp_path / "state" / "logs" / "site-c.log").read_text()
     assert "cannot read its data" in client_log
+    assert "site site-c: the job is done" in client_log  # told, not left retrying a gone server
 
 
 def test_a_site_that_fixes_its_export_joins_the_rounds(tmp_path: Path, digits_dir: Path) -> None:

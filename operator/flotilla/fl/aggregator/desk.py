@@ -70,9 +70,10 @@ class ClientDesk(EngineState):
         return task
 
     async def wait_released(self, *, timeout: float) -> None:
-        """Give connected clients a moment to learn that the job ended."""
+        """Give connected clients a moment to learn that the job ended, those whose data
+        failed too: otherwise they would retry a gone aggregator until they give up."""
         end = self.clock() + timeout
-        while not set(self.present()) <= self._released and (remaining := end - self.clock()) > 0:
+        while not set(self.connected()) <= self._released and (remaining := end - self.clock()) > 0:
             await self._wait_changed(remaining)
 
     async def wait_status(self, *, after: int, timeout: float) -> dict[str, Any]:

@@ -125,7 +125,12 @@ class EngineState:
             self._bump()
 
     def present(self) -> list[str]:
-        return [s for s in self._presence.present(self.sites) if self.is_ready(s)]
+        """Connected sites whose data is ready: the ones rounds may sample."""
+        return [s for s in self.connected() if self.is_ready(s)]
+
+    def connected(self) -> list[str]:
+        """Every site with a live link, ready or not (a site whose data fails stays connected)."""
+        return self._presence.present(self.sites)
 
     def is_ready(self, site: str) -> bool:
         return bool(self.site_reports.get(site, {}).get("ready"))
