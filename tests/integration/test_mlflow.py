@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flotilla.data.cvat_images import load_classification
+from tests.exports import load_classification
 from tests.integration.harness import cluster, flotilla, write_job
 from tests.integration.mlflow_processes import ModelServer, TrackingServer
 

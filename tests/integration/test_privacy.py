@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from flotilla.api import load_job
-from flotilla.data import load_classification
 from flotilla.fl.modelstate import initial_global_model
+from tests.exports import load_classification
 from tests.integration.harness import cluster, write_job
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,6 @@
-"""The CVAT-for-images 1.1 reader: folders, zips, labels, subsets, and every way it fails."""
+"""CVAT-for-images 1.1 exports as a site's classification data: folders, zips, labels,
+subsets, and every way they fail (through `load_site_data`, the one reader clients and the
+aggregator's central evaluation use)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,28 @@ import pytest
 
 from flotilla.data import (
     DataSourceError,
-    load_classification,
-    read_classification_index,
+    LabelledImages,
+    SiteData,
     split_train_holdout,
 )
 from flotilla.data.cvat_writer import write_cvat_images_export
+from tests.exports import read_export
 
 LABELS = ["cat", "dog", "bird"]
+
+
+def _site(
+    source: Path, *, channels: int = 1, height: int = 6, width: int = 6, **aliases: str
+) -> SiteData:
+    return read_export(
+        source, labels=LABELS, channels=channels, height=height, width=width, aliases=aliases
+    )
+
+
+def load_classification(source: Path, **shape: int) -> LabelledImages:
+    samples = _site(source, **shape).samples
+    assert isinstance(samples, LabelledImages)
+    return samples
 
 
 def _pixels(value: int, size: int = 6) -> np.ndarray:
@@ -51,7 +68,7 @@ def _hand_written(tmp_path: Path, xml: str, files: dict[str, np.ndarray] | None 
 
 
 def test_a_folder_export_loads_as_tensors(export: Path) -> None:
-    data = load_classification(export, labels=LABELS, channels=1, height=6, width=6)
+    data = load_classification(export)
 
     assert data.images.shape == (9, 1, 6, 6) and data.images.dtype.is_floating_point
     assert data.labels.tolist() == [0, 1, 2] * 3
@@ -68,14 +85,14 @@ def test_a_zip_export_loads_like_the_folder(export: Path, tmp_path: Path, nested
                 name = path.relative_to(export).as_posix()
                 zipped.write(path, f"task_1/{name}" if nested else name)
 
-    data = load_classification(archive, labels=LABELS, channels=1, height=6, width=6)
+    data = load_classification(archive)
 
     assert len(data) == 9 and data.labels.tolist() == [0, 1, 2] * 3
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_images_are_converted_and_resized(export: Path, channels: int) -> None:
-    data = load_classification(export, labels=LABELS, channels=channels, height=3, width=4)
+    data = load_classification(export, channels=channels, height=3, width=4)
 
     assert data.images.shape == (9, channels, 3, 4)
     assert float(data.images.min()) >= 0.0 and float(data.images.max()) <= 1.0
@@ -92,18 +109,20 @@ def test_aliases_unknown_unannotated_and_multi_tagged_images(tmp_path: Path) -> 
     files = {f"{n}.png": _pixels(1) for n in "abcde"}
     root = _hand_written(tmp_path, _xml(images), files)
 
-    index = read_classification_index(root, labels=LABELS, aliases={"kitty": "cat"})
+    data = _site(root, kitty="cat")
 
-    assert [(s.image, s.label) for s in index.samples] == [("images/a.png", 0), ("images/e.png", 1)]
-    assert index.ignored_labels == {"horse": 1}
-    assert index.unannotated == 2  # no tag, or only unknown ones
-    assert index.multi_tagged == 1
+    assert isinstance(data.samples, LabelledImages)
+    assert data.samples.labels.tolist() == [0, 1]  # a.png (kitty = cat) and e.png (dog)
+    assert dict(data.report.ignored) == {"horse": 1}
+    assert data.report.unannotated == 2  # no tag, or only unknown ones
+    assert data.report.ambiguous == 1  # two usable tags
+    assert dict(data.report.aliased) == {"kitty": "cat"}
 
 
 def test_the_validation_subset_is_the_hold_out(tmp_path: Path) -> None:
     samples = [(_pixels(i), "cat", "validation" if i < 3 else "Train") for i in range(10)]
     root = write_cvat_images_export(tmp_path / "s", labels=LABELS, samples=samples, task_name="t")
-    data = load_classification(root, labels=LABELS, channels=1, height=6, width=6)
+    data = load_classification(root)
 
     train, holdout = split_train_holdout(data, validation_fraction=0.5, seed=0)
 
@@ -112,7 +131,7 @@ def test_the_validation_subset_is_the_hold_out(tmp_path: Path) -> None:
 
 
 def test_without_subsets_the_split_is_seeded(export: Path) -> None:
-    data = load_classification(export, labels=LABELS, channels=1, height=6, width=6)
+    data = load_classification(export)
 
     first = split_train_holdout(data, validation_fraction=0.34, seed=7)
     again = split_train_holdout(data, validation_fraction=0.34, seed=7)
@@ -130,7 +149,7 @@ def test_the_writer_leaves_no_staging_folder(export: Path) -> None:
 
 def _fails(source: Path, match: str) -> None:
     with pytest.raises(DataSourceError, match=match):
-        load_classification(source, labels=LABELS, channels=1, height=6, width=6)
+        load_classification(source)
 
 
 def test_errors_name_the_path_and_the_problem(tmp_path: Path, export: Path) -> None:
@@ -138,7 +157,7 @@ def test_errors_name_the_path_and_the_problem(tmp_path: Path, export: Path) -> N
     (tmp_path / "file.txt").write_text("hello")
     _fails(tmp_path / "file.txt", "neither a folder nor a zip")
     (tmp_path / "empty").mkdir()
-    _fails(tmp_path / "empty", "has no annotations.xml")
+    _fails(tmp_path / "empty", "has neither annotations.xml")
     bad = _hand_written(tmp_path / "x1", "<annotations><version>1.1")
     _fails(bad, "not valid XML")
     old = _hand_written(tmp_path / "x2", _xml("", version="1.0"))
@@ -160,7 +179,7 @@ def test_unreadable_images_and_empty_exports_fail_clearly(tmp_path: Path) -> Non
         _xml('<image id="0" name="a.png"><tag label="fish"/></image>'),
         {"a.png": _pixels(1)},
     )
-    _fails(other, r"found labels \['fish'\]; expected some of \['cat', 'dog', 'bird'\]")
+    _fails(other, r"expected some of \['cat', 'dog', 'bird'\], found others: \['fish'\]")
 
 
 def test_a_broken_zip_is_refused(tmp_path: Path, export: Path) -> None:

@@ -1,11 +1,7 @@
 """A site's data: CVAT exports or a live CVAT read into tensors; example data written as exports."""
 
 from flotilla.data.cvat_images import (
-    ClassificationSample,
-    ExportIndex,
     LabelledImages,
-    load_classification,
-    read_classification_index,
     split_train_holdout,
 )
 from flotilla.data.detection import DetectionImages
@@ -14,17 +10,13 @@ from flotilla.data.labels import LabelMap, LabelReport
 from flotilla.data.site import ImageShape, SiteData, load_site_data
 
 __all__ = [
-    "ClassificationSample",
     "DataSourceError",
     "DetectionImages",
-    "ExportIndex",
     "ImageShape",
     "LabelMap",
     "LabelReport",
     "LabelledImages",
     "SiteData",
-    "load_classification",
     "load_site_data",
-    "read_classification_index",
     "split_train_holdout",
 ]

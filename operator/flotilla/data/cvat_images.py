@@ -8,19 +8,15 @@ an image with two usable tags is ambiguous for single-label training and skipped
 
 from __future__ import annotations
 
-import io
 import logging
 import xml.etree.ElementTree as ElementTree
 import zipfile
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol, Self, TypeVar
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from flotilla.data.errors import DataSourceError
 
@@ -28,21 +24,6 @@ log = logging.getLogger(__name__)
 
 ANNOTATIONS = "annotations.xml"
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-@dataclass(frozen=True)
-class ClassificationSample:
-    image: str  # path of the image file inside the export
-    label: int  # index into the job's label list
-    subset: str | None
-
-
-@dataclass(frozen=True)
-class ExportIndex:
-    samples: tuple[ClassificationSample, ...]
-    ignored_labels: Mapping[str, int]
-    unannotated: int
-    multi_tagged: int
 
 
 @dataclass(frozen=True)
@@ -138,86 +119,11 @@ def _annotations(export: ExportFiles) -> ElementTree.Element:
     return root
 
 
-def read_classification_index(
-    source: Path, *, labels: Sequence[str], aliases: Mapping[str, str] | None = None
-) -> ExportIndex:
-    return _index(ExportFiles(source), labels=labels, aliases=aliases or {})
-
-
-def _index(
-    export: ExportFiles, *, labels: Sequence[str], aliases: Mapping[str, str]
-) -> ExportIndex:
-    position = {name: i for i, name in enumerate(labels)}
-    samples: list[ClassificationSample] = []
-    ignored: Counter[str] = Counter()
-    unannotated = multi = 0
-    for image in _annotations(export).iter("image"):
-        name = image.get("name")
-        if not name:
-            raise DataSourceError(f"{export.source}: an <image> (id {image.get('id')}) has no name")
-        found = {aliases.get(t.get("label", ""), t.get("label", "")) for t in image.iter("tag")}
-        usable = sorted(position[n] for n in found if n in position)
-        ignored.update(n for n in found if n not in position)
-        if not usable:
-            unannotated += 1
-        elif len(usable) > 1:
-            multi += 1
-        else:
-            samples.append(
-                ClassificationSample(
-                    _image_path(export, name), usable[0], image.get("subset") or None
-                )
-            )
-    if ignored:
-        log.warning("%s: ignored labels the job does not know: %s", export.source, dict(ignored))
-    if not samples:
-        raise DataSourceError(
-            f"no annotated images with the job's labels in {export.source}: found labels "
-            f"{sorted(ignored) or 'none'}; expected some of {list(labels)}"
-        )
-    return ExportIndex(tuple(samples), dict(ignored), unannotated, multi)
-
-
 def _image_path(export: ExportFiles, name: str) -> str:
     for candidate in (f"images/{name}", name):
         if export.exists(candidate):
             return candidate
     raise DataSourceError(f"{export.source}: image {name!r} is listed but its file is missing")
-
-
-def load_classification(
-    source: Path,
-    *,
-    labels: Sequence[str],
-    channels: int,
-    height: int,
-    width: int,
-    aliases: Mapping[str, str] | None = None,
-) -> LabelledImages:
-    if channels not in _MODES:
-        raise DataSourceError(f"images with {channels} channels are not supported (1, 3 or 4)")
-    export = ExportFiles(source)
-    index = _index(export, labels=labels, aliases=aliases or {})
-    images = np.empty((len(index.samples), channels, height, width), dtype=np.float32)
-    for row, sample in enumerate(index.samples):
-        images[row] = _pixels(export, sample.image, channels, height, width)
-    return LabelledImages(
-        images=torch.from_numpy(images),
-        labels=torch.tensor([s.label for s in index.samples], dtype=torch.int64),
-        subsets=tuple(s.subset for s in index.samples),
-    )
-
-
-def _pixels(export: ExportFiles, path: str, channels: int, height: int, width: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(export.read(path))) as opened:
-            image = opened.convert(_MODES[channels])
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, FileNotFoundError) as error:
-        raise DataSourceError(f"{export.source}: cannot read image {path!r}: {error}") from None
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
 class Subsetted(Protocol):
