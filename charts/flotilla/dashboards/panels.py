@@ -125,10 +125,16 @@ JOB_ROWS = (
         "Global model",
         (
             Panel(
-                "Global accuracy by source",
+                "Global accuracy or mAP@0.5 by source",
                 "central: the aggregator's test split; federated: the clients' hold-outs "
-                "(a round later).",
-                (Query(f"max by (source) (flotilla_global_accuracy{{{ONE_JOB}}})", "{{source}}"),),
+                "(a round later). Accuracy for classification jobs, mAP@0.5 for detection.",
+                (
+                    Query(f"max by (source) (flotilla_global_accuracy{{{ONE_JOB}}})", "{{source}}"),
+                    Query(
+                        f"max by (source) (flotilla_global_map50{{{ONE_JOB}}})",
+                        "mAP@0.5 {{source}}",
+                    ),
+                ),
                 unit="percentunit",
                 width=12,
                 min=0,
@@ -361,12 +367,16 @@ OVERVIEW_ROWS = (
                 names_only=True,
             ),
             Panel(
-                "Global accuracy",
-                "Latest evaluated global model, per job and source.",
+                "Global accuracy or mAP@0.5",
+                "Latest evaluated global model, per job and source (mAP@0.5 for detection).",
                 (
                     Query(
                         f"max by (flotilla_job, source) (flotilla_global_accuracy{{{JOBS}}})",
                         "{{flotilla_job}} {{source}}",
+                    ),
+                    Query(
+                        f"max by (flotilla_job, source) (flotilla_global_map50{{{JOBS}}})",
+                        "{{flotilla_job}} {{source}} mAP@0.5",
                     ),
                 ),
                 unit="percentunit",
