@@ -161,6 +161,11 @@ def test_snake_case_names_are_accepted_too() -> None:
         ),
         (with_spec(model={"name": "mlp"}), "spec.model.input: required field is missing"),
         (
+            with_spec(task="detection"),
+            "spec.model.name: the built-in model is a classification model, and spec.task is "
+            "detection (got 'mlp')",
+        ),
+        (
             with_spec(tracking={"registeredModel": "a/b"}),
             "spec.tracking.registeredModel: String should match pattern",
         ),

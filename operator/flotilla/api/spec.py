@@ -166,6 +166,7 @@ class FederatedJobSpec(ApiModel):
         problems += _duplicates("sites", [site.name for site in self.sites], suffix=("name",))
         problems += _strategy_fits_clients(self.strategy, self.clients)
         problems += _privacy_fits_strategy(self.privacy, self.strategy)
+        problems += _model_fits_task(self.model, self.task)
         raise_problems(problems)
         return self
 
@@ -204,6 +205,22 @@ def _strategy_fits_clients(strategy: StrategySpec, clients: ClientsSpec) -> list
 # Robust rules pick or order coordinates among the updates: one client's update can move
 # the result by more than clipNorm / sampled, so the Gaussian noise would not cover it.
 _ROBUST_STRATEGIES = ("fedmedian", "trimmedmean", "krum", "multikrum")
+
+
+# The task each built-in model is made for (flotilla.ml.models builds with the same table).
+BUILTIN_MODEL_TASKS = {
+    "cnn-small": "classification",
+    "mlp": "classification",
+    "centernet-tiny": "detection",
+}
+
+
+def _model_fits_task(model: ModelSpec, task: str) -> list[FieldProblem]:
+    made_for = BUILTIN_MODEL_TASKS.get(model.name or "")
+    if made_for is None or made_for == task:
+        return []
+    message = f"the built-in model is a {made_for} model, and spec.task is {task}"
+    return [FieldProblem(("model", "name"), message, model.name)]
 
 
 def _privacy_fits_strategy(

@@ -14,6 +14,7 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
+from flotilla.api.spec import BUILTIN_MODEL_TASKS
 from flotilla.ml.centernet import STRIDE, tiny_centernet
 
 InputShape = tuple[int, int, int]
@@ -64,11 +65,8 @@ BUILTIN_MODELS: Mapping[str, ModelFactory] = {
     "mlp": mlp,
     "centernet-tiny": tiny_centernet,
 }
-BUILTIN_TASKS: Mapping[str, Task] = {
-    "cnn-small": "classification",
-    "mlp": "classification",
-    "centernet-tiny": "detection",
-}
+# One table: the spec validates against it too, before anything is built.
+BUILTIN_TASKS: Mapping[str, str] = BUILTIN_MODEL_TASKS
 
 
 def build_model(
