@@ -26,6 +26,7 @@ def test_a_live_cvat_site_with_aliases_and_a_coco_export_parse() -> None:
     job = parse_job(
         with_spec(
             task="detection",
+            model={"name": "centernet-tiny", "input": {"channels": 3, "height": 64, "width": 64}},
             sites=[
                 {"name": "site-a", "data": live},
                 {"name": "site-b", "data": {"cvatExport": {"path": "b.zip", "format": "coco-1.0"}}},
