@@ -12,9 +12,11 @@ from torch import nn
 
 from flotilla.ml.models import build_model
 from flotilla.ml.training import (
+    STEP_IN_BACKWARD_PARAMETERS,
     TrainingConfig,
     configure_threads,
     evaluate,
+    local_optimizer,
     select_device,
     train_local,
 )
@@ -222,3 +224,43 @@ def test_configure_threads_none_keeps_the_setting() -> None:
     assert torch.get_num_threads() == 1
     configure_threads(0)  # clamped: zero threads would be an error in torch
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(("optimizer", "momentum"), [("sgd", 0.9), ("adam", 0.0), ("adamw", 0.0)])
+def test_stepping_in_backward_is_the_same_arithmetic_without_kept_gradients(
+    digits: Digits, optimizer: str, momentum: float
+) -> None:
+    images, labels, _, _ = digits
+    config = replace(CONFIG, optimizer=optimizer, momentum=momentum, weight_decay=1e-4)
+    whole, stepped = _model(), _model()
+    seen: list[bool] = []
+    with local_optimizer(whole, config, in_backward=False) as plain:
+        _steps(whole, plain, images, labels)
+    with local_optimizer(stepped, config, in_backward=True) as in_backward:
+        # A hook of our own runs after the optimiser's: the gradient is gone by then.
+        probe = stepped.get_parameter("0.weight").register_hook(lambda g: seen.append(True))
+        _steps(stepped, in_backward, images, labels)
+        probe.remove()
+        assert all(p.grad is None for p in stepped.parameters())
+
+    assert seen
+    for a, b in zip(whole.parameters(), stepped.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not any(p._post_accumulate_grad_hooks for p in stepped.parameters())  # hooks removed
+
+
+def test_large_models_step_in_backward_by_default() -> None:
+    small, large = nn.Linear(10, 10), nn.Linear(1000, STEP_IN_BACKWARD_PARAMETERS // 1000)
+    with local_optimizer(small, CONFIG) as plain, local_optimizer(large, CONFIG) as in_backward:
+        assert isinstance(plain, torch.optim.Optimizer)
+        assert not isinstance(in_backward, torch.optim.Optimizer)
+
+
+def _steps(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor) -> None:
+    for start in range(0, 96, 32):
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(
+            model(images[start : start + 32]), labels[start : start + 32]
+        )
+        loss.backward()
+        optimizer.step()

@@ -19,8 +19,8 @@ from flotilla.ml.centernet import centernet_loss, decode, make_targets
 from flotilla.ml.training import (
     BaseStep,
     TrainingConfig,
-    _optimizer,
     _proximal_anchors,
+    local_optimizer,
     run_epochs,
 )
 
@@ -72,9 +72,10 @@ def train_detection(
         raise ValueError("no training examples")
     model.to(device).train()
     anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
-    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu)
-    step.data(images, boxes, labels, num_classes=num_classes, device=device)
-    epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
+    with local_optimizer(model, config) as optimizer:
+        step = _Step(model, optimizer, anchors, config.proximal_mu)
+        step.data(images, boxes, labels, num_classes=num_classes, device=device)
+        epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
     model.zero_grad(set_to_none=True)  # a model's worth of memory, idle until next round
     seconds = time.monotonic() - started
     return DetectionTrainResult(step.loss_sum / step.seen, count, seconds, epochs, step.steps)

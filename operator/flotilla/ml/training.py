@@ -7,9 +7,10 @@ adds (mu / 2) * ||w - w_global||^2 to the loss when the strategy asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +19,11 @@ from torch import nn
 from torch.nn import functional
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# From this many parameters up, each parameter is stepped as soon as its gradient is
+# complete and the gradient is dropped, so training holds one tensor's gradient instead
+# of the whole model's (a model's worth of memory). Below it the gradients are small and
+# one optimiser call per parameter would cost more time than they cost memory.
+STEP_IN_BACKWARD_PARAMETERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -105,11 +111,66 @@ def train_local(
     model.to(device)
     x, y = images.to(device), labels.to(device)
     anchors = _proximal_anchors(model, global_weights, device) if config.proximal_mu else None
-    step = _Step(model, _optimizer(model, config), anchors, config.proximal_mu, x, y)
     model.train()
-    epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
+    with local_optimizer(model, config) as optimizer:
+        step = _Step(model, optimizer, anchors, config.proximal_mu, x, y)
+        epochs = run_epochs(step, count=count, config=config, seed=seed, started=started)
     model.zero_grad(set_to_none=True)  # a model's worth of memory, idle until next round
     return step.result(count, started, epochs)
+
+
+class Optimiser(Protocol):
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> None: ...
+
+
+@contextlib.contextmanager
+def local_optimizer(
+    model: nn.Module, config: TrainingConfig, *, in_backward: bool | None = None
+) -> Iterator[Optimiser]:
+    """The round's optimiser; `in_backward` (default: by model size) steps during backward."""
+    if in_backward is None:
+        in_backward = sum(p.numel() for p in model.parameters()) >= STEP_IN_BACKWARD_PARAMETERS
+    if not in_backward:
+        yield _optimizer(model.parameters(), config)
+        return
+    stepped = _SteppedInBackward(model, config)
+    try:
+        yield stepped
+    finally:
+        stepped.close()
+
+
+class _SteppedInBackward:
+    """One optimiser per parameter, stepped by a hook the moment that parameter's gradient
+    is accumulated, which then drops the gradient (PyTorch's "optimizer step in backward"
+    recipe). Same arithmetic as one optimiser over all parameters: SGD, Adam and AdamW
+    update each parameter from its own gradient and state only."""
+
+    def __init__(self, model: nn.Module, config: TrainingConfig) -> None:
+        self._optimizers: dict[torch.Tensor, torch.optim.Optimizer] = {
+            p: _optimizer([p], config) for p in model.parameters() if p.requires_grad
+        }
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(self._step)  # type: ignore[no-untyped-call]
+            for p in self._optimizers
+        ]
+
+    def _step(self, parameter: torch.Tensor) -> None:
+        optimizer = self._optimizers[parameter]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass  # no gradient outlives its own step
+
+    def step(self) -> None:
+        pass  # every parameter was stepped during backward
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 class EpochStep(Protocol):
@@ -149,7 +210,7 @@ class BaseStep:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimiser,
         anchors: Mapping[str, torch.Tensor] | None,
         mu: float,
     ) -> None:
@@ -178,7 +239,7 @@ class _Step(BaseStep):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimiser,
         anchors: Mapping[str, torch.Tensor] | None,
         mu: float,
         x: torch.Tensor,
@@ -218,8 +279,8 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
     return int(labels.shape[0])
 
 
-def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
+def _optimizer(params: Iterable[torch.Tensor], config: TrainingConfig) -> torch.optim.Optimizer:
+    lr, decay = config.learning_rate, config.weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay)
     if config.optimizer == "adam":
