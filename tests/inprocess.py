@@ -87,13 +87,16 @@ class Aggregator:
             status, body = await self.request("GET", "/v1/task?wait=10", site=site)
             assert status == 200 and json.loads(body)["action"] == "train", body
 
-    async def upload(self, site: str, delta: bytes | bytearray, *, examples: int = 10) -> int:
+    async def upload(
+        self, site: str, delta: bytes | bytearray, *, examples: int = 10, **headers: str
+    ) -> int:
         status, body = await self.request(
             "PUT",
             f"/v1/rounds/{self.engine.current_round}/update",
             headers=self.headers(
                 site,
                 **{"X-Flotilla-Examples": str(examples), "X-Flotilla-Metrics": "{}"},
+                **headers,
             ),
             data=bytes(delta),
         )

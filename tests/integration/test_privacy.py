@@ -51,6 +51,7 @@ ALLOWED_HEADERS = {
     "x-flotilla-examples",
     "x-flotilla-metrics",
     "x-flotilla-compression",
+    "x-flotilla-update",  # "weights" (float32) or "delta": what the body's tensors hold
     "x-flotilla-site",  # the site's own name, checked against its token (docs/security.md)
 }
 
@@ -195,11 +196,14 @@ def test_no_image_or_annotation_crosses_the_wire(tmp_path: Path, digits_dir: Pat
             seen[kind] = seen.get(kind, 0) + 1
             assert set(request.headers) <= ALLOWED_HEADERS, request.headers
             assert request.headers.get("x-flotilla-site", SITES[0]) in SITES
+            assert request.headers.get("x-flotilla-update", "delta") in ("delta", "weights")
             if "x-flotilla-metrics" in request.headers:
                 _numbers_and_labels(
                     json.loads(request.headers["x-flotilla-metrics"]), labels, "metrics"
                 )
             if request.method == "PUT":
+                # A float32 job: the trained weights, from the client's one model buffer.
+                assert request.headers.get("x-flotilla-update") == "weights"
                 names, size = _safetensors_names(request.body)
                 assert names <= tensor_names  # the model's own tensors (+ int8 scales: none here)
                 assert size == len(request.body)  # nothing rides after them

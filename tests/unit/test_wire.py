@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import pytest
@@ -194,3 +195,47 @@ def test_decode_enforces_the_norm_bound() -> None:
     assert decode_update(views, max_norm=2.5).norm == pytest.approx(2.0)
     with pytest.raises(WireError, match="norm 2 exceeds"):
         decode_update(views, max_norm=1.5)
+
+
+def test_weights_decode_to_the_delta_against_the_global_model() -> None:
+    layout = model_layout({"a": torch.zeros(4), "b": torch.zeros(2, 3)})
+    global_views = layout.views(layout.allocate())
+    global_views["a"].copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    global_views["b"].fill_(-1.0)
+    weights = layout.views(layout.allocate())
+    weights["a"].copy_(torch.tensor([1.5, 2.0, 2.0, 4.0]))
+    weights["b"].fill_(1.0)
+
+    decoded = decode_update(weights, max_norm=None, minus=global_views)
+
+    assert decoded.tensors["a"].tolist() == [0.5, 0.0, -1.0, 0.0]
+    assert decoded.tensors["b"].eq(2.0).all()
+    assert decoded.norm == pytest.approx(math.sqrt(0.25 + 1 + 6 * 4))
+    assert global_views["b"].eq(-1.0).all()  # the global model is read, never written
+
+
+def test_weights_are_float32_only() -> None:
+    model = model_layout({"a": torch.zeros(4)})
+    int8 = update_layout(model, "int8")
+    views = int8.views(int8.allocate())
+
+    with pytest.raises(WireError, match="weights are sent as float32"):
+        decode_update(views, max_norm=None, minus=model.views(model.allocate()))
+
+
+def test_a_mapped_buffer_is_the_same_file_and_costs_nothing_until_written() -> None:
+    layout = model_layout({"w": torch.zeros(4096, 1024)})  # 16 MiB
+    before = _resident_kib()
+    mapped = layout.allocate_mapped()
+    untouched = _resident_kib() - before
+
+    assert untouched < 1024
+    assert mapped[: len(layout.header)] == layout.header
+    views = layout.views(mapped)
+    views["w"].fill_(2.0)
+    assert load(bytes(mapped))["w"].eq(2.0).all()
+
+
+def _resident_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))

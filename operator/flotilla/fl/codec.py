@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import zstandard
 
-from flotilla.fl.wire import SCALE_SUFFIX, Layout, WireDtype, WireError, update_layout
+from flotilla.fl.wire import SCALE_SUFFIX, Buffer, Layout, WireDtype, WireError, update_layout
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,11 @@ class UpdateEncoder:
     def compression(self) -> str | None:
         return "zstd" if self._zstd else None
 
-    def encode(self, delta_buffer: bytearray, delta: Mapping[str, torch.Tensor]) -> memoryview:
-        """The body to upload. For float32 it is `delta_buffer` itself: no copy."""
+    def encode(self, delta_buffer: Buffer, delta: Mapping[str, torch.Tensor]) -> memoryview:
+        """The body to upload. For float32 it is `delta_buffer` itself: no copy.
+
+        (Float32 clients pass their trained weights here, in the same layout: see
+        `decode_update`'s `minus`.)"""
         if self._dtype == "float32":
             body = memoryview(delta_buffer)
         else:
@@ -69,12 +72,25 @@ def _quantize_int8(tensor: torch.Tensor, out: torch.Tensor) -> float:
     return scale
 
 
-def decode_update(views: dict[str, torch.Tensor], *, max_norm: float | None) -> DecodedUpdate:
+def decode_update(
+    views: dict[str, torch.Tensor],
+    *,
+    max_norm: float | None,
+    minus: Mapping[str, torch.Tensor] | None = None,
+) -> DecodedUpdate:
     """Split int8 scales from tensors and check the values: finite, and within the norm bound.
 
     One pass over the data: the L2 norm of a tensor is non-finite exactly when it
     holds a NaN or an infinity (or overflows float32, which is no model update).
+    `minus`: the body holds a client's trained float32 weights, not a delta; this
+    global model is subtracted in place first, so what comes out is the delta all the
+    same (the client then needs no copy of the global model, and no pass to make one).
     """
+    if minus is not None:
+        if views.keys() != minus.keys() or any(t.dtype != torch.float32 for t in views.values()):
+            raise WireError("weights are sent as float32 tensors of the model, nothing else")
+        for name, tensor in views.items():
+            torch.sub(tensor, minus[name], out=tensor)
     scales = {
         name[: -len(SCALE_SUFFIX)]: float(t)
         for name, t in views.items()

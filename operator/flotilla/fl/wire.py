@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Literal
 import torch
 
 WireDtype = Literal["float32", "float16", "int8"]
+Buffer = bytearray | memoryview | mmap.mmap
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32,
@@ -103,9 +105,20 @@ class Layout:
         buffer[: len(self.header)] = self.header
         return buffer
 
+    def allocate_mapped(self) -> mmap.mmap:
+        """Like `allocate`, as anonymous memory the kernel commits page by page on first write.
+
+        A bytearray is zeroed (so resident) at once; this one costs nothing until it is
+        filled, so a process can build a model and move it into the buffer tensor by
+        tensor without holding two copies at any moment.
+        """
+        buffer = mmap.mmap(-1, self.total_size)
+        buffer[: len(self.header)] = self.header
+        return buffer
+
     def views(
         self,
-        buffer: bytearray | memoryview,
+        buffer: Buffer,
         *,
         offsets: Mapping[str, tuple[int, int]] | None = None,
         base: int | None = None,

@@ -100,9 +100,13 @@ class ClientDesk(EngineState):
         zstd: bool,
         examples: int,
         metrics: Mapping[str, Any],
+        weights: bool = False,
     ) -> dict[str, Any]:
+        """Fold one upload: a delta, or (`weights`) trained weights, from which the round's
+        global model is subtracted on arrival."""
         self._check_open(site, round_number)
-        async with self.intake.receive(body, zstd=zstd) as received, self._fold_lock:
+        minus = self._global_views if weights else None  # this round's, even if it ends meanwhile
+        async with self.intake.receive(body, zstd=zstd, minus=minus) as received, self._fold_lock:
             self._check_open(site, round_number)  # the round may have closed meanwhile
             await self._fold(site, received, examples, metrics)
         return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}

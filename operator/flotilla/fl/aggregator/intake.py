@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import aiohttp.web
+import torch
 from aiohttp.http_exceptions import HttpProcessingError
 
 from flotilla.fl.codec import DecodedUpdate, decode_update
@@ -54,9 +55,16 @@ class UpdateIntake:
 
     @contextlib.asynccontextmanager
     async def receive(
-        self, body: AsyncIterator[bytes], *, zstd: bool
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        zstd: bool,
+        minus: Mapping[str, torch.Tensor] | None = None,
     ) -> AsyncIterator[ReceivedUpdate]:
-        """Yields the checked update; its tensors are views valid inside the block only."""
+        """Yields the checked update; its tensors are views valid inside the block only.
+
+        `minus`: the body is trained weights; the delta is them minus this (the round's
+        global model), made in the receive buffer."""
         buffer = await self._take()
         try:
             receiver = SafetensorsReceiver(self.layout, buffer, zstd=zstd)
@@ -83,7 +91,9 @@ class UpdateIntake:
                 ) from None
             views = self.layout.views(buffer, offsets=offsets, base=0)
             try:
-                decoded = await asyncio.to_thread(decode_update, views, max_norm=self._max_norm)
+                decoded = await asyncio.to_thread(
+                    decode_update, views, max_norm=self._max_norm, minus=minus
+                )
             except WireError as error:
                 raise Rejected(422, "bad_values", str(error)) from None
             yield ReceivedUpdate(update=decoded, wire_bytes=receiver.wire_bytes)

@@ -234,6 +234,18 @@ async def _update(request: web.Request) -> web.Response:
     encoding = request.headers.get("X-Flotilla-Compression", "identity").lower()
     if encoding not in ("identity", "zstd"):
         raise Rejected(415, "bad_encoding", f"X-Flotilla-Compression {encoding!r} is not supported")
+    kind = request.headers.get("X-Flotilla-Update", "delta").strip().lower()
+    if kind not in ("delta", "weights"):
+        raise Rejected(
+            400, "bad_update_kind", f"X-Flotilla-Update {kind!r} is not 'delta' or 'weights'"
+        )
+    if kind == "weights" and engine.job.spec.compression.dtype != "float32":
+        raise Rejected(
+            400,
+            "bad_update_kind",
+            f"weights are sent as float32 only; this job sends "
+            f"{engine.job.spec.compression.dtype} deltas",
+        )
     examples = _examples(request)
     metrics = _metrics(request)
     result = await engine.receive_update(
@@ -243,6 +255,7 @@ async def _update(request: web.Request) -> web.Response:
         zstd=encoding == "zstd",
         examples=examples,
         metrics=metrics,
+        weights=kind == "weights",
     )
     return web.json_response(result)
 

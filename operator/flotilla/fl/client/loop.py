@@ -2,8 +2,9 @@
 
 Loop: long-poll the aggregator for a task; on `report`, say whether the site's data is
 ready (with its label report) or why not; on `train`, fetch the global model if its
-version changed, evaluate it on the local hold-out, train, and upload the delta with the
-example count and metrics; on `evaluate`, report the final model's hold-out metrics;
+version changed, evaluate it on the local hold-out, train, and upload the result (the
+trained weights for float32 updates, the delta for compressed ones) with the example
+count and metrics; on `evaluate`, report the final model's hold-out metrics;
 stop on `done` or `failed`. A site whose data cannot be read (CVAT refuses or is down,
 a malformed export) stays connected and tries again with a backoff; the rounds go on
 without it meanwhile. Only weights, counts, metrics and error messages leave the site:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from flotilla.fl.client.poison import poison_delta
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
 from flotilla.fl.codec import UpdateEncoder
 from flotilla.fl.learning import Samples, learning_for
-from flotilla.fl.modelstate import build_job_model, load_weights
+from flotilla.fl.modelstate import bind_weights, build_job_model, load_weights, store_weights
 from flotilla.fl.wire import model_layout
 from flotilla.ml.training import TrainingConfig, select_device
 
@@ -83,8 +85,18 @@ class FederatedClient:
                 "this client and the aggregator build different tensors for the job's model "
                 "(are they different Flotilla versions?)"
             )
-        self.global_buffer = self.layout.allocate()
-        self.global_views = self.layout.views(self.global_buffer)
+        # The model's weights live in this buffer (bound, on the CPU): downloads land in
+        # them and trained weights are uploaded from them, with no copy and no second
+        # model in memory. On a GPU (or for a model that cannot be bound) the buffer is a
+        # staging copy on the host.
+        self.weights = self.layout.allocate_mapped()
+        self.weights_views = self.layout.views(self.weights)
+        self.bound = self.device.type == "cpu" and bind_weights(self.model, self.weights_views)
+        # float32 updates go up as the trained weights (the aggregator subtracts the global
+        # model it holds); compressed ones as deltas, which quantize far better than
+        # weights, at the cost of a copy of the global model kept while training.
+        self.sends_weights = spec.compression.dtype == "float32" and options.poison is None
+        self.delta: mmap.mmap | None = None
         self.cached_version: int | None = None
         self.encoder = UpdateEncoder(
             self.layout,
@@ -184,12 +196,13 @@ class FederatedClient:
     def _ensure_model(self, version: int) -> None:
         if self.cached_version == version:
             return
-        self.conn.download_into(f"/v1/model/{version}", self.global_buffer)
-        self.metrics.received.inc(len(self.global_buffer))
-        if bytes(self.global_buffer[: len(self.layout.header)]) != self.layout.header:
-            self.cached_version = None
+        self.cached_version = None
+        self.conn.download_into(f"/v1/model/{version}", self.weights)
+        self.metrics.received.inc(len(self.weights))
+        if self.weights[: len(self.layout.header)] != self.layout.header:
             raise RuntimeError("the aggregator sent a model with another layout")
-        load_weights(self.model, self.global_views)
+        if not self.bound:
+            load_weights(self.model, self.weights_views)
         self.cached_version = version
 
     def _holdout_metrics(self, version: int) -> dict[str, Any] | None:
@@ -225,15 +238,19 @@ class FederatedClient:
             max_seconds=options.max_seconds or training.max_seconds,
             proximal_mu=float(task.get("proximalMu", 0.0)),
         )
+        global_copy = None if self.sends_weights else self._copy_global()
         result = self.learning.train(
             self.model,
             self.train,
             config=config,
             seed=self.job.spec.seed * 100_003 + round_number,
             device=self.device,
-            global_weights=self.global_views if config.proximal_mu > 0 else None,
+            global_weights=self.weights_views if config.proximal_mu > 0 else None,
         )
-        body = self._delta_body()
+        self.cached_version = None  # the buffer holds this site's weights from here on
+        if not self.bound:
+            store_weights(self.model, self.weights_views)
+        body = self._weights_body() if global_copy is None else self._delta_body(global_copy)
         metrics = {
             "train": {
                 "loss": result.loss,
@@ -250,6 +267,8 @@ class FederatedClient:
         }
         if self.encoder.compression:
             headers["X-Flotilla-Compression"] = self.encoder.compression
+        if global_copy is None:
+            headers["X-Flotilla-Update"] = "weights"
         answer = self.conn.upload(f"/v1/rounds/{round_number}/update", body, headers)
         self.metrics.trained(result, sent_bytes=len(body))
         log.info(
@@ -261,21 +280,25 @@ class FederatedClient:
             answer.get("updateNorm", 0.0),
         )
 
-    def _delta_body(self) -> memoryview:
-        """The delta (local minus global), computed in place over the global model's buffer.
+    def _copy_global(self) -> dict[str, torch.Tensor]:
+        """The round's global weights, kept aside while the model trains (delta uploads)."""
+        if self.delta is None:
+            self.delta = self.layout.allocate_mapped()
+        self.delta[:] = self.weights
+        return self.layout.views(self.delta)
 
-        Saves a model-sized allocation per round; the cached global model is gone
-        afterwards, which costs a download only when the same version is asked for
-        again (a retried round).
-        """
-        state = self.model.state_dict()
-        self.cached_version = None
+    def _weights_body(self) -> memoryview:
+        return self.encoder.encode(self.weights, self.weights_views)
+
+    def _delta_body(self, global_copy: dict[str, torch.Tensor]) -> memoryview:
+        """The delta (local minus global), computed in place over the global copy."""
+        assert self.delta is not None
         with torch.no_grad():
-            for name, view in self.global_views.items():
-                torch.sub(state[name].detach().to("cpu"), view, out=view)
+            for name, view in global_copy.items():
+                torch.sub(self.weights_views[name], view, out=view)
         if self.options.poison is not None:
-            poison_delta(self.global_views, self.options.poison, seed=self.job.spec.seed)
-        return self.encoder.encode(self.global_buffer, self.global_views)
+            poison_delta(global_copy, self.options.poison, seed=self.job.spec.seed)
+        return self.encoder.encode(self.delta, global_copy)
 
     def _evaluate_final(self, task: dict[str, Any]) -> None:
         version = int(task["modelVersion"])

@@ -19,7 +19,10 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from flotilla.fl.wire import Buffer
 
 T = TypeVar("T")
 
@@ -118,7 +121,7 @@ class AggregatorConnection:
 
         return self._with_retries(attempt)
 
-    def download_into(self, path: str, buffer: bytearray) -> None:
+    def download_into(self, path: str, buffer: Buffer) -> None:
         """Read a body of exactly len(buffer) bytes into `buffer`."""
 
         def attempt() -> None:

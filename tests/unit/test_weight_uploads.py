@@ -1,0 +1,58 @@
+"""Float32 clients upload trained weights; the aggregator folds them as deltas all the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import torch
+
+from tests.inprocess import aggregator, digits_job
+
+SITES = ["site-a", "site-b", "site-c"]
+
+
+def test_weights_and_deltas_fold_into_the_same_mean(tmp_path: Path) -> None:
+    job = digits_job(SITES, rounds=1)
+
+    async def play() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        async with aggregator(job, tmp_path) as running:
+            before = running.model()
+            await running.join()
+            trained = running.engine.layout.allocate()
+            for name, view in running.engine.layout.views(trained).items():
+                torch.add(before[name], 0.5, out=view)  # weights = global + 0.5
+            await running.upload("site-a", running.delta(0.5))
+            await running.upload("site-b", trained, **{"X-Flotilla-Update": "weights"})
+            await running.upload("site-c", trained, **{"X-Flotilla-Update": "Weights "})
+            await running.until(lambda e: e.persisted == 1)
+            return before, running.model()
+
+    before, after = asyncio.run(play())
+    for name, tensor in before.items():
+        assert torch.allclose(after[name], tensor + 0.5, atol=1e-6), name
+
+
+def test_an_unknown_update_kind_or_weights_in_a_compressed_job_is_refused(tmp_path: Path) -> None:
+    async def refused(spec: dict, kind: str) -> tuple[int, dict]:
+        job = digits_job(SITES, rounds=1, spec=spec)
+        async with aggregator(job, tmp_path / kind / str(len(spec))) as running:
+            await running.join()
+            status, body = await running.request(
+                "PUT",
+                "/v1/rounds/1/update",
+                headers=running.headers(
+                    "site-a", **{"X-Flotilla-Examples": "10", "X-Flotilla-Update": kind}
+                ),
+                data=bytes(running.delta(0.1)),
+            )
+            assert running.engine.status()["clients"]["answered"] == 0
+            return status, json.loads(body)
+
+    status, body = asyncio.run(refused({}, "gradients"))
+    assert (status, body["reason"]) == (400, "bad_update_kind")
+    assert "'gradients'" in body["error"]
+    status, body = asyncio.run(refused({"compression": {"dtype": "int8"}}, "weights"))
+    assert (status, body["reason"]) == (400, "bad_update_kind")
+    assert "int8" in body["error"]
