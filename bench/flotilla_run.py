@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import status_kib, stop_group, tree
+from procs import SumPeak, status_kib, stop_group, tree
 
 
 def get_json(url: str, timeout: float = 60) -> Any:
@@ -84,11 +84,12 @@ def run_flotilla(
     started = time.time()
     try:
         seq = -1
-        while True:
-            status = get_json(f"{url}/v1/status?after={seq}&wait=20")
-            seq = status["seq"]
-            if status["phase"] in ("done", "failed"):
-                break
+        with SumPeak([aggregator.pid, *(w.pid for w in workers)]) as everything:
+            while True:
+                status = get_json(f"{url}/v1/status?after={seq}&wait=20")
+                seq = status["seq"]
+                if status["phase"] in ("done", "failed"):
+                    break
         peak = status_kib(aggregator.pid, "VmHWM")
         client_peak = max(status_kib(w.pid, "VmHWM") for w in workers)
         history = get_json(f"{url}/v1/history")
@@ -119,4 +120,5 @@ def run_flotilla(
         "baselineKib": baseline,
         "peakKib": peak,
         "clientPeakKib": client_peak,
+        "allPssPeakKib": everything.peak_kib,
     }

@@ -1,8 +1,8 @@
 """The bench's jobs and models: FederatedJob YAML written for a model, a client count and data.
 
 Models: the digits CNN (`cnn`, 38,282 parameters) and synthetic MLPs of ~10M and ~50M
-float32 parameters (`10m`, `50m`, `bench_models.wide_mlp`) whose local work is one SGD
-step, so the framework dominates the round.
+float32 parameters (`10m`, `50m`, `bench_models.deep_mlp`) whose local work is one SGD
+step on 8 examples, so the framework dominates the round.
 """
 
 from __future__ import annotations
@@ -14,33 +14,35 @@ from typing import Any
 import yaml
 from bench_models import parameter_count
 
-# Hidden width of the bench MLP; None: the built-in digits CNN.
-MODELS: dict[str, int | None] = {"cnn": None, "10m": 140_000, "50m": 666_667}
+# (width, hidden layers) of the bench MLP; None: the built-in digits CNN.
+MODELS: dict[str, tuple[int, int] | None] = {"cnn": None, "10m": (1024, 10), "50m": (2048, 12)}
 CNN_PARAMETERS = 38_282
 BENCH_DIR = Path(__file__).resolve().parent
 
 
 def model_parameters(model: str) -> int:
-    hidden = MODELS[model]
-    return CNN_PARAMETERS if hidden is None else parameter_count(hidden)
+    shape = MODELS[model]
+    return CNN_PARAMETERS if shape is None else parameter_count(*shape)
 
 
 def model_env(model: str) -> dict[str, str]:
-    """What every process of a run needs to build the model: bench/ importable, its width."""
-    hidden = MODELS[model]
+    """What every process of a run needs to build the model: bench/ importable, its shape."""
+    width, depth = MODELS[model] or (0, 0)
     path = f"{BENCH_DIR}:{os.environ.get('PYTHONPATH', '')}"
-    return {"PYTHONPATH": path, "FLOTILLA_BENCH_HIDDEN": str(hidden or 0)}
+    return {
+        "PYTHONPATH": path,
+        "FLOTILLA_BENCH_WIDTH": str(width),
+        "FLOTILLA_BENCH_DEPTH": str(depth),
+    }
 
 
 def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: int) -> Path:
     """N sites reading the same export; one SGD step of local work."""
-    hidden = MODELS[model]
+    synthetic = MODELS[model] is not None
     spec: dict[str, Any] = {
         "rounds": rounds,
         "labels": [str(d) for d in range(10)],
-        "model": {"name": "cnn-small"}
-        if hidden is None
-        else {"entrypoint": "bench_models:wide_mlp"},
+        "model": {"entrypoint": "bench_models:deep_mlp"} if synthetic else {"name": "cnn-small"},
         "sites": [
             {"name": f"site-{i:02d}", "data": {"cvatExport": {"path": str(data / "site")}}}
             for i in range(clients)
@@ -49,7 +51,7 @@ def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: in
         "clients": {"minClients": clients, "roundDeadlineSeconds": 900, "joinGraceSeconds": 900},
         "training": {
             "localEpochs": 1,
-            "batchSize": 64,
+            "batchSize": 8 if synthetic else 64,
             "learningRate": 0.001,
             "maxSeconds": 0.001,
             "validationFraction": 0,

@@ -21,6 +21,39 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """The process's proportional set size in KiB: shared pages (torch's libraries) counted
+    once across the processes sharing them, so a sum over processes is memory really used."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+class SumPeak:
+    """Samples the summed PSS of some processes every `period` seconds; keeps the peak."""
+
+    def __init__(self, pids: list[int], period: float = 0.5) -> None:
+        self.pids, self.period, self.peak_kib = pids, period, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SumPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.peak_kib = max(self.peak_kib, sum(pss_kib(p) for p in self.pids))
+
+
 def tree(pid: int) -> list[int]:
     """The process and its descendants."""
     found, todo = [], [pid]

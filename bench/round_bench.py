@@ -6,7 +6,9 @@ dominates the round. Reports, per model and client count: the overhead (round wa
 time minus the slowest client's training, median of the rounds after the first), the
 floor (the round's bytes over loopback bandwidth measured in this same run, plus the
 weighted average at this machine's memory bandwidth), their ratio; and the aggregator's
-peak RSS against its RSS before round 1, in models, with the bytes each extra client adds.
+peak RSS against its RSS before round 1, in models, with the bytes each extra client adds;
+each client's peak RSS against its base (client_base.py: runtime and data, no model), in
+models; and the peak of all processes' summed PSS (shared library pages counted once).
 
     .venv/bin/python bench/round_bench.py [--models 10m,50m] [--clients 2,8] [--rounds 4]
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +40,24 @@ MARGIN = 2 * GIB  # left for the machine's other work
 
 
 def needed_bytes(*, params: int, clients: int) -> int:
-    """Aggregator ~4 models; a client: runtime, model, gradients, receive and send buffers."""
+    """Aggregator ~4 models; a client: its runtime's own pages (torch's libraries are
+    shared between the processes) and ~1.5 models: the model, one layer's gradient."""
     model = params * 4
-    return int(0.5 * GIB + 4 * model + clients * (0.4 * GIB + 4 * model))
+    return int(0.5 * GIB + 4 * model + clients * (0.25 * GIB + 1.5 * model))
+
+
+def client_base(job: Path, model: str) -> int:
+    """Peak RSS of a process holding what a client holds before its model (client_base.py)."""
+    script = Path(__file__).resolve().parent / "client_base.py"
+    env = {**os.environ, **model_env(model)}
+    out = subprocess.run(
+        [sys.executable, str(script), str(job), "site-00"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.split()[-1]) * 1024
 
 
 def measure(
@@ -60,6 +78,8 @@ def measure(
         "base": result["baselineKib"] * 1024,
         "peak": result["peakKib"] * 1024,
         "client": result["clientPeakKib"] * 1024,
+        "client_base": client_base(job, model),
+        "everything": result["allPssPeakKib"] * 1024,
     }
 
 
@@ -83,9 +103,10 @@ def main() -> None:
     )
     print(
         "| model | clients | round wall | overhead | floor (wire + fold) | **overhead / floor** "
-        "| aggregator before → peak | **(peak - before) / model** | client peak |"
+        "| aggregator before → peak | **(peak - before) / model** | client base → peak "
+        "| **(client peak - base) / model** | all processes, peak PSS |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     peaks: dict[str, list[tuple[int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
         root = Path(scratch)
@@ -99,7 +120,7 @@ def main() -> None:
                 if need > available_bytes() - MARGIN:
                     print(
                         f"{label} not run: would need ~{need / GIB:.0f} GB, "
-                        f"{available_bytes() / GIB:.0f} GB free | | | | | | |",
+                        f"{available_bytes() / GIB:.0f} GB free | | | | | | | | | |",
                         flush=True,
                     )
                     continue
@@ -119,7 +140,9 @@ def main() -> None:
                     f"**{m['overhead'] / (wire + fold):.2f}x** | "
                     f"{m['base'] / MIB:.0f} → {m['peak'] / MIB:.0f} MiB | "
                     f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | "
-                    f"{m['client'] / MIB:.0f} MiB |",
+                    f"{m['client_base'] / MIB:.0f} → {m['client'] / MIB:.0f} MiB | "
+                    f"**{(m['client'] - m['client_base']) / model_bytes:.2f}x** | "
+                    f"{m['everything'] / GIB:.2f} GiB |",
                     flush=True,
                 )
     for model, points in peaks.items():
