@@ -200,7 +200,8 @@ class CoordinateMedian:
     n - (n - 1) // 2 values nearest the median. When hostile values sit on one side,
     the median is an extreme honest value (a bias that recurs every round); the values
     nearest it are then the honest ones, and their mean is not biased. Whatever the
-    hostile values, what is averaged lies within the honest values' range of the median.
+    hostile values (f <= (n - 1) // 2 of them), every value averaged is no farther from
+    the median than the farthest honest value.
     """
 
     name: str = "median"
