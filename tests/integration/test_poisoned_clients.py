@@ -1,8 +1,8 @@
 """Robust aggregation against poisoned clients, with real processes: f of K=5 clients
 send Byzantine updates and Krum, trimmed mean and the median keep the accuracy of the
-clean run, for f up to each rule's bound (Krum within 2 points, the coordinate-wise
-rules within 4: see TOLERANCE); FedAvg, under the same attack,
-collapses (so the robust runs cannot pass trivially).
+clean run within 2 points, for f up to each rule's bound; FedAvg, under the same attack,
+collapses (so the robust runs cannot pass trivially). The coordinate-wise rules run with
+`meanOfNearest` (MeaMed / Phocas): plain, they lose up to 3 points (see TOLERANCE).
 
 The attackers are ordinary client processes started with the hidden test flag
 `flotilla client --poison {scale,signflip,random}` (flotilla/fl/client/poison.py): they
@@ -32,10 +32,12 @@ pytestmark = pytest.mark.integration
 SITES = [f"site-{c}" for c in "abcde"]
 ROUNDS = 12
 KRUM = {"name": "krum", "byzantineClients": 1}  # f=1 of 5: n > 2f + 2
-# Trims 2 of 5 each side: f=2. (0.2, trimming 1 each side, held f=1 only to within
-# 2.4 points: the attacker is trimmed on one side and an honest site on the other.)
-TRIMMED = {"name": "trimmedmean", "trimFraction": 0.4}
-MEDIAN = {"name": "fedmedian"}  # f < n/2: f=2 of 5
+# Trims 2 of 5 each side: f=2; then averages the 3 values nearest the trimmed mean (Phocas).
+# (0.2, trimming 1 each side, held f=1 only to within 2.4 points without meanOfNearest:
+# the attacker is trimmed on one side and an honest site on the other.)
+TRIMMED = {"name": "trimmedmean", "trimFraction": 0.4, "meanOfNearest": True}
+# f < n/2: f=2 of 5; the mean of the 3 values nearest the median (MeaMed).
+MEDIAN = {"name": "fedmedian", "meanOfNearest": True}
 CASES = [
     ("krum", KRUM, ["scale"]),
     ("krum", KRUM, ["signflip"]),
@@ -45,11 +47,12 @@ CASES = [
     ("fedmedian", MEDIAN, ["signflip"]),
     ("fedmedian", MEDIAN, ["scale", "random"]),
 ]
-# Krum keeps within 2 points. The coordinate-wise rules lose 2-3 points in 12 rounds
-# even at f = 1: with a hostile value on one side, each coordinate's median (or trimmed
-# mean) is an off-centre honest one, a small bias every round (measured in
-# docs/privacy-and-robustness.md). They are held to 4 points; FedAvg loses 85.
-TOLERANCE = {"krum": 0.02, "trimmedmean": 0.04, "fedmedian": 0.04}
+# Every rule keeps within 2 points. The plain coordinate-wise rules do not: with hostile
+# values on one side, each coordinate's median (or trimmed mean) is the honest extreme
+# next to them, a bias every round that cost 1.3-2.8 points here. The mean of the
+# values nearest it is the honest mean again: with it they lost 0.6-1.3 points on this
+# seed and at most 1.3 over seeds 0-2 (docs/privacy-and-robustness.md). FedAvg loses 85.
+TOLERANCE = {"krum": 0.02, "trimmedmean": 0.02, "fedmedian": 0.02}
 MEASURED: dict[str, float] = {}
 
 

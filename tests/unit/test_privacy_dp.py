@@ -63,6 +63,18 @@ def test_privacy_with_a_robust_strategy_is_refused_naming_the_field(strategy: st
     assert repr(strategy) in str(error.value)
 
 
+def test_privacy_with_mean_of_nearest_is_refused_as_a_robust_rule() -> None:
+    # The mean of the values nearest the median still picks among the clients' values:
+    # one client moves it by more than clipNorm / sampled.
+    spec = _private(noiseMultiplier=1.0) | {
+        "strategy": {"name": "fedmedian", "meanOfNearest": True},
+        "clients": {"minClients": 5},
+    }
+    with pytest.raises(SpecError) as error:
+        digits_job(["a", "b", "c", "d", "e"], rounds=1, spec=spec)
+    assert "spec.privacy: differential privacy needs a mean-based strategy" in str(error.value)
+
+
 def test_a_target_epsilon_without_noise_is_refused() -> None:
     with pytest.raises(SpecError, match=r"spec\.privacy\.targetEpsilon: needs noiseMultiplier"):
         digits_job(SITES, rounds=1, spec=_private(targetEpsilon=3.0))

@@ -80,6 +80,12 @@ def test_defaults() -> None:
         ({"name": "fedadam", "beta2": 0.999}, {"server_learning_rate": 0.01, "beta2": 0.999}),
         ({"name": "trimmedmean"}, {"trim_fraction": 0.1, "proximal_mu": 0.0}),
         ({"name": "multikrum", "selected": 2}, {"byzantine_clients": 0, "selected": 2}),
+        ({"name": "fedmedian"}, {"mean_of_nearest": False}),
+        ({"name": "fedmedian", "meanOfNearest": True}, {"mean_of_nearest": True}),
+        (
+            {"name": "trimmedmean", "trimFraction": 0.4, "meanOfNearest": True},
+            {"mean_of_nearest": True, "trim_fraction": 0.4},
+        ),
     ],
 )
 def test_strategy_params_fill_in_defaults(
@@ -117,6 +123,27 @@ def test_snake_case_names_are_accepted_too() -> None:
         (
             with_spec(strategy={"trimFraction": 0.2}),
             "spec.strategy.trimFraction: not used by strategy 'fedavg' (got 0.2)",
+        ),
+        (
+            with_spec(strategy={"meanOfNearest": True}),
+            "spec.strategy.meanOfNearest: not used by strategy 'fedavg'; only the "
+            "coordinate-wise rules (fedmedian, trimmedmean) take it (got True)",
+        ),
+        (
+            with_spec(
+                strategy={"name": "krum", "byzantineClients": 1, "meanOfNearest": False},
+                clients={"minClients": 5},
+            ),
+            "spec.strategy.meanOfNearest: not used by strategy 'krum'",
+        ),
+        (
+            with_spec(
+                strategy={"name": "trimmedmean", "trimFraction": 0.1, "meanOfNearest": True},
+                clients={"minClients": 5},
+            ),
+            "spec.strategy.meanOfNearest: with trimFraction=0.1 a round of clients.minClients=5 "
+            "trims nothing, so the mean of the values nearest the trimmed mean is the plain "
+            "mean; raise trimFraction to at least 1 / minClients (0.2) (got True)",
         ),
         (
             with_spec(training={"optimizer": "adam", "momentum": 0.9}),

@@ -98,6 +98,35 @@ def _ref_trimmed_mean(deltas: list[NpMap], fraction: float) -> NpMap:
     }
 
 
+def _ref_mean_of_nearest(deltas: list[NpMap], centre: NpMap, keep: int) -> NpMap:
+    """Per coordinate, the mean of the `keep` values nearest `centre`, one at a time.
+
+    Ties in distance go to the lower value (a stable sort of the sorted values).
+    """
+    result: NpMap = {}
+    for name in SHAPES:
+        values = np.sort(np.stack([d[name].astype(np.float64) for d in deltas]), axis=0)
+        out = np.empty(values.shape[1:])
+        for index in np.ndindex(*values.shape[1:]):
+            column = values[(slice(None), *index)]
+            nearest = np.argsort(np.abs(column - centre[name][index]), kind="stable")[:keep]
+            out[index] = column[nearest].mean()
+        result[name] = out
+    return result
+
+
+def _ref_meamed(deltas: list[NpMap]) -> NpMap:
+    n = len(deltas)
+    return _ref_mean_of_nearest(deltas, _ref_median(deltas), n - (n - 1) // 2)
+
+
+def _ref_phocas(deltas: list[NpMap], fraction: float) -> NpMap:
+    n = len(deltas)
+    return _ref_mean_of_nearest(
+        deltas, _ref_trimmed_mean(deltas, fraction), n - math.floor(fraction * n)
+    )
+
+
 def _ref_krum(deltas: list[NpMap], f: int, m: int | None) -> tuple[NpMap, list[int]]:
     n = len(deltas)
     flat = [np.concatenate([d[name].astype(np.float64).ravel() for name in SHAPES]) for d in deltas]
@@ -232,6 +261,108 @@ def test_trimmed_mean_drops_the_extremes(seed: int, n: int, fraction: float) -> 
 def test_trimmed_mean_refuses_fractions_that_could_leave_nothing(fraction: float) -> None:
     with pytest.raises(ValueError, match="trim_fraction"):
         TrimmedMean(trim_fraction=fraction)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 10])
+def test_mean_around_median_matches_the_reference(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    deltas = _random_deltas(rng, n)
+
+    result = _aggregate(CoordinateMedian(mean_of_nearest=True), deltas)
+
+    _assert_close(result, _ref_meamed(deltas))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    ("n", "fraction"), [(5, 0.2), (5, 0.4), (7, 0.3), (4, 0.0), (10, 0.45), (3, 0.1)]
+)
+def test_phocas_matches_the_reference(seed: int, n: int, fraction: float) -> None:
+    rng = np.random.default_rng(seed)
+    deltas = _random_deltas(rng, n)
+
+    result = _aggregate(TrimmedMean(trim_fraction=fraction, mean_of_nearest=True), deltas)
+
+    _assert_close(result, _ref_phocas(deltas, fraction))
+
+
+def test_mean_of_nearest_dequantizes_int8_with_scales() -> None:
+    rng = np.random.default_rng(4)
+    deltas = [
+        {
+            name: rng.integers(-127, 128, size=shape).astype(np.int8)
+            for name, shape in SHAPES.items()
+        }
+        for _ in range(5)
+    ]
+    scales = [{name: float(rng.uniform(0.01, 1.0)) for name in SHAPES} for _ in deltas]
+
+    result = _aggregate(CoordinateMedian(mean_of_nearest=True), deltas, scales=scales)
+
+    _assert_close(result, _ref_meamed(_dequantized(deltas, scales)))
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [CoordinateMedian(mean_of_nearest=True), TrimmedMean(trim_fraction=0.4, mean_of_nearest=True)],
+    ids=["meamed", "phocas"],
+)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mean_of_nearest_undoes_the_median_bias_of_one_sided_attackers(
+    rule: AggregationRule, seed: int
+) -> None:
+    # 3 honest deltas, 2 far out on the same side of every coordinate (f = 2 of 5): the
+    # median is the honest extreme next to them; the mean of the 3 nearest is the honest mean.
+    rng = np.random.default_rng(seed)
+    honest = _random_deltas(rng, 3)
+    hostile = [{name: np.full(shape, -50.0 - i, np.float32) for name, shape in SHAPES.items()}
+               for i in range(2)]  # fmt: skip
+
+    result = _aggregate(rule, [*hostile, *honest])
+    median = _aggregate(CoordinateMedian(), [*hostile, *honest])
+
+    _assert_close(result, _ref_weighted_mean(honest, [1.0] * 3))
+    honest_min = {name: np.min([h[name] for h in honest], axis=0) for name in SHAPES}
+    _assert_close(median, honest_min)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("n", "f"), [(5, 2), (7, 3), (6, 2), (3, 1)])
+def test_mean_around_median_stays_within_the_honest_spread(seed: int, n: int, f: int) -> None:
+    # Whatever f < n / 2 clients send, every value averaged is no farther from the median
+    # than the farthest honest value, and the median lies within the honest range.
+    rng = np.random.default_rng(seed)
+    honest = _random_deltas(rng, n - f)
+    hostile = [
+        {name: (rng.normal(size=shape) * rng.choice([0.1, 1.0, 1e4])).astype(np.float32)
+         for name, shape in SHAPES.items()}
+        for _ in range(f)
+    ]  # fmt: skip
+
+    result = _aggregate(CoordinateMedian(mean_of_nearest=True), [*hostile, *honest])
+
+    for name in SHAPES:
+        low = np.min([h[name] for h in honest], axis=0)
+        high = np.max([h[name] for h in honest], axis=0)
+        width = high - low
+        assert np.all(result[name] >= low - width - 1e-5)
+        assert np.all(result[name] <= high + width + 1e-5)
+
+
+def test_mean_of_nearest_breaks_ties_towards_the_lower_values() -> None:
+    # Median 1.5 of [0, 1, 2, 3]; 0 and 3 are equally near it: the three kept are 0, 1, 2.
+    deltas = [{name: np.full(shape, v, np.float32) for name, shape in SHAPES.items()}
+              for v in (3.0, 0.0, 2.0, 1.0)]  # fmt: skip
+
+    result = _aggregate(CoordinateMedian(mean_of_nearest=True), deltas)
+
+    _assert_close(result, {name: np.ones(shape) for name, shape in SHAPES.items()})
+
+
+def test_mean_of_nearest_is_off_unless_asked() -> None:
+    assert not CoordinateMedian().mean_of_nearest
+    assert not TrimmedMean(trim_fraction=0.2).mean_of_nearest
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -486,6 +617,7 @@ class FakeParams:
     trim_fraction: float = 0.25
     byzantine_clients: int = 2
     selected: int | None = 3
+    mean_of_nearest: bool = False
 
 
 @dataclass(frozen=True)
@@ -524,6 +656,9 @@ def test_build_strategy_maps_each_name(name: str, rule_type: type, optimizer_typ
 def test_build_strategy_passes_the_parameters() -> None:
     adam = build_strategy(FakeSpec("fedadam")).optimizer
     trimmed = build_strategy(FakeSpec("trimmedmean")).rule
+    phocas = build_strategy(FakeSpec("trimmedmean", FakeParams(mean_of_nearest=True))).rule
+    meamed = build_strategy(FakeSpec("fedmedian", FakeParams(mean_of_nearest=True))).rule
+    median = build_strategy(FakeSpec("fedmedian")).rule
     krum = build_strategy(FakeSpec("krum")).rule
     multi = build_strategy(FakeSpec("multikrum")).rule
     multi_default = build_strategy(FakeSpec("multikrum", FakeParams(selected=None))).rule
@@ -531,6 +666,11 @@ def test_build_strategy_passes_the_parameters() -> None:
     assert isinstance(adam, ServerAdam)
     assert (adam.beta1, adam.beta2, adam.tau) == (0.8, 0.95, 1e-4)
     assert isinstance(trimmed, TrimmedMean) and trimmed.trim_fraction == 0.25
+    assert not trimmed.mean_of_nearest
+    assert isinstance(phocas, TrimmedMean) and phocas.mean_of_nearest
+    assert phocas.trim_fraction == 0.25
+    assert isinstance(meamed, CoordinateMedian) and meamed.mean_of_nearest
+    assert isinstance(median, CoordinateMedian) and not median.mean_of_nearest
     assert isinstance(krum, Krum) and (krum.byzantine_clients, krum.selected) == (2, 1)
     assert isinstance(multi, Krum) and (multi.byzantine_clients, multi.selected) == (2, 3)
     assert isinstance(multi_default, Krum) and multi_default.selected is None

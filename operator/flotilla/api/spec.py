@@ -6,6 +6,7 @@ models from the Kubernetes API.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -195,6 +196,20 @@ def _strategy_fits_clients(strategy: StrategySpec, clients: ClientsSpec) -> list
                 f"needs minClients >= {needed} (n > 2f + 2)"
             )
             problems.append(FieldProblem(("clients", "minClients"), message, clients.min_clients))
+    if strategy.name == "trimmedmean" and strategy.mean_of_nearest:
+        params = strategy.params()
+        cut = math.floor(params.trim_fraction * clients.min_clients)
+        if cut == 0:
+            # Phocas averages the n - cut values nearest the trimmed mean: all of them.
+            message = (
+                f"with trimFraction={params.trim_fraction} a round of clients.minClients="
+                f"{clients.min_clients} trims nothing, so the mean of the values nearest the "
+                "trimmed mean is the plain mean; raise trimFraction to at least "
+                f"1 / minClients ({1 / clients.min_clients:.3g})"
+            )
+            problems.append(
+                FieldProblem(("strategy", "meanOfNearest"), message, strategy.mean_of_nearest)
+            )
     selected, per_round = strategy.selected, clients.per_round
     if selected is not None and per_round is not None and selected > per_round:
         message = f"must be <= clients.perRound ({per_round})"

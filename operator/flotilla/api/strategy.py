@@ -35,8 +35,8 @@ _USES: dict[str, tuple[str, ...]] = {
     "fedyogi": _ADAPTIVE,
     # Adagrad accumulates squared updates without a second moment decay: no beta2.
     "fedadagrad": ("server_learning_rate", "beta1", "tau"),
-    "fedmedian": (),
-    "trimmedmean": ("trim_fraction",),
+    "fedmedian": ("mean_of_nearest",),
+    "trimmedmean": ("trim_fraction", "mean_of_nearest"),
     "krum": ("byzantine_clients",),
     "multikrum": ("byzantine_clients", "selected"),
 }
@@ -58,6 +58,7 @@ class StrategyParams:
     byzantine_clients: int
     # None: all answered clients minus byzantine_clients, known only once a round is in.
     selected: int | None
+    mean_of_nearest: bool
 
 
 class StrategySpec(ApiModel):
@@ -72,19 +73,26 @@ class StrategySpec(ApiModel):
     trim_fraction: float | None = Field(default=None, gt=0, lt=0.5)
     byzantine_clients: int | None = Field(default=None, ge=0)
     selected: int | None = Field(default=None, ge=1)
+    # fedmedian and trimmedmean: per coordinate, the mean of the values nearest the median
+    # or trimmed mean (MeaMed, Phocas) instead of that value. Unset: false.
+    mean_of_nearest: bool | None = None
 
     @model_validator(mode="after")
     def _only_used_parameters(self) -> StrategySpec:
         used = _USES[self.name]
         problems = [
-            FieldProblem(
-                (field.alias or name,), f"not used by strategy {self.name!r}", getattr(self, name)
-            )
+            FieldProblem((field.alias or name,), self._unused(name), getattr(self, name))
             for name, field in type(self).model_fields.items()
             if name != "name" and name not in used and getattr(self, name) is not None
         ]
         raise_problems(problems)
         return self
+
+    def _unused(self, name: str) -> str:
+        message = f"not used by strategy {self.name!r}"
+        if name == "mean_of_nearest":
+            message += "; only the coordinate-wise rules (fedmedian, trimmedmean) take it"
+        return message
 
     @property
     def byzantine(self) -> int:
@@ -104,6 +112,7 @@ class StrategySpec(ApiModel):
             trim_fraction=_or(self.trim_fraction, 0.1),
             byzantine_clients=self.byzantine,
             selected=self.selected,
+            mean_of_nearest=bool(self.mean_of_nearest),
         )
 
 

@@ -59,6 +59,8 @@ class StrategyParamsLike(Protocol):
     def byzantine_clients(self) -> int: ...
     @property
     def selected(self) -> int | None: ...
+    @property
+    def mean_of_nearest(self) -> bool: ...
 
 
 class StrategySpecLike(Protocol):
@@ -103,8 +105,11 @@ _STRATEGIES: dict[str, tuple[_RuleBuilder, _OptimizerBuilder]] = {
     "fedadam": (_mean, _adaptive(ServerAdam)),
     "fedyogi": (_mean, _adaptive(ServerYogi)),
     "fedadagrad": (_mean, _adaptive(ServerAdagrad)),
-    "fedmedian": (lambda p: CoordinateMedian(), _sgd),
-    "trimmedmean": (lambda p: TrimmedMean(trim_fraction=p.trim_fraction), _sgd),
+    "fedmedian": (lambda p: CoordinateMedian(mean_of_nearest=p.mean_of_nearest), _sgd),
+    "trimmedmean": (
+        lambda p: TrimmedMean(trim_fraction=p.trim_fraction, mean_of_nearest=p.mean_of_nearest),
+        _sgd,
+    ),
     "krum": (lambda p: Krum(byzantine_clients=p.byzantine_clients, selected=1), _sgd),
     "multikrum": (
         lambda p: Krum(byzantine_clients=p.byzantine_clients, selected=p.selected),

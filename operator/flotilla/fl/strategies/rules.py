@@ -4,6 +4,10 @@
 clients). The robust rules (`CoordinateMedian`, `TrimmedMean`, `Krum`) need every
 delta at once, so they keep a float32 copy of each; they ignore client weights,
 because a Byzantine client could claim any example count.
+
+The coordinate-wise rules can, on request (`mean_of_nearest`), return per coordinate
+the mean of the values nearest their median or trimmed mean instead of that value
+itself: "mean around median" (MeaMed) and Phocas, Xie, Koyejo and Gupta 2018.
 """
 
 from __future__ import annotations
@@ -140,9 +144,42 @@ class _CollectingRound(_Round):
         raise NotImplementedError
 
 
+def _mean_of_nearest(ordered: torch.Tensor, target: torch.Tensor, *, keep: int) -> None:
+    """Replace each coordinate of `target` by the mean of the `keep` values nearest it.
+
+    `ordered` holds the n values of every coordinate sorted along dim 0. The `keep` values
+    nearest a point are `keep` consecutive ones in sorted order: of the n - keep + 1
+    windows, the one whose farthest value is nearest. A tie goes to the lower window
+    (argmin-like: only a strictly nearer window replaces it), so the result is
+    deterministic. Memory: a few tensors the size of one coordinate row, no indices per value.
+    """
+    n = ordered.shape[0]
+    if keep == n:
+        torch.mean(ordered, dim=0, out=target)
+        return
+    centre = target.clone()
+    best = torch.maximum(centre - ordered[0], ordered[keep - 1] - centre)
+    start = torch.zeros_like(centre, dtype=torch.int64)
+    for first in range(1, n - keep + 1):
+        reach = torch.maximum(centre - ordered[first], ordered[first + keep - 1] - centre)
+        nearer = reach < best
+        start.masked_fill_(nearer, first)
+        torch.minimum(best, reach, out=best)
+    target.zero_()
+    for offset in range(keep):
+        target.add_(ordered.gather(0, (start + offset).unsqueeze(0)).squeeze(0))
+    target.div_(keep)
+
+
 class _MedianRound(_CollectingRound):
+    def __init__(self, out: MutableTensorMap, *, mean_of_nearest: bool) -> None:
+        super().__init__(out)
+        self._mean_of_nearest = mean_of_nearest
+
     def _combine(self, deltas: _DeltaList) -> None:
         n = len(deltas)
+        # MeaMed: the median tolerates up to (n - 1) // 2 hostile values; the rest are kept.
+        keep = n - (n - 1) // 2
         for name, target in self._out.items():
             ordered = self._stacked(name, deltas).sort(dim=0).values
             # torch.median takes the lower middle value; numpy's (and FedMedian's)
@@ -151,28 +188,45 @@ class _MedianRound(_CollectingRound):
                 target.copy_(ordered[n // 2])
             else:
                 torch.add(ordered[n // 2 - 1], ordered[n // 2], out=target).mul_(0.5)
+            if self._mean_of_nearest:
+                _mean_of_nearest(ordered, target, keep=keep)
 
 
 class CoordinateMedian:
-    """FedMedian: the unweighted coordinate-wise median of the deltas."""
+    """FedMedian: the unweighted coordinate-wise median of the deltas.
+
+    With `mean_of_nearest`, "mean around median" (MeaMed; Xie, Koyejo and Gupta 2018,
+    "Generalized Byzantine-tolerant SGD"): per coordinate, the mean of the
+    n - (n - 1) // 2 values nearest the median. When hostile values sit on one side,
+    the median is an extreme honest value (a bias that recurs every round); the values
+    nearest it are then the honest ones, and their mean is not biased. Whatever the
+    hostile values (f <= (n - 1) // 2 of them), every value averaged is no farther from
+    the median than the farthest honest value.
+    """
 
     name: str = "median"
+
+    def __init__(self, *, mean_of_nearest: bool = False) -> None:
+        self.mean_of_nearest = mean_of_nearest
 
     @property
     def streaming(self) -> bool:
         return False
 
     def begin(self, out: MutableTensorMap) -> RoundAggregate:
-        return _MedianRound(out)
+        return _MedianRound(out, mean_of_nearest=self.mean_of_nearest)
 
     def min_updates(self) -> int:
         return 1
 
 
 class _TrimmedMeanRound(_CollectingRound):
-    def __init__(self, out: MutableTensorMap, *, trim_fraction: float) -> None:
+    def __init__(
+        self, out: MutableTensorMap, *, trim_fraction: float, mean_of_nearest: bool
+    ) -> None:
         super().__init__(out)
         self._trim_fraction = trim_fraction
+        self._mean_of_nearest = mean_of_nearest
 
     def _combine(self, deltas: _DeltaList) -> None:
         n = len(deltas)
@@ -185,25 +239,37 @@ class _TrimmedMeanRound(_CollectingRound):
         for name, target in self._out.items():
             ordered = self._stacked(name, deltas).sort(dim=0).values
             torch.mean(ordered[cut : n - cut], dim=0, out=target)
+            if self._mean_of_nearest:
+                # Phocas: the trimmed mean tolerates `cut` hostile values; the rest are kept.
+                _mean_of_nearest(ordered, target, keep=n - cut)
 
 
 class TrimmedMean:
-    """The coordinate-wise mean after dropping the `trim_fraction` largest and smallest."""
+    """The coordinate-wise mean after dropping the `trim_fraction` largest and smallest.
+
+    With `mean_of_nearest`, Phocas (Xie, Koyejo and Gupta 2018, "Phocas: dimensional
+    Byzantine-resilient stochastic gradient descent"): per coordinate, the mean of the
+    n - cut values nearest the trimmed mean, cut = floor(trim_fraction * n); see
+    `CoordinateMedian` for why.
+    """
 
     name: str = "trimmed_mean"
 
-    def __init__(self, *, trim_fraction: float) -> None:
+    def __init__(self, *, trim_fraction: float, mean_of_nearest: bool = False) -> None:
         # Below one half, at least one value always remains whatever the count.
         if not 0.0 <= trim_fraction < 0.5:
             raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
         self.trim_fraction = trim_fraction
+        self.mean_of_nearest = mean_of_nearest
 
     @property
     def streaming(self) -> bool:
         return False
 
     def begin(self, out: MutableTensorMap) -> RoundAggregate:
-        return _TrimmedMeanRound(out, trim_fraction=self.trim_fraction)
+        return _TrimmedMeanRound(
+            out, trim_fraction=self.trim_fraction, mean_of_nearest=self.mean_of_nearest
+        )
 
     def min_updates(self) -> int:
         return 1
