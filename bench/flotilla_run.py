@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import SumPeak, status_kib, stop_group, tree
+from procs import pss_peak, status_kib, stop_group, tree
 
 
 def get_json(url: str, timeout: float = 60) -> Any:
@@ -84,7 +84,7 @@ def run_flotilla(
     started = time.time()
     try:
         seq = -1
-        with SumPeak([aggregator.pid, *(w.pid for w in workers)]) as everything:
+        with pss_peak([aggregator.pid, *(w.pid for w in workers)]) as everything:
             while True:
                 status = get_json(f"{url}/v1/status?after={seq}&wait=20")
                 seq = status["seq"]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import TreePeak, stop_group, tree
+from procs import stop_group, tree, tree_rss_peak
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 READY_SECONDS = 120.0
@@ -105,7 +105,7 @@ def run_flower(
             for site in sites
         ]
         started = time.time()
-        with TreePeak(superlink.pid) as memory:
+        with tree_rss_peak(superlink.pid) as memory:
             subprocess.run(
                 [
                     "flwr",

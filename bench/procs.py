@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,27 +34,6 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-class SumPeak:
-    """Samples the summed PSS of some processes every `period` seconds; keeps the peak."""
-
-    def __init__(self, pids: list[int], period: float = 0.5) -> None:
-        self.pids, self.period, self.peak_kib = pids, period, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SumPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.peak_kib = max(self.peak_kib, sum(pss_kib(p) for p in self.pids))
-
-
 def tree(pid: int) -> list[int]:
     """The process and its descendants."""
     found, todo = [], [pid]
@@ -66,15 +46,15 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-class TreePeak:
-    """Samples the summed RSS of a process tree every `period` seconds; keeps the peak."""
+class PeakSampler:
+    """Calls `measure` (KiB) every `period` seconds in a thread while in use; keeps the peak."""
 
-    def __init__(self, pid: int, period: float = 0.2) -> None:
-        self.pid, self.period, self.peak_kib = pid, period, 0
+    def __init__(self, measure: Callable[[], int], period: float) -> None:
+        self.measure, self.period, self.peak_kib = measure, period, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> TreePeak:
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -84,8 +64,17 @@ class TreePeak:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            total = sum(status_kib(p, "VmRSS") for p in tree(self.pid))
-            self.peak_kib = max(self.peak_kib, total)
+            self.peak_kib = max(self.peak_kib, self.measure())
+
+
+def tree_rss_peak(pid: int, period: float = 0.2) -> PeakSampler:
+    """The peak of a process tree's summed RSS."""
+    return PeakSampler(lambda: sum(status_kib(p, "VmRSS") for p in tree(pid)), period)
+
+
+def pss_peak(pids: list[int], period: float = 0.5) -> PeakSampler:
+    """The peak of some processes' summed PSS."""
+    return PeakSampler(lambda: sum(pss_kib(p) for p in pids), period)
 
 
 def available_bytes() -> int:
