@@ -38,6 +38,18 @@ def _random_deltas(rng: np.random.Generator, n: int) -> list[NpMap]:
     ]
 
 
+def _int8_deltas(rng: np.random.Generator, n: int) -> tuple[list[NpMap], list[dict[str, float]]]:
+    """n random int8 deltas and a float32 scale per tensor for each."""
+    deltas = [
+        {
+            name: rng.integers(-127, 128, size=shape).astype(np.int8)
+            for name, shape in SHAPES.items()
+        }
+        for _ in range(n)
+    ]
+    return deltas, [{name: float(rng.uniform(0.01, 1.0)) for name in SHAPES} for _ in deltas]
+
+
 def _torch(delta: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.array(array)) for name, array in delta.items()}
 
@@ -231,15 +243,7 @@ def test_coordinate_median_is_numpy_median(seed: int, n: int) -> None:
 
 
 def test_coordinate_median_dequantizes_int8_with_scales() -> None:
-    rng = np.random.default_rng(3)
-    deltas = [
-        {
-            name: rng.integers(-127, 128, size=shape).astype(np.int8)
-            for name, shape in SHAPES.items()
-        }
-        for _ in range(4)
-    ]
-    scales = [{name: float(rng.uniform(0.01, 1.0)) for name in SHAPES} for _ in deltas]
+    deltas, scales = _int8_deltas(np.random.default_rng(3), 4)
 
     result = _aggregate(CoordinateMedian(), deltas, scales=scales)
 
@@ -288,15 +292,7 @@ def test_phocas_matches_the_reference(seed: int, n: int, fraction: float) -> Non
 
 
 def test_mean_of_nearest_dequantizes_int8_with_scales() -> None:
-    rng = np.random.default_rng(4)
-    deltas = [
-        {
-            name: rng.integers(-127, 128, size=shape).astype(np.int8)
-            for name, shape in SHAPES.items()
-        }
-        for _ in range(5)
-    ]
-    scales = [{name: float(rng.uniform(0.01, 1.0)) for name in SHAPES} for _ in deltas]
+    deltas, scales = _int8_deltas(np.random.default_rng(4), 5)
 
     result = _aggregate(CoordinateMedian(mean_of_nearest=True), deltas, scales=scales)
 
