@@ -80,8 +80,8 @@ def decode_update(
 ) -> DecodedUpdate:
     """Split int8 scales from tensors and check the values: finite, and within the norm bound.
 
-    One pass over the data: the L2 norm of a tensor is non-finite exactly when it
-    holds a NaN or an infinity (or overflows float32, which is no model update).
+    One pass over the data for the checks: the L2 norm of a tensor is non-finite exactly
+    when it holds a NaN or an infinity (or overflows float32, which is no model update).
     `minus`: the body holds a client's trained float32 weights, not a delta; this
     global model is subtracted in place first, so what comes out is the delta all the
     same (the client then needs no copy of the global model, and no pass to make one).
