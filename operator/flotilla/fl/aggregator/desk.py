@@ -116,6 +116,8 @@ class ClientDesk(EngineState):
     ) -> None:
         aggregate = self._aggregate
         assert aggregate is not None
+        if self._accumulator_zeroing is not None:  # the recycled accumulator, still being zeroed
+            await self._accumulator_zeroing
         update = received.update
         weight, scales = float(examples), update.scales
         if self.privacy is not None:

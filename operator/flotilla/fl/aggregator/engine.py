@@ -6,7 +6,8 @@ checkpoint of round N run in the background while round N+1 trains, and a round
 counts as completed (in status and history) once its checkpoint is durable.
 
 Memory: the served global model, one accumulator (which becomes the next global
-model in place), and a small pool of receive buffers. Nothing scales with the
+model in place; the retired global model is the next accumulator), and a small pool
+of receive buffers. Nothing scales with the
 number of clients unless the aggregation rule needs every update (median, Krum).
 """
 
@@ -99,7 +100,10 @@ class RoundEngine(ClientDesk):
                     return
                 except AggregationError as error:
                     reason = str(error)
+                    self.spare.retire(accumulator)
             else:
+                if accumulator is not None:
+                    self.spare.retire(accumulator)
                 reason = (
                     f"{len(reports)} of {len(self._sampled_last)} sampled clients answered "
                     f"before the deadline; at least {needed} are needed"
@@ -151,7 +155,7 @@ class RoundEngine(ClientDesk):
         self._sampled = set(chooser.sample(sorted(present), min(per_round, len(present))))
         self._sampled_last = set(self._sampled)
         self._reports = {}
-        self._accumulator = self.layout.allocate()
+        self._accumulator, self._accumulator_zeroing = self.spare.take()
         self._aggregate = self.strategy.rule.begin(self.layout.views(self._accumulator))
         self.attempt = attempt
         self._round_started = self.clock()
@@ -215,7 +219,9 @@ class RoundEngine(ClientDesk):
             aggregation_seconds=self.clock() - started,
         )
         record.privacy = spent
+        retired = self._global  # its last reader, the checkpoint, finished before the step
         self._global, self._global_views = accumulator, self.layout.views(accumulator)
+        self.spare.retire(retired)
         self.completed += 1
         self._persist = asyncio.create_task(self._persist_round(record, accumulator))
         self._bump()

@@ -23,6 +23,7 @@ from flotilla.fl.aggregator.ledger import Ledger
 from flotilla.fl.aggregator.presence import Presence
 from flotilla.fl.aggregator.privacy import DifferentialPrivacy
 from flotilla.fl.aggregator.records import ClientReport
+from flotilla.fl.aggregator.spare import SpareModelBuffer
 from flotilla.fl.strategies import Strategy
 from flotilla.fl.strategies.base import RoundAggregate
 from flotilla.fl.wire import Layout, update_layout
@@ -84,6 +85,8 @@ class EngineState:
         self._evaluated: set[str] = set()
         self._aggregate: RoundAggregate | None = None
         self._accumulator: bytearray | None = None
+        self._accumulator_zeroing: asyncio.Task[None] | None = None  # folds wait for it
+        self.spare = SpareModelBuffer(layout)
         self._round_started = 0.0
         self._deadline = 0.0
         self._presence = Presence(clock)

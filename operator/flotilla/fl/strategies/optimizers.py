@@ -36,8 +36,8 @@ class ServerSgd:
 
     def step(self, *, global_weights: TensorMap, update: MutableTensorMap) -> None:
         _check_layout(global_weights, update)
-        for name, tensor in update.items():
-            tensor.mul_(self.learning_rate).add_(global_weights[name])
+        for name, tensor in update.items():  # one pass over each tensor, not two
+            torch.add(global_weights[name], tensor, alpha=self.learning_rate, out=tensor)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
