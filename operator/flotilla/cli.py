@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flotilla import __version__
 from flotilla.api import SpecError, load_job
+from flotilla.fl.client.memory import DEFAULT_MMAP_THRESHOLD
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
@@ -153,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     client.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     client.add_argument(
+        "--mmap-threshold",
+        type=_non_negative_int,
+        default=DEFAULT_MMAP_THRESHOLD,
+        metavar="BYTES",
+        help="glibc: allocations this large or larger (a layer's gradient, a large activation) "
+        "go back to the OS when freed, so the client's memory stays its model's; 0 leaves "
+        "glibc's moving threshold, as does $MALLOC_MMAP_THRESHOLD_ (default: 1 MiB)",
+    )
+    client.add_argument(
         "--batch-size", type=_positive_int, help="override spec.training.batchSize on this node"
     )
     client.add_argument(
@@ -241,12 +251,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return value
 
 
@@ -343,6 +361,7 @@ def _aggregator(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     from flotilla.data import DataSourceError
     from flotilla.fl.client.loop import ClientOptions, FederatedClient
+    from flotilla.fl.client.memory import fix_mmap_threshold
     from flotilla.fl.client.transport import (
         AggregatorConnection,
         AggregatorRefused,
@@ -373,6 +392,7 @@ def _client(args: argparse.Namespace) -> int:
         print(f"flotilla client: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_threads(args.threads)
+    fix_mmap_threshold(args.mmap_threshold)
     connection = AggregatorConnection(
         args.aggregator,
         token,
