@@ -2,7 +2,8 @@
 
 Models: the digits CNN (`cnn`, 38,282 parameters) and synthetic MLPs of ~10M and ~50M
 float32 parameters (`10m`, `50m`, `bench_models.deep_mlp`) whose local work is one SGD
-step on 8 examples, so the framework dominates the round.
+step on one example (a pass over the weights, little arithmetic), so the framework
+dominates the round.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: in
         "clients": {"minClients": clients, "roundDeadlineSeconds": 900, "joinGraceSeconds": 900},
         "training": {
             "localEpochs": 1,
-            "batchSize": 8 if synthetic else 64,
+            "batchSize": 1 if synthetic else 64,
             "learningRate": 0.001,
             "maxSeconds": 0.001,
             "validationFraction": 0,
