@@ -230,6 +230,66 @@ def test_collecting_rules_copy_the_delta_buffer(rule: AggregationRule) -> None:
     _assert_close({n: t.numpy() for n, t in out.items()}, expected)
 
 
+ALL_RULES = [
+    WeightedMean(),
+    CoordinateMedian(),
+    TrimmedMean(trim_fraction=0.2),
+    CoordinateMedian(mean_of_nearest=True),
+    Krum(byzantine_clients=1),
+]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda rule: type(rule).__name__)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weights_against_the_global_model_aggregate_as_their_deltas(
+    rule: AggregationRule, seed: int
+) -> None:
+    """Float32 clients send weights; the rule folds them with `minus` (the global model).
+    A round mixing weights, deltas and clipping scales gives what the deltas give."""
+    rng = np.random.default_rng(seed)
+    deltas = _random_deltas(rng, 6)
+    weights = [float(w) for w in rng.integers(1, 50, size=6)]
+    scales = [
+        {name: float(rng.uniform(0.2, 1.0)) for name in SHAPES} if i % 3 == 0 else {}
+        for i in range(6)
+    ]
+    global_model = {
+        name: rng.normal(size=shape).astype(np.float32) for name, shape in SHAPES.items()
+    }
+    minus = _torch(global_model)
+    expected = _aggregate(rule, _dequantized(deltas, scales), weights=weights)
+
+    out = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    round_ = rule.begin(out)
+    receive_buffer = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    for i, delta in enumerate(deltas):
+        sends_weights = i % 2 == 0
+        for name, tensor in receive_buffer.items():
+            value = delta[name] + global_model[name] if sends_weights else delta[name]
+            tensor.copy_(torch.from_numpy(value))
+        round_.add(
+            receive_buffer,
+            weight=weights[i],
+            scales=scales[i],
+            minus=minus if sends_weights else None,
+        )
+        for tensor in receive_buffer.values():
+            tensor.fill_(-1000.0)  # the buffer is reused: nothing may point into it
+    round_.finish()
+
+    _assert_close({n: t.numpy() for n, t in out.items()}, expected, rtol=1e-4)
+    assert all(np.array_equal(minus[n].numpy(), global_model[n]) for n in SHAPES)
+
+
+def test_weighted_mean_refuses_weights_against_two_global_models() -> None:
+    out = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    round_ = WeightedMean().begin(out)
+    update = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    round_.add(update, weight=1.0, scales={}, minus=dict(update))
+    with pytest.raises(AggregationError, match="one global model"):
+        round_.add(update, weight=1.0, scales={}, minus=dict(update))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("n", [1, 2, 5, 6])
 def test_coordinate_median_is_numpy_median(seed: int, n: int) -> None:

@@ -10,7 +10,7 @@ import torch
 import zstandard
 from safetensors.torch import load, save
 
-from flotilla.fl.codec import UpdateEncoder, decode_update
+from flotilla.fl.codec import NORM_CHUNK, UpdateEncoder, decode_update
 from flotilla.fl.receive import SafetensorsReceiver
 from flotilla.fl.wire import WireError, model_layout, update_layout
 
@@ -208,10 +208,32 @@ def test_weights_decode_to_the_delta_against_the_global_model() -> None:
 
     decoded = decode_update(weights, max_norm=None, minus=global_views)
 
-    assert decoded.tensors["a"].tolist() == [0.5, 0.0, -1.0, 0.0]
-    assert decoded.tensors["b"].eq(2.0).all()
+    # The weights stay as they came; the delta is them minus `minus`, for the rule to fold.
+    assert decoded.tensors["a"].tolist() == [1.5, 2.0, 2.0, 4.0]
+    assert decoded.tensors["b"].eq(1.0).all()
+    assert decoded.minus is global_views
     assert decoded.norm == pytest.approx(math.sqrt(0.25 + 1 + 6 * 4))
     assert global_views["b"].eq(-1.0).all()  # the global model is read, never written
+
+
+def test_a_weights_norm_spans_many_chunks_and_names_a_non_finite_tensor() -> None:
+    size = 2 * NORM_CHUNK + 12345  # three pieces, the last one short
+    layout = model_layout({"big": torch.zeros(size), "small": torch.zeros(3)})
+    global_views = layout.views(layout.allocate())
+    generator = torch.Generator().manual_seed(0)
+    global_views["big"].copy_(torch.randn(size, generator=generator))
+    weights = layout.views(layout.allocate())
+    weights["big"].copy_(torch.randn(size, generator=generator))
+
+    decoded = decode_update(weights, max_norm=None, minus=global_views)
+
+    expected = torch.cat(
+        [weights["big"] - global_views["big"], weights["small"] - global_views["small"]]
+    ).double()
+    assert decoded.norm == pytest.approx(float(expected.norm()), rel=1e-5)
+    weights["big"][NORM_CHUNK + 7] = float("nan")
+    with pytest.raises(WireError, match="'big' holds NaN"):
+        decode_update(weights, max_norm=None, minus=global_views)
 
 
 def test_weights_are_float32_only() -> None:

@@ -17,14 +17,22 @@ import zstandard
 
 from flotilla.fl.wire import SCALE_SUFFIX, Buffer, Layout, WireDtype, WireError, update_layout
 
+# float32 values per piece of a weights upload's norm: 1 MiB, which stays in cache
+# between the subtraction that writes it and the dot product that reads it.
+NORM_CHUNK = 1 << 18
+
 
 @dataclass(frozen=True)
 class DecodedUpdate:
-    """A received delta: tensors by layout name (views) and int8 scales."""
+    """A received update: tensors by layout name (views), int8 scales, the delta's norm.
+
+    The delta is `tensors` (times `scales`), minus `minus` where that is set (a float32
+    client sent its trained weights; `minus` is the round's global model)."""
 
     tensors: dict[str, torch.Tensor]
     scales: dict[str, float]
     norm: float
+    minus: Mapping[str, torch.Tensor] | None = None
 
 
 class UpdateEncoder:
@@ -82,15 +90,16 @@ def decode_update(
 
     One pass over the data for the checks: the L2 norm of a tensor is non-finite exactly
     when it holds a NaN or an infinity (or overflows float32, which is no model update).
-    `minus`: the body holds a client's trained float32 weights, not a delta; this
-    global model is subtracted in place first, so what comes out is the delta all the
-    same (the client then needs no copy of the global model, and no pass to make one).
+    `minus`: the body holds a client's trained float32 weights, not a delta; the delta
+    is them minus this (the round's global model). It is never written out: its norm is
+    taken chunk by chunk through a cache-sized scratch, and the aggregation rules fold
+    the weights and subtract `minus` (see RoundAggregate.add). The client then needs no
+    copy of the global model, and the aggregator no pass to make the delta.
     """
-    if minus is not None:
-        if views.keys() != minus.keys() or any(t.dtype != torch.float32 for t in views.values()):
-            raise WireError("weights are sent as float32 tensors of the model, nothing else")
-        for name, tensor in views.items():
-            torch.sub(tensor, minus[name], out=tensor)
+    if minus is not None and (
+        views.keys() != minus.keys() or any(t.dtype != torch.float32 for t in views.values())
+    ):
+        raise WireError("weights are sent as float32 tensors of the model, nothing else")
     scales = {
         name[: -len(SCALE_SUFFIX)]: float(t)
         for name, t in views.items()
@@ -100,16 +109,32 @@ def decode_update(
     for name, scale in scales.items():
         if not math.isfinite(scale) or scale < 0:
             raise WireError(f"tensor {name!r}: int8 scale {scale!r} is not a finite number >= 0")
+    scratch = torch.empty(NORM_CHUNK) if minus is not None else None
     total = 0.0
     for name, tensor in tensors.items():
-        if tensor.dtype == torch.int8:
+        if scratch is not None and minus is not None:
+            squares = _squared_distance(tensor, minus[name], scratch)
+        elif tensor.dtype == torch.int8:
             norm = float(torch.linalg.vector_norm(tensor.to(torch.float32))) * scales.get(name, 1.0)
+            squares = norm * norm
         else:
-            norm = float(torch.linalg.vector_norm(tensor, dtype=torch.float32))
-        if not math.isfinite(norm):
+            squares = float(torch.linalg.vector_norm(tensor, dtype=torch.float32)) ** 2
+        if not math.isfinite(squares):
             raise WireError(f"tensor {name!r} holds NaN or infinite values")
-        total += norm * norm
+        total += squares
     norm = math.sqrt(total)
     if max_norm is not None and norm > max_norm:
         raise WireError(f"update norm {norm:.4g} exceeds the job's limit maxUpdateNorm={max_norm}")
-    return DecodedUpdate(tensors=tensors, scales=scales, norm=norm)
+    return DecodedUpdate(tensors=tensors, scales=scales, norm=norm, minus=minus)
+
+
+def _squared_distance(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> float:
+    """||a - b||^2, a chunk at a time: the difference lives in `scratch`, in cache."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = 0.0
+    for start in range(0, a.numel(), NORM_CHUNK):
+        end = min(start + NORM_CHUNK, a.numel())
+        part = scratch[: end - start]
+        torch.sub(a[start:end], b[start:end], out=part)
+        total += float(torch.dot(part, part))
+    return total

@@ -124,7 +124,9 @@ class ClientDesk(EngineState):
             # DP-FedAvg: uniform weights, each delta clipped as it is folded (a scale, no copy).
             weight = 1.0
             scales = self.privacy.clipped_scales(scales, update.tensors, norm=update.norm)
-        await asyncio.to_thread(aggregate.add, update.tensors, weight=weight, scales=scales)
+        await asyncio.to_thread(
+            aggregate.add, update.tensors, weight=weight, scales=scales, minus=update.minus
+        )
         train = metrics.get("train", {})
         self._reports[site] = ClientReport(
             site=site,

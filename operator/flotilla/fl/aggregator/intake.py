@@ -64,7 +64,7 @@ class UpdateIntake:
         """Yields the checked update; its tensors are views valid inside the block only.
 
         `minus`: the body is trained weights; the delta is them minus this (the round's
-        global model), made in the receive buffer."""
+        global model), which the update carries for the rule that folds it."""
         buffer = await self._take()
         try:
             receiver = SafetensorsReceiver(self.layout, buffer, zstd=zstd)

@@ -37,13 +37,24 @@ class RoundAggregate(Protocol):
         """How many deltas were added so far."""
         ...
 
-    def add(self, delta: TensorMap, *, weight: float, scales: Mapping[str, float]) -> None:
+    def add(
+        self,
+        delta: TensorMap,
+        *,
+        weight: float,
+        scales: Mapping[str, float],
+        minus: TensorMap | None = None,
+    ) -> None:
         """Fold one client's delta.
 
         `delta` holds one tensor per name of the model's layout, float32, float16 or
         int8, possibly views into a receive buffer that is reused once this returns:
         keep copies, never references. The value of tensor `name` is
-        `delta[name] * scales.get(name, 1.0)`. `weight` is the client's example count.
+        `(delta[name] - minus[name]) * scales.get(name, 1.0)`, without the `minus` term
+        when it is None. `minus` is given when a client sent its trained weights: it is
+        the round's global model, the same for every such client, and stays unchanged
+        until `finish` returns (a rule may keep a reference). `weight` is the client's
+        example count.
         """
         ...
 

@@ -75,15 +75,34 @@ class _WeightedMeanRound(_Round):
     def __init__(self, out: MutableTensorMap) -> None:
         super().__init__(out)
         self._total_weight = 0.0
+        # Weights uploads fold the weights; their `minus` (the global model) is taken
+        # off once, at finish, with the summed coefficients: one pass per round, not
+        # one more per upload.
+        self._minus: TensorMap | None = None
+        self._minus_coefficients = dict.fromkeys(out, 0.0)
 
-    def add(self, delta: TensorMap, *, weight: float, scales: Mapping[str, float]) -> None:
+    def add(
+        self,
+        delta: TensorMap,
+        *,
+        weight: float,
+        scales: Mapping[str, float],
+        minus: TensorMap | None = None,
+    ) -> None:
         if not math.isfinite(weight) or weight < 0:
             raise AggregationError(f"weight must be finite and >= 0, got {weight}")
         self._start_add(delta)
+        if minus is not None:
+            if self._minus is not None and minus is not self._minus:
+                raise AggregationError("weights of one round must be against one global model")
+            self._minus = minus
         for name, target in self._out.items():
+            coefficient = weight * scales.get(name, 1.0)
             # add_ reads float16 and int8 `other` into the float32 target directly,
             # so the delta is folded without a dequantized copy.
-            target.add_(delta[name], alpha=weight * scales.get(name, 1.0))
+            target.add_(delta[name], alpha=coefficient)
+            if minus is not None:
+                self._minus_coefficients[name] += coefficient
         self._total_weight += weight
         self._count += 1
 
@@ -91,8 +110,11 @@ class _WeightedMeanRound(_Round):
         self._start_finish()
         if self._total_weight <= 0:
             raise AggregationError(f"total weight is {self._total_weight}: nothing to average")
-        for target in self._out.values():
+        for name, target in self._out.items():
+            if self._minus is not None and self._minus_coefficients[name]:
+                target.sub_(self._minus[name], alpha=self._minus_coefficients[name])
             target.div_(self._total_weight)
+        self._minus = None
 
 
 class WeightedMean:
@@ -118,13 +140,24 @@ class _CollectingRound(_Round):
         super().__init__(out)
         self._deltas: _DeltaList = []
 
-    def add(self, delta: TensorMap, *, weight: float, scales: Mapping[str, float]) -> None:
+    def add(
+        self,
+        delta: TensorMap,
+        *,
+        weight: float,
+        scales: Mapping[str, float],
+        minus: TensorMap | None = None,
+    ) -> None:
         del weight  # robust rules are unweighted: a client's claimed count is not trusted
         self._start_add(delta)
         copy: dict[str, torch.Tensor] = {}
         for name in self._out:
-            # copy=True: the delta may be a view into a receive buffer that is reused.
-            tensor = delta[name].to(dtype=torch.float32, copy=True)
+            # A new tensor either way: the delta may be a view into a receive buffer
+            # that is reused.
+            if minus is not None:
+                tensor = torch.sub(delta[name].to(torch.float32), minus[name])
+            else:
+                tensor = delta[name].to(dtype=torch.float32, copy=True)
             scale = scales.get(name, 1.0)
             if scale != 1.0:
                 tensor.mul_(scale)
