@@ -18,14 +18,14 @@ import torch
 import flotilla.fl.client.loop  # noqa: F401  (what the client process imports)
 from flotilla.api import load_job
 from flotilla.data import ImageShape, load_site_data
-from flotilla.fl.client.memory import fix_mmap_threshold
+from flotilla.fl.client.memory import return_large_blocks_to_the_os
 from flotilla.ml.training import TrainingConfig, train_local
 
 
 def main() -> None:
     job_path, site = Path(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
-    fix_mmap_threshold()  # as `flotilla client` does by default
+    return_large_blocks_to_the_os()  # as `flotilla client` does by default
     spec = load_job(job_path).spec
     shape = spec.model.input
     data = load_site_data(

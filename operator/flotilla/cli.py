@@ -159,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MMAP_THRESHOLD,
         metavar="BYTES",
         help="glibc: allocations this large or larger (a layer's gradient, a large activation) "
-        "go back to the OS when freed, so the client's memory stays its model's; 0 leaves "
+        "go back to the OS when freed (torch maps them as huge pages), so the client's memory "
+        "stays its model's; 0 leaves "
         "glibc's moving threshold, as does $MALLOC_MMAP_THRESHOLD_ (default: 1 MiB)",
     )
     client.add_argument(
@@ -364,9 +365,11 @@ def _aggregator(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
+    from flotilla.fl.client.memory import return_large_blocks_to_the_os
+
+    return_large_blocks_to_the_os(args.mmap_threshold)  # before torch is imported
     from flotilla.data import DataSourceError
     from flotilla.fl.client.loop import ClientOptions, FederatedClient
-    from flotilla.fl.client.memory import fix_mmap_threshold
     from flotilla.fl.client.transport import (
         AggregatorConnection,
         AggregatorRefused,
@@ -397,7 +400,6 @@ def _client(args: argparse.Namespace) -> int:
         print(f"flotilla client: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_threads(args.threads)
-    fix_mmap_threshold(args.mmap_threshold)
     connection = AggregatorConnection(
         args.aggregator,
         token,

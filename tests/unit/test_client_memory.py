@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-from flotilla.fl.client.memory import fix_mmap_threshold
+from flotilla.fl.client.memory import return_large_blocks_to_the_os
 
 # A process that frees a 4 MiB block (which raises glibc's moving threshold), then
 # allocates and fills 16 more, frees all but the last, and prints how much of the 64 MiB
 # is still resident.
 PROBE = """
-import ctypes, sys
-from flotilla.fl.client.memory import fix_mmap_threshold
-print(fix_mmap_threshold(int(sys.argv[1])))
+import ctypes, os, sys
+from flotilla.fl.client.memory import return_large_blocks_to_the_os
+print(return_large_blocks_to_the_os(int(sys.argv[1])), os.environ.get("THP_MEM_ALLOC_ENABLE"))
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -40,8 +40,12 @@ glibc_linux = pytest.mark.skipif(
 )
 
 
-def _kept_after_free(threshold: int) -> tuple[bool, int]:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+def _kept_after_free(threshold: int) -> tuple[bool, str, int]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
+    }
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(threshold)],
         env=env,
@@ -49,16 +53,16 @@ def _kept_after_free(threshold: int) -> tuple[bool, int]:
         capture_output=True,
         text=True,
     ).stdout.split()
-    return out[0] == "True", int(out[1])
+    return out[0] == "True", out[1], int(out[2])
 
 
 @glibc_linux
 def test_freed_large_blocks_leave_the_process_with_the_threshold_fixed() -> None:
-    fixed, kept = _kept_after_free(1 << 20)
-    assert fixed
+    fixed, huge_pages, kept = _kept_after_free(1 << 20)
+    assert fixed and huge_pages == "1"  # torch, imported later, maps huge pages
     assert kept <= 6 << 20  # the one block still held, and change
-    moving, kept_moving = _kept_after_free(0)
-    assert not moving
+    moving, huge_pages, kept_moving = _kept_after_free(0)
+    assert not moving and huge_pages == "None"
     # glibc's own moving threshold keeps the freed blocks in the heap, under the live one.
     assert kept_moving >= 48 << 20
 
@@ -66,6 +70,6 @@ def test_freed_large_blocks_leave_the_process_with_the_threshold_fixed() -> None
 def test_nothing_changes_when_turned_off_or_set_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert fix_mmap_threshold(0) is False
+    assert return_large_blocks_to_the_os(0) is False
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert fix_mmap_threshold(1 << 20) is False
+    assert return_large_blocks_to_the_os(1 << 20) is False
