@@ -92,9 +92,9 @@ def decode_update(
     when it holds a NaN or an infinity (or overflows float32, which is no model update).
     `minus`: the body holds a client's trained float32 weights, not a delta; the delta
     is them minus this (the round's global model). It is never written out: its norm is
-    taken chunk by chunk through a cache-sized scratch, and the aggregation rules fold
-    the weights and subtract `minus` (see RoundAggregate.add). The client then needs no
-    copy of the global model, and the aggregator no pass to make the delta.
+    taken chunk by chunk through a cache-sized scratch, and the aggregation rules take
+    `minus` off as they fold or copy (see RoundAggregate.add). The client then needs no
+    copy of the global model, and the aggregator no model-sized pass to make the delta.
     """
     if minus is not None and (
         views.keys() != minus.keys() or any(t.dtype != torch.float32 for t in views.values())
