@@ -25,7 +25,6 @@ from flotilla.fl.strategies import (
     WeightedMean,
     build_strategy,
 )
-from flotilla.fl.strategies.rules import FOLD_CHUNK
 
 SHAPES = {"conv.weight": (2, 3), "conv.bias": (3,), "fc.weight": (4, 2)}
 SEEDS = [0, 1, 2, 3]
@@ -282,26 +281,38 @@ def test_weights_against_the_global_model_aggregate_as_their_deltas(
     assert all(np.array_equal(minus[n].numpy(), global_model[n]) for n in SHAPES)
 
 
-def test_weighted_mean_of_weights_is_bit_for_bit_the_mean_of_their_deltas() -> None:
-    """Folding weights minus the global model, piece by piece, is the same arithmetic as
-    folding the delta the client would have sent (across piece boundaries too)."""
+def test_weighted_mean_of_weights_stays_within_float32_rounding_of_the_exact_mean() -> None:
+    """Weights are folded and the global model taken off at finish: the result may differ
+    from the deltas' mean by rounding only, a few ulps of the weights."""
     generator = torch.Generator().manual_seed(3)
-    size = 2 * FOLD_CHUNK + 999
+    size, clients = 1 << 20, 8
     global_model = {"w": torch.randn(size, generator=generator) * 0.1}
-    trained = [global_model["w"] + torch.randn(size, generator=generator) * 1e-3 for _ in range(3)]
-    results = []
-    for as_weights in (False, True):
-        out = {"w": torch.zeros(size)}
-        round_ = WeightedMean().begin(out)
-        for examples, weights in zip((300.0, 280.0, 350.0), trained, strict=True):
-            if as_weights:
-                round_.add({"w": weights}, weight=examples, scales={}, minus=global_model)
-            else:
-                delta = {"w": weights - global_model["w"]}
-                round_.add(delta, weight=examples, scales={})
-        round_.finish()
-        results.append(out["w"])
-    assert torch.equal(results[0], results[1])
+    trained = [
+        global_model["w"] + torch.randn(size, generator=generator) * 1e-3 for _ in range(clients)
+    ]
+    examples = [float(e) for e in torch.randint(100, 500, (clients,), generator=generator)]
+    out = {"w": torch.zeros(size)}
+    round_ = WeightedMean().begin(out)
+    for count, weights in zip(examples, trained, strict=True):
+        round_.add({"w": weights}, weight=count, scales={}, minus=global_model)
+    round_.finish()
+
+    exact = sum(
+        count * (weights.double() - global_model["w"].double())
+        for count, weights in zip(examples, trained, strict=True)
+    ) / sum(examples)
+    ulp = float(torch.finfo(torch.float32).eps) * float(global_model["w"].abs().max())
+    error = float((out["w"].double() - exact).abs().max())
+    assert error <= clients * ulp, f"{error / ulp:.1f} ulps of the largest weight"
+
+
+def test_weighted_mean_refuses_weights_against_two_global_models() -> None:
+    out = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    round_ = WeightedMean().begin(out)
+    update = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    round_.add(update, weight=1.0, scales={}, minus=dict(update))
+    with pytest.raises(AggregationError, match="one global model"):
+        round_.add(update, weight=1.0, scales={}, minus=dict(update))
 
 
 @pytest.mark.parametrize("seed", SEEDS)

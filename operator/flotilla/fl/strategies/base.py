@@ -52,8 +52,9 @@ class RoundAggregate(Protocol):
         keep copies, never references. The value of tensor `name` is
         `(delta[name] - minus[name]) * scales.get(name, 1.0)`, without the `minus` term
         when it is None. `minus` is given when a client sent its trained weights: it is
-        the round's global model, the same for every such client, unchanged until
-        `finish` returns. `weight` is the client's example count.
+        the round's global model, the same for every such client, and stays unchanged
+        until `finish` returns (a rule may keep a reference). `weight` is the client's
+        example count.
         """
         ...
 
