@@ -7,8 +7,8 @@ counts as completed (in status and history) once its checkpoint is durable.
 
 Memory: the served global model, one accumulator (which becomes the next global
 model in place; the retired global model is the next accumulator), and a small pool
-of receive buffers. Nothing scales with the
-number of clients unless the aggregation rule needs every update (median, Krum).
+of receive buffers. Nothing scales with the number of clients unless the aggregation
+rule needs every update (median, Krum).
 """
 
 from __future__ import annotations
