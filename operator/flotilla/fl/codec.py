@@ -109,10 +109,11 @@ def decode_update(
     for name, scale in scales.items():
         if not math.isfinite(scale) or scale < 0:
             raise WireError(f"tensor {name!r}: int8 scale {scale!r} is not a finite number >= 0")
-    scratch = torch.empty(NORM_CHUNK) if minus is not None else None
+    largest = max((t.numel() for t in tensors.values()), default=0)
+    scratch = torch.empty(min(NORM_CHUNK, largest) if minus is not None else 0)
     total = 0.0
     for name, tensor in tensors.items():
-        if scratch is not None and minus is not None:
+        if minus is not None:
             squares = _squared_distance(tensor, minus[name], scratch)
         elif tensor.dtype == torch.int8:
             norm = float(torch.linalg.vector_norm(tensor.to(torch.float32))) * scales.get(name, 1.0)
