@@ -20,7 +20,6 @@ be 24 and 110 ms.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -41,11 +40,10 @@ def return_large_blocks_to_the_os(threshold: int = DEFAULT_MMAP_THRESHOLD) -> bo
     the C library is not glibc."""
     if threshold <= 0 or ENVIRONMENT_OVERRIDE in os.environ:
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)  # the process's own symbols: no library search at start-up
     except OSError:
-        libc = None
+        return False
     mallopt = getattr(libc, "mallopt", None)
     gnu_libc = getattr(libc, "gnu_get_libc_version", None)
     if mallopt is None or gnu_libc is None:  # musl and others: their allocators differ
