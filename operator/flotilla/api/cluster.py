@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
 from flotilla.api.base import ApiModel
 
@@ -17,16 +17,31 @@ DEFAULT_CUDA_IMAGE = "ghcr.io/flotilla-dev/flotilla-cuda:0.1.0"
 # Clients on CPU nodes: torch and the data readers, neither kopf nor MLflow (edge-images/).
 DEFAULT_CLIENT_IMAGE = "ghcr.io/flotilla-dev/flotilla-client:0.1.0"
 
-# A Kubernetes resource quantity: "500m", "2", "1.5Gi", "64Mi".
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+RESOURCE_NAME_PATTERN = r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$"
+# A map of resources is bounded: the API server prices the CEL rule on its keys by its size.
+MAX_RESOURCES = 32
+
+
+def _integer_as_text(value: object) -> object:
+    """`cpu: 2` as Kubernetes takes it: a quantity is an integer or a string."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# A Kubernetes resource quantity: 2, "500m", "1.5Gi", "64Mi" (int-or-string in the CRD).
 Quantity = Annotated[
-    str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+    str,
+    BeforeValidator(_integer_as_text),
+    StringConstraints(pattern=QUANTITY_PATTERN),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
 ]
-ResourceName = Annotated[str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$")]
+ResourceName = Annotated[str, StringConstraints(pattern=RESOURCE_NAME_PATTERN)]
+ResourceMap = Annotated[dict[ResourceName, Quantity], Field(max_length=MAX_RESOURCES)]
 
 
 class Resources(ApiModel):
-    requests: dict[ResourceName, Quantity] = Field(default_factory=dict)
-    limits: dict[ResourceName, Quantity] = Field(default_factory=dict)
+    requests: ResourceMap = Field(default_factory=dict)
+    limits: ResourceMap = Field(default_factory=dict)
 
 
 class Toleration(ApiModel):

@@ -2,10 +2,12 @@
 
 The API server wants a *structural* OpenAPI v3 schema: no $ref, no anyOf for optional
 fields (``nullable`` instead), every node typed, OpenAPI 3.0's boolean
-``exclusiveMinimum``. Defaults are left to the models, so the cluster and
+``exclusiveMinimum``, maps as ``additionalProperties`` (``patternProperties`` is forbidden:
+a key pattern becomes a CEL rule). Defaults are left to the models, so the cluster and
 `flotilla run` agree on them. What JSON Schema cannot say is added as
 ``x-kubernetes-validations`` (CEL) and list types, so `kubectl apply` refuses what
-the model refuses wherever the API server can tell.
+the model refuses wherever the API server can tell. `crd_checks` refuses, before anything
+is written, every keyword the apiextensions API server would refuse.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import yaml
 
 from flotilla.api import API_GROUP, FederatedJob
+from flotilla.k8s.crd_checks import schema_problems
 
 PLURAL = "federatedjobs"
 NAME = f"{PLURAL}.{API_GROUP}"
@@ -96,11 +99,16 @@ def _structural(
             optional.setdefault("description", node["description"])
         return optional
     result: dict[str, Any] = {}
+    rules: list[dict[str, str]] = []
     for key, value in node.items():
         if key in _DROPPED or (key == "additionalProperties" and value is False):
             continue
         if key == "additionalProperties" and value is True:
             result["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "patternProperties":
+            pattern, values = _one_pattern(value, path)
+            result["additionalProperties"] = _structural(values, defs, (*path, "[]"))
+            rules.append(_keys_match(pattern))
         elif key == "properties":
             result[key] = {k: _structural(v, defs, (*path, k)) for k, v in value.items()}
         elif key in ("items", "additionalProperties"):
@@ -115,8 +123,9 @@ def _structural(
             result[key] = value
     if "properties" in result or "additionalProperties" in result:
         result.setdefault("type", "object")
-    if path in _RULES:
-        result["x-kubernetes-validations"] = _RULES[path]
+    rules += _RULES.get(path, [])
+    if rules:
+        result["x-kubernetes-validations"] = rules
     if path in _SET_LISTS:
         result["x-kubernetes-list-type"] = "set"
     if path in _MAP_LISTS:
@@ -125,7 +134,30 @@ def _structural(
     return result
 
 
+def _one_pattern(
+    pattern_properties: Mapping[str, Any], path: tuple[str, ...]
+) -> tuple[str, Mapping[str, Any]]:
+    if len(pattern_properties) != 1 or "'" in next(iter(pattern_properties)):
+        raise ValueError(f"{'.'.join(path)}: a map the CRD schema cannot express")
+    return next(iter(pattern_properties.items()))
+
+
+def _keys_match(pattern: str) -> dict[str, str]:
+    """The key pattern pydantic writes as patternProperties, as a CEL rule on the map.
+
+    CEL's raw string keeps the regex's backslashes; the map's maxProperties bounds its cost."""
+    return {
+        "rule": f"self.all(key, key.matches(r'{pattern}'))",
+        "message": f"every key must match {pattern}",
+    }
+
+
 def custom_resource_definition() -> dict[str, Any]:
+    """The CRD; raises ValueError naming each node a real API server would refuse."""
+    schema = openapi_schema()
+    problems = schema_problems(schema)
+    if problems:
+        raise ValueError("the CRD schema would be refused: " + "; ".join(problems))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -148,7 +180,7 @@ def custom_resource_definition() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },

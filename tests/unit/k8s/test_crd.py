@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from flotilla.api import FederatedJob
+from flotilla.k8s import crd as crd_module
 from flotilla.k8s.crd import crd_yaml, custom_resource_definition
+from flotilla.k8s.crd_checks import schema_problems
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = ROOT / "crds" / "federatedjobs.flotilla.dev.yaml"
@@ -35,6 +37,9 @@ def _as_json_schema(node: Any) -> Any:
     result = {k: _as_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
     if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
         result["additionalProperties"] = False  # kubectl's strict field validation
+    if node.get("x-kubernetes-int-or-string"):
+        pattern = result.pop("pattern", ".*")
+        result["anyOf"] = [{"type": "integer"}, {"type": "string", "pattern": pattern}]
     if result.pop("nullable", False):
         result["type"] = [result["type"], "null"]
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -51,22 +56,92 @@ def test_the_checked_in_crd_is_the_generated_one() -> None:
     assert CRD_FILE.read_text() == crd_yaml(), "run `flotilla crd > crds/...` and commit it"
 
 
-def test_the_schema_is_structural() -> None:
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            assert "$ref" not in node and "anyOf" not in node and "oneOf" not in node, path
-            if "properties" in node or "additionalProperties" in node:
-                assert node.get("type") == "object", path
-            if path.count(".properties.") and "type" not in node:
-                assert node.get("x-kubernetes-preserve-unknown-fields"), path
-            for key, value in node.items():
-                if key in ("properties",):
-                    for name, child in value.items():
-                        walk(child, f"{path}.properties.{name}")
-                elif key in ("items", "additionalProperties"):
-                    walk(value, f"{path}.{key}")
+def test_the_schema_holds_only_what_a_real_api_server_accepts() -> None:
+    assert schema_problems(_schema()) == []
 
-    walk(_schema(), "openAPIV3Schema")
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        (
+            {"type": "object", "patternProperties": {"^a$": {"type": "string"}}},
+            "openAPIV3Schema.patternProperties: Forbidden: patternProperties is not supported",
+        ),
+        ({"$ref": "#/x"}, "openAPIV3Schema.$ref: Forbidden"),
+        ({"type": "object", "definitions": {}}, "openAPIV3Schema.definitions: Forbidden"),
+        ({"type": "object", "dependencies": {}}, "openAPIV3Schema.dependencies: Forbidden"),
+        ({"type": "array", "additionalItems": False}, "openAPIV3Schema.additionalItems"),
+        ({"type": "array", "uniqueItems": True}, "uniqueItems cannot be set to true"),
+        ({"type": "object", "id": "x"}, "openAPIV3Schema.id: Forbidden"),
+        ({"type": "object", "$schema": "x"}, "openAPIV3Schema.$schema: Forbidden"),
+        ({"type": "string", "const": "x"}, "openAPIV3Schema.const: unknown field"),
+        ({"type": "object", "x-kubernetes-preserve-unknown-fields": False}, "true or undefined"),
+        ({"description": "untyped"}, "openAPIV3Schema.type: Required"),
+        (
+            {"type": "object", "properties": {"a": {"type": "string"}},
+             "additionalProperties": {"type": "string"}},
+            "properties and additionalProperties are exclusive",
+        ),
+    ],
+)  # fmt: skip
+def test_the_check_names_each_node_the_api_server_refuses(
+    node: dict[str, Any], expected: str
+) -> None:
+    nested = {"type": "object", "properties": {"spec": node}}
+
+    assert any(expected in problem for problem in schema_problems(node))
+    problems = schema_problems(nested)
+    assert any(
+        expected.replace("openAPIV3Schema.", "openAPIV3Schema.properties[spec].") in problem
+        for problem in problems
+    ), problems
+
+
+def test_a_map_under_anyof_needs_no_type_but_one_under_items_does() -> None:
+    assert schema_problems({"x-kubernetes-int-or-string": True, "anyOf": [{"minimum": 0}]}) == []
+    assert schema_problems({"type": "array", "items": {"description": "x"}}) == [
+        "openAPIV3Schema.items.type: Required: a structural schema types every node"
+    ]
+
+
+def test_the_generator_refuses_to_emit_what_the_api_server_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(crd_module, "_DROPPED", crd_module._DROPPED - {"propertyNames"})
+    monkeypatch.setattr(crd_module, "_structural", _keep_property_names(crd_module._structural))
+
+    with pytest.raises(ValueError, match=r"propertyNames: unknown field"):
+        custom_resource_definition()
+
+
+def _keep_property_names(structural: Any) -> Any:
+    def wrapped(node: Any, defs: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        result: dict[str, Any] = structural(node, defs, path)
+        if path == ("spec", "clients", "nodeSelector"):
+            result["propertyNames"] = {"pattern": "^a"}
+        return result
+
+    return wrapped
+
+
+def test_resource_maps_are_bounded_maps_of_int_or_string_with_a_cel_rule_on_keys() -> None:
+    limits = _schema()["properties"]["spec"]["properties"]["runtime"]["properties"]["client"][
+        "properties"
+    ]["resources"]["properties"]["limits"]
+
+    assert "patternProperties" not in limits
+    assert limits["maxProperties"] == 32
+    assert limits["additionalProperties"]["x-kubernetes-int-or-string"] is True
+    assert limits["x-kubernetes-validations"][0]["rule"].startswith("self.all(key, key.matches(")
+
+
+def test_a_quantity_may_be_an_integer_as_kubernetes_allows() -> None:
+    document = copy.deepcopy(_digits())
+    document["spec"]["runtime"] = {"client": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}
+
+    _validate(document)
+    job = FederatedJob.from_dict(document)
+    assert job.spec.runtime.client.resources.limits == {"nvidia.com/gpu": "1"}
 
 
 def test_status_subresource_short_names_and_printer_columns() -> None:
