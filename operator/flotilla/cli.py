@@ -221,6 +221,13 @@ def _parser() -> argparse.ArgumentParser:
         default=8080,
         help="serve Prometheus /metrics on this port (default: %(default)s)",
     )
+    operator.add_argument(
+        "--resync-seconds",
+        type=_positive_float,
+        default=10.0,
+        help="reconcile every job this often, for status and elasticity; node changes "
+        "trigger one at once (default: %(default)s)",
+    )
     operator.set_defaults(handler=_operator)
 
     crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
@@ -442,7 +449,7 @@ def _operator(args: argparse.Namespace) -> int:
     from flotilla.k8s.handlers import register
 
     registry = kopf.OperatorRegistry()
-    register(registry, metrics_port=args.metrics_port)
+    register(registry, metrics_port=args.metrics_port, resync_seconds=args.resync_seconds)
     asyncio.run(
         kopf.operator(
             registry=registry,

@@ -82,7 +82,7 @@ async def operator(
         registry,
         login=lambda **_: kopf.ConnectionInfo(server=url),
         poll=poll or no_aggregator,
-        timer_seconds=0.3,
+        resync_seconds=0.3,
     )
     settings = kopf.OperatorSettings()
     # KMock serves no CRD and namespace watches: discover the resources once instead.

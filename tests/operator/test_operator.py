@@ -88,17 +88,24 @@ async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
         assert "--max-seconds=120" in pods["digits-client-edge-3"]["spec"]["containers"][0]["args"]
         await eventually(lambda: _status(cluster).get("clientsReady") == "0/3")
         assert _status(cluster)["phase"] == "Pending"
+        # No finalizer: `kubectl delete fj` must not wait for the operator.
+        assert not cluster.objects[JOBS, NAMESPACE, "digits"]["metadata"].get("finalizers")
 
-        cluster.objects["v1/nodes", None, "edge-4"] = node("edge-4", **EDGE)
+        # Through the API, as kubectl would: the operator watches nodes.
+        await _call(cluster, "POST", "/api/v1/nodes", node("edge-4", **EDGE))
         await eventually(lambda: "digits-client-edge-4" in _pods(cluster))
 
-        del cluster.objects["v1/nodes", None, "edge-3"]
+        await _call(cluster, "DELETE", "/api/v1/nodes/edge-3")
         await eventually(lambda: "digits-client-edge-3" not in _pods(cluster))
         await eventually(lambda: _status(cluster).get("clients", {}).get("desired") == 3)
+        lost = _status(cluster)["lostNodes"]
+        assert [(e["node"], e["site"]) for e in lost] == [("edge-3", "edge-3")]
+        assert _status(cluster)["clients"]["failed"] == 1
         sample = metrics.registry.get_sample_value
         assert sample("flotilla_operator_jobs", {"phase": "Pending"}) == 1
-        assert sample("flotilla_operator_client_pods", {"state": "desired"}) == 3
-        assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "timer"})
+        # Counted once the status is written: the patch may be seen first.
+        await eventually(lambda: sample("flotilla_operator_client_pods", {"state": "desired"}) == 3)
+        assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "resync"})
         assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "change"})
     # Every event the operator posted (KMock ignores generateName, so it stores only the first).
     messages = [r.data.get("message", "") for r in _requests(cluster) if "/events" in str(r.url)]
@@ -121,6 +128,15 @@ async def test_an_operator_restart_creates_nothing_twice(cluster: kmock.Kubernet
 
     assert len(_pods(cluster)) == 3
     assert _pod_creations(cluster) == creates
+
+
+async def _call(server: kmock.KubernetesEmulator, method: str, url: str, body: Any = None) -> None:
+    headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{server.url}{url}", json=body, headers=headers) as response,
+    ):
+        assert response.status < 300, await response.text()
 
 
 def _requests(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
@@ -247,12 +263,8 @@ async def test_a_failed_client_pod_is_replaced_within_the_backoff_limit(
         name = "digits-client-site-a"
 
         async def fail() -> None:  # through the API, as a kubelet would: watchers see it
-            url = f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods/{name}/status"
-            headers = {"Content-Type": "application/merge-patch+json"}
-            async with aiohttp.ClientSession() as session:
-                body = {"status": {"phase": "Failed"}}
-                async with session.patch(url, json=body, headers=headers) as response:
-                    assert response.status == 200, await response.text()
+            url = f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status"
+            await _call(cluster, "PATCH", url, {"status": {"phase": "Failed"}})
 
         def replaced() -> bool:
             pod = _pods(cluster).get(name)

@@ -31,6 +31,16 @@ class ClientCounts(ApiModel):
     failed: int = Field(default=0, ge=0)
 
 
+class LostNode(ApiModel):
+    """A node that was deleted while it ran a client, kept until a node takes its site again
+    or the spec no longer reaches the site (another nodeSelector, no data for it)."""
+
+    node: str
+    site: str
+    since: str
+    node_selector: dict[str, str] = Field(default_factory=dict)  # the one it was lost under
+
+
 class FederatedJobStatus(ApiModel):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -44,6 +54,7 @@ class FederatedJobStatus(ApiModel):
     # Sites whose client runs but cannot read its data (CVAT refused, bad export): site ->
     # the client's message. The rounds go on without them.
     site_errors: dict[str, str] = Field(default_factory=dict)
+    lost_nodes: list[LostNode] = Field(default_factory=list, max_length=50)
     mlflow_run_id: str | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -8,6 +8,7 @@ The connection (server, CA, token or client certificate) is whatever kopf logged
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +33,18 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """`detail` is the API server's own message (its Status object's), for status and events."""
+
+    def __init__(self, status: int, message: str, *, detail: str | None = None) -> None:
         super().__init__(f"Kubernetes API answered {status}: {message}")
         self.status = status
+        self.detail = detail or message
+
+    @property
+    def refused(self) -> bool:
+        """The server will not take this object as it is (admission, validation, quota,
+        rights): retrying the same request cannot help until someone changes something."""
+        return self.status in (400, 403, 422)
 
 
 class AlreadyExists(ApiError):
@@ -126,9 +136,23 @@ async def _json(
     if response.status >= 400:
         on_error(response.status)
         text = await response.text()
-        raise ApiError(response.status, f"{response.method} {response.url.path}: {text[:500]}")
+        raise ApiError(
+            response.status,
+            f"{response.method} {response.url.path}: {text[:500]}",
+            detail=_status_message(text),
+        )
     data: dict[str, Any] = await response.json(content_type=None)
     return data
+
+
+def _status_message(text: str) -> str | None:
+    """The `message` of a Kubernetes Status body, if that is what the server sent."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message)[:1000] if message else None
 
 
 def _ssl_context(connection: Connection) -> ssl.SSLContext | bool:

@@ -1,17 +1,22 @@
 """The kopf wiring, and the only module that imports kopf: thin handlers over `reconcile`.
 
-One reconcile for create, update and resume; a timer re-runs it for elasticity and status,
-with the job's client pods from an index (no API call per pod). The operator is the only
-writer of status; kopf keeps its own bookkeeping in annotations, not in status.
+One reconcile for create, update and resume; a resync loop re-runs it for elasticity and
+status every `resync_seconds`, and at once when a node changes in a way placement sees.
+Nodes, the jobs' pods and aggregator Deployments come from indexes (watches, no API call
+per object). No kopf timer: a timer makes kopf put a finalizer on every job, so `kubectl
+delete fj` would hang while the operator is down, and owner references already delete
+everything a job owns. The operator is the only writer of status; kopf keeps its own
+bookkeeping in annotations, not in status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -19,16 +24,19 @@ import kopf
 from flotilla.api import API_GROUP, FederatedJob
 from flotilla.fl.tls import client_context
 from flotilla.k8s import objects as o
-from flotilla.k8s.api import Connection, KubeApi
+from flotilla.k8s.api import Connection, KubeApi, path
 from flotilla.k8s.client_pods import aggregator_url
 from flotilla.k8s.metrics import OperatorMetrics
-from flotilla.k8s.reconcile import Context, Outcome, reconcile
+from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
+from flotilla.k8s.status import status_patch
 
 PLURAL = "federatedjobs"
 VERSION = "v1alpha1"
-TIMER_SECONDS = 10.0
+RESYNC_SECONDS = 10.0
 Poll = Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
 Login = Callable[..., kopf.ConnectionInfo | None]
+log = logging.getLogger(__name__)
+_ALL = "all"  # the one key of the nodes index
 
 
 async def poll_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any] | None:
@@ -79,7 +87,7 @@ def register(
     *,
     login: Login = default_login,
     poll: Poll = poll_aggregator,
-    timer_seconds: float = TIMER_SECONDS,
+    resync_seconds: float = RESYNC_SECONDS,
     metrics: OperatorMetrics | None = None,
     metrics_port: int | None = None,
 ) -> OperatorMetrics:
@@ -108,15 +116,31 @@ def register(
             )
         memo["api"] = KubeApi(_connection(info), on_error=metrics.api_error)
         memo["metrics"] = metrics
+        memo["jobs"] = {}  # (namespace, name) -> JobMemory
+        memo["nodes"] = {}  # name -> what placement reads of it
+        memo["kick"] = asyncio.Event()
         if metrics_port is not None:
             memo["metrics_runner"] = await metrics.serve(host="0.0.0.0", port=metrics_port)
+        # The indexes are kopf's, filled by its watches; the loop reads them as they are.
+        memo["resync"] = asyncio.create_task(_resync_forever(memo, kwargs, poll, resync_seconds))
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
-        memo["stopping"] = True  # a timer that fires now must not use the closed session
+        memo["stopping"] = True  # a handler that runs now must not use the closed session
+        memo["resync"].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await memo["resync"]
         await memo["api"].close()
         if "metrics_runner" in memo:
             await memo["metrics_runner"].cleanup()
+
+    @kopf.index(*resource, id="jobs", registry=registry)
+    def jobs(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        return {(namespace, name): dict(body)}
+
+    @kopf.index("nodes", id="nodes", registry=registry)
+    def nodes(*, body: kopf.Body, **_: Any) -> Any:
+        return {_ALL: dict(body)}
 
     @kopf.index("pods", id="client_pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
     def client_pods(
@@ -132,67 +156,124 @@ def register(
     ) -> Any:
         return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
 
+    @kopf.index(
+        "deployments",
+        id="aggregator_deployments",
+        labels={o.ROLE_LABEL: "aggregator"},
+        registry=registry,
+    )
+    def aggregator_deployments(
+        *, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
+
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
-    async def _changed(**kwargs: Any) -> None:
-        await _reconcile(full=True, poll=poll, **kwargs)
+    async def _changed(
+        *,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **kwargs: Any,
+    ) -> None:
+        # kopf calls these once its indexes are filled: from now on the loop may resync it.
+        await _reconcile(dict(body), memo, kwargs, poll=poll, full=True, logger=logger)
 
-    @kopf.timer(*resource, interval=timer_seconds, registry=registry)
-    async def _tick(**kwargs: Any) -> None:
-        await _reconcile(full=False, poll=poll, **kwargs)
+    @kopf.on.event(*resource, registry=registry)
+    def _job_event(
+        *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if event.get("type") == "DELETED":  # owner references delete its objects
+            metrics.forget(namespace or "", name)
+            memo.get("jobs", {}).pop((namespace, name), None)
 
-    @kopf.on.delete(*resource, optional=True, registry=registry)
-    def _deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-        metrics.forget(namespace or "", name)  # owner references delete its objects
+    @kopf.on.event("nodes", registry=registry)
+    def _node_event(
+        *, event: Mapping[str, Any], body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        known = memo.get("nodes")
+        if known is None:
+            return
+        seen = None if event.get("type") == "DELETED" else _placement_view(body)
+        if known.get(name) != seen:
+            known[name] = seen
+            memo["kick"].set()
 
     return metrics
 
 
+async def _resync_forever(
+    memo: kopf.Memo, indexes: Mapping[str, Any], poll: Poll, interval: float
+) -> None:
+    """Reconcile every job kopf has handled, each `interval` or when a node changes."""
+    kick: asyncio.Event = memo["kick"]
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kick.wait(), timeout=interval)
+        kick.clear()
+        for key, bodies in list(indexes["jobs"].items()):
+            body = next(iter(bodies), None)
+            if key not in memo["jobs"] or body is None:  # kopf has not handled it yet
+                continue
+            try:
+                await _reconcile(dict(body), memo, indexes, poll=poll, full=False)
+            except Exception:  # one job's trouble must not stop the others' resync
+                log.exception("resync of FederatedJob %s/%s failed", *key)
+
+
 async def _reconcile(
-    *,
-    full: bool,
-    poll: Poll,
-    body: kopf.Body,
-    patch: kopf.Patch,
+    body: dict[str, Any],
     memo: kopf.Memo,
-    client_pods: kopf.Index[tuple[str, str], dict[str, Any]],
-    aggregator_pods: kopf.Index[tuple[str, str], dict[str, Any]],
-    namespace: str,
-    name: str,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
+    indexes: Mapping[str, Any],
+    *,
+    poll: Poll,
+    full: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
 ) -> None:
     if memo.get("stopping"):
         return
-    key = (namespace, name)
-    # The timer and the change handlers may fire together: one reconcile of a job at a time.
-    async with memo.setdefault("locks", {}).setdefault(key, asyncio.Lock()):
-        context = Context(api=memo["api"], recorder=_Events(body, logger), poll=poll)
-        pods = list(client_pods.get(key, []))
-        aggregators = list(aggregator_pods.get(key, []))
-        # Replacements counted in this process win over a body that does not show them yet.
-        counted = memo.setdefault("replacements", {}).setdefault(key, {})
-        metrics: OperatorMetrics = memo["metrics"]
-        trigger = "change" if full else "timer"
+    metadata = body["metadata"]
+    key = (metadata.get("namespace"), metadata["name"])
+    memory: JobMemory = memo["jobs"].setdefault(key, JobMemory())
+    metrics: OperatorMetrics = memo["metrics"]
+    api: KubeApi = memo["api"]
+    # The resync and the change handlers may fire together: one reconcile of a job at a time.
+    async with memory.lock:
+        seen = Seen(
+            nodes=list(indexes["nodes"].get(_ALL, [])),
+            pods=list(indexes["client_pods"].get(key, [])),
+            aggregator_pods=list(indexes["aggregator_pods"].get(key, [])),
+            deployment=next(iter(indexes["aggregator_deployments"].get(key, [])), None),
+        )
+        context = Context(api=api, recorder=_Events(cast(kopf.Body, body), logger), poll=poll)
+        trigger = "change" if full else "resync"
         with metrics.reconcile_seconds.labels(trigger).time():
             try:
-                outcome: Outcome = await reconcile(
-                    context,
-                    dict(body),
-                    pods=pods,
-                    aggregator_pods=aggregators,
-                    full=full,
-                    replacements=counted,
-                )
+                outcome = await reconcile(context, body, seen=seen, full=full, memory=memory)
             except Exception as error:
                 metrics.reconcile_errors.labels(type(error).__name__).inc()
                 raise
-    metrics.observed(namespace, name, outcome.status)
-    patch.status.update(outcome.status)
-    for annotation, value in outcome.annotations.items():
-        if body.metadata.annotations.get(annotation) != value:
-            patch.metadata.annotations[annotation] = value
+        before = memory.status or body.get("status") or {}
+        url = path("FederatedJob", namespace=key[0], name=key[1])
+        patch = status_patch(before, outcome.status)
+        if patch:
+            await api.merge_patch(f"{url}/status", {"status": patch})
+        memory.status = outcome.status
+        annotations = metadata.get("annotations") or {}
+        changed = {k: v for k, v in outcome.annotations.items() if annotations.get(k) != v}
+        if changed:
+            await api.merge_patch(url, {"metadata": {"annotations": changed}})
+    metrics.observed(key[0] or "", key[1], outcome.status)
+
+
+def _placement_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What placement reads of a node: a change in it is worth a resync now."""
+    spec, status = node.get("spec") or {}, node.get("status") or {}
+    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    labels = tuple(sorted((node.get("metadata", {}).get("labels") or {}).items()))
+    capacity = tuple(sorted((status.get("capacity") or {}).items()))
+    return labels, bool(spec.get("unschedulable")), tuple(ready), capacity
 
 
 def _connection(info: kopf.ConnectionInfo) -> Connection:

@@ -23,7 +23,8 @@ class Plan:
     aggregator: list[dict[str, Any]]
     clients: dict[str, dict[str, Any]]  # site -> Pod
     placements: list[Placement]
-    problems: list[str] = field(default_factory=list)  # sites that cannot get a pod, and why
+    # Sites that match but cannot get a pod (no data source): site -> why, naming the node.
+    unplaceable: dict[str, str] = field(default_factory=dict)
     ca: str | None = None  # the CA the aggregator's certificate verifies against, when known
 
     @property
@@ -64,16 +65,20 @@ def plan_job(
         agg.deployment(job, sites, tokens=agg.tokens_of(tokens)),
     ]
     clients: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
+    unplaceable: dict[str, str] = {}
     if not (job.spec.suspend or finished):
         for placement in chosen:
             try:
                 clients[placement.site] = client_pod(job, placement)
             except SpecError as error:
-                problems.append(
-                    f"site {placement.site} (node {placement.node}): {error.problems[0]}"
-                )
-    return Plan(aggregator=aggregator, clients=clients, placements=chosen, problems=problems, ca=ca)
+                unplaceable[placement.site] = f"node {placement.node}: {error.problems[0]}"
+    return Plan(
+        aggregator=aggregator,
+        clients=clients,
+        placements=chosen,
+        unplaceable=unplaceable,
+        ca=ca,
+    )
 
 
 def _security_objects(

@@ -1,11 +1,14 @@
 """One level-based reconcile of a FederatedJob: observe -> plan (pure) -> apply -> status.
 
-Called on create, update and resume, and by a timer (elasticity and status). Idempotent:
-objects that exist are left alone or patched, pods are created or deleted, never patched.
+Called on create, update and resume, and by the operator's resync loop (elasticity and
+status). Idempotent: objects that exist are left alone or patched, pods are created or
+deleted, never patched. What the cluster refuses (admission, quota, validation) does not
+stop it: the refusal goes into the job's status and an event, and the rest goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,11 +20,13 @@ from flotilla.api import FederatedJob, SpecError
 from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s import objects as o
 from flotilla.k8s.aggregator_objects import ROTATE_ANNOTATION, TOKENS_KEY
-from flotilla.k8s.api import AlreadyExists, KubeApi, path
+from flotilla.k8s.api import AlreadyExists, ApiError, KubeApi, path
+from flotilla.k8s.lost_nodes import track_lost_nodes
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
 from flotilla.k8s.security_objects import CA_KEY, CERT_KEY, PRIVATE_KEY
-from flotilla.k8s.status import AggregatorPodView, Observation, PodView, compute_status
+from flotilla.k8s.status import Observation, compute_status, finished_before
+from flotilla.k8s.views import AggregatorPodView, PodView, replica_failure
 
 REPLACEMENTS_ANNOTATION = "flotilla.dev/client-replacements"
 _KEEP_ON_UPDATE = {"PersistentVolumeClaim"}  # its spec is immutable once bound
@@ -42,37 +47,71 @@ class Context:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the operator's indexes hold for the job: no API call per object."""
+
+    nodes: Sequence[Mapping[str, Any]]
+    pods: Sequence[Mapping[str, Any]] = ()  # the job's client pods
+    aggregator_pods: Sequence[Mapping[str, Any]] = ()
+    deployment: Mapping[str, Any] | None = None  # the aggregator's
+
+
+@dataclass
+class JobMemory:
+    """What this operator process keeps of one job between reconciles."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # site -> failed pods replaced; the job's annotation keeps it across operator restarts.
+    replacements: dict[str, int] = field(default_factory=dict)
+    placements: dict[str, str] = field(default_factory=dict)  # site -> node, as last planned
+    warned: frozenset[str] = frozenset()  # warnings already posted as events
+    status: dict[str, Any] | None = None  # the last status written, newer than an index's
+
+
 @dataclass
 class Outcome:
     status: dict[str, Any]
     annotations: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _Warnings:
+    """Warnings for events, posted once while they hold rather than at every resync."""
+
+    memory: JobMemory
+    recorder: Recorder
+    now: set[str] = field(default_factory=set)
+
+    def warn(self, reason: str, message: str) -> None:
+        key = f"{reason}: {message}"
+        if key not in self.memory.warned:
+            self.recorder.warn(reason, message)
+        self.now.add(key)
+
+    def done(self) -> None:
+        self.memory.warned = frozenset(self.now)
+
+
 async def reconcile(
-    ctx: Context,
-    body: Mapping[str, Any],
-    *,
-    pods: Sequence[Mapping[str, Any]],
-    full: bool,
-    aggregator_pods: Sequence[Mapping[str, Any]] = (),
-    replacements: dict[str, int] | None = None,
+    ctx: Context, body: Mapping[str, Any], *, seen: Seen, full: bool, memory: JobMemory
 ) -> Outcome:
-    """`replacements` (site -> failed pods replaced) is updated in place; the job's
-    annotation keeps it across operator restarts."""
-    previous = dict(body.get("status") or {})
+    previous = dict(memory.status or body.get("status") or {})
     generation = body.get("metadata", {}).get("generation")
     now = ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    warnings = _Warnings(memory, ctx.recorder)
     try:
         job = FederatedJob.from_dict({k: v for k, v in body.items() if k != "status"})
     except SpecError as error:
         invalid = "; ".join(error.problems)
-        ctx.recorder.warn("InvalidSpec", f"nothing created: {invalid}")
+        warnings.warn("InvalidSpec", f"nothing created: {invalid}")
+        warnings.done()
         observed = Observation(desired_sites=[], pods=[], aggregator=None, invalid=invalid)
         return Outcome(
             compute_status(None, observed, previous=previous, generation=generation, now=now)
         )
-    namespace = job.metadata.namespace or "default"
-    nodes = [NodeInfo.from_api(n) for n in await ctx.api.list(path("Node"))]
+    namespace = o.namespace(job)
+    nodes = [NodeInfo.from_api(n) for n in seen.nodes]
     secret = await ctx.api.get(path("Secret", namespace=namespace, name=o.tokens_secret_name(job)))
     tokens = _tokens(secret)
     # Resumed after a suspension: every site gets a new token (the old ones may have leaked
@@ -85,10 +124,7 @@ async def reconcile(
         )
     existing_tls = _tls_material(tls_secret)
     answer = await ctx.poll(job, existing_tls.ca if existing_tls else None)
-    finished = previous.get("phase") in ("Succeeded", "Failed") or (answer or {}).get("phase") in (
-        "done",
-        "failed",
-    )
+    finished = finished_before(previous) or (answer or {}).get("phase") in ("done", "failed")
     plan = plan_job(
         job,
         nodes,
@@ -97,28 +133,67 @@ async def reconcile(
         finished=finished,
     )
     missing_tls = job.spec.security.tls.mode == "operator" and existing_tls is None
+    aggregator_refused = None
     if _expired(job, previous, ctx.now()):
         await _clean_up(ctx, plan, namespace)
     elif full or secret is None or rotate or missing_tls or sorted(tokens) != plan.sites:
         if rotate:
             ctx.recorder.info("TokensRotated", "New client tokens: the job resumed")
-        await _apply_aggregator(ctx, plan, namespace)
-    for problem in plan.problems:
-        ctx.recorder.warn("NoDataSource", problem)
+        aggregator_refused = await _apply_aggregator(ctx, plan, namespace)
+    aggregator_refused = aggregator_refused or replica_failure(seen.deployment)
+    if aggregator_refused:
+        warnings.warn("AggregatorRefused", aggregator_refused)
+    for site, problem in plan.unplaceable.items():
+        warnings.warn("NoDataSource", f"site {site} ({problem})")
     annotated = body["metadata"].get("annotations", {}).get(REPLACEMENTS_ANNOTATION)
-    replacements = replacements if replacements is not None else {}
+    replacements = memory.replacements
     for site, count in json.loads(annotated or "{}").items():
         replacements[site] = max(replacements.get(site, 0), int(count))
-    views, lost = await _sync_pods(ctx, job, plan, pods, nodes, replacements)
+    synced = await _sync_pods(ctx, job, plan, seen.pods, nodes, replacements)
+    for site, message in synced.refused.items():
+        warnings.warn("PodRefused", f"client pod of site {site}: {message}")
+    warnings.done()
+    gone = synced.gone | _gone_since_last_plan(memory.placements, nodes)
+    memory.placements = {p.site: p.node for p in plan.placements}
+    lost: list[dict[str, Any]] = []
+    if not (job.spec.suspend or finished):
+        lost = track_lost_nodes(
+            previous.get("lostNodes") or [],
+            gone=gone,
+            placed_sites=plan.sites,
+            node_selector=job.spec.clients.node_selector,
+            reachable=lambda site: _reachable(job, site),
+            now=now,
+        )
     observed = Observation(
         desired_sites=plan.sites,
-        pods=views,
+        pods=synced.views,
         aggregator=answer,
         lost_nodes=lost,
-        aggregator_pods=[AggregatorPodView.from_api(pod) for pod in aggregator_pods],
+        aggregator_pods=[AggregatorPodView.from_api(pod) for pod in seen.aggregator_pods],
+        refused=synced.refused,
+        aggregator_refused=aggregator_refused,
+        unplaceable=plan.unplaceable,
     )
     status = compute_status(job, observed, previous=previous, generation=generation, now=now)
     return Outcome(status, {REPLACEMENTS_ANNOTATION: json.dumps(replacements, sort_keys=True)})
+
+
+def _gone_since_last_plan(
+    placements: Mapping[str, str], nodes: Sequence[NodeInfo]
+) -> dict[str, str]:
+    """Sites whose node was deleted since the last plan, its pod maybe already collected."""
+    names = {node.name for node in nodes}
+    return {site: node for site, node in placements.items() if node not in names}
+
+
+def _reachable(job: FederatedJob, site: str) -> bool:
+    """Would the spec still give this site a client, were its node back?"""
+    try:
+        job.site_data(site)
+    except SpecError:
+        return False
+    return True
 
 
 def _tokens(secret: Mapping[str, Any] | None) -> dict[str, str]:
@@ -150,19 +225,30 @@ def _tls_material(secret: Mapping[str, Any] | None) -> TlsMaterial | None:
     return TlsMaterial(cert=plain[CERT_KEY], key=plain[PRIVATE_KEY], ca=plain[CA_KEY])
 
 
-async def _apply_aggregator(ctx: Context, plan: Plan, namespace: str) -> None:
+async def _apply_aggregator(ctx: Context, plan: Plan, namespace: str) -> str | None:
+    """Create or patch the aggregator's objects; the first refusal, if the server refused one."""
+    refused: list[str] = []
     for obj in plan.aggregator:
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
-            await ctx.api.create(path(kind, namespace=namespace), obj)
-            ctx.recorder.info("Created", f"Created {kind} {name}")
-        except AlreadyExists:
-            if kind in _KEEP_ON_UPDATE:
-                continue
-            update = {
-                k: v for k, v in obj.items() if k in ("metadata", "spec", "stringData", "data")
-            }
-            await ctx.api.merge_patch(path(kind, namespace=namespace, name=name), update)
+            await _create_or_patch(ctx, obj, namespace)
+        except ApiError as error:
+            if not error.refused:
+                raise
+            refused.append(f"{kind} {name} refused: {error.detail}")
+    return refused[0] if refused else None
+
+
+async def _create_or_patch(ctx: Context, obj: Mapping[str, Any], namespace: str) -> None:
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    try:
+        await ctx.api.create(path(kind, namespace=namespace), obj)
+        ctx.recorder.info("Created", f"Created {kind} {name}")
+    except AlreadyExists:
+        if kind in _KEEP_ON_UPDATE:
+            return
+        update = {k: v for k, v in obj.items() if k in ("metadata", "spec", "stringData", "data")}
+        await ctx.api.merge_patch(path(kind, namespace=namespace, name=name), update)
 
 
 async def _clean_up(ctx: Context, plan: Plan, namespace: str) -> None:
@@ -172,6 +258,13 @@ async def _clean_up(ctx: Context, plan: Plan, namespace: str) -> None:
             ctx.recorder.info("Deleted", f"Deleted {kind} {name}: ttlSecondsAfterFinished passed")
 
 
+@dataclass
+class _Synced:
+    views: list[PodView] = field(default_factory=list)
+    gone: dict[str, str] = field(default_factory=dict)  # site -> its node, deleted
+    refused: dict[str, str] = field(default_factory=dict)  # site -> the server's message
+
+
 async def _sync_pods(
     ctx: Context,
     job: FederatedJob,
@@ -179,12 +272,11 @@ async def _sync_pods(
     pods: Sequence[Mapping[str, Any]],
     nodes: Sequence[NodeInfo],
     replacements: dict[str, int],
-) -> tuple[list[PodView], list[str]]:
+) -> _Synced:
     """Delete what should not run, replace failed pods within backoffLimit, create the rest."""
-    namespace = job.metadata.namespace or "default"
+    namespace = o.namespace(job)
     node_names = {n.name for n in nodes}
-    views: list[PodView] = []
-    lost: list[str] = []
+    synced = _Synced()
     going: set[str] = set()  # sites whose pod is being deleted: replaced once it is gone
     for pod in pods:
         view = PodView.from_api(pod)
@@ -196,7 +288,7 @@ async def _sync_pods(
         unwanted = view.site not in plan.clients
         retry = view.phase == "Failed" and replacements.get(view.site, 0) < job.spec.backoff_limit
         if gone:
-            lost.append(view.node)
+            synced.gone[view.site] = view.node
         if gone or unwanted or retry:
             await ctx.api.delete(path("Pod", namespace=namespace, name=name))
             going.add(view.site)
@@ -205,8 +297,8 @@ async def _sync_pods(
             if retry:
                 replacements[view.site] = replacements.get(view.site, 0) + 1
             continue
-        views.append(view)
-    present = {v.site for v in views} | going
+        synced.views.append(view)
+    present = {v.site for v in synced.views} | going
     for site, pod in plan.clients.items():
         if site in present:
             continue
@@ -216,8 +308,13 @@ async def _sync_pods(
             ctx.recorder.info("Created", f"Created client Pod for node {node}")
         except AlreadyExists:
             pass  # created by an earlier pass the pod index has not shown yet
-        views.append(PodView(site=site, node=node, phase="Pending", ready=False))
-    return views, lost
+        except ApiError as error:
+            if not error.refused:
+                raise
+            synced.refused[site] = f"pod {pod['metadata']['name']}: {error.detail}"
+            continue
+        synced.views.append(PodView(site=site, node=node, phase="Pending", ready=False))
+    return synced
 
 
 def _expired(job: FederatedJob, previous: Mapping[str, Any], now: datetime) -> bool:

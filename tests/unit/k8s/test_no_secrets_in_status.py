@@ -19,21 +19,18 @@ import yaml
 from flotilla.api import load_job
 from flotilla.k8s.aggregator_objects import TOKENS_KEY
 from flotilla.k8s.api import AlreadyExists
-from flotilla.k8s.reconcile import Context, reconcile
+from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKENS = {"site-a": "tok-a-Qw83LmZp01xYv", "site-b": "tok-b-Rt62NnBq44cWs"}
 
 
 class FakeApi:
-    """Nodes, the existing tokens Secret, and a record of what was written."""
+    """The existing tokens Secret, and a record of what was written."""
 
-    def __init__(self, nodes: list[dict[str, Any]], secret: dict[str, Any]) -> None:
-        self.nodes, self.secret = nodes, secret
+    def __init__(self, secret: dict[str, Any]) -> None:
+        self.secret = secret
         self.written: list[tuple[str, str, Mapping[str, Any]]] = []
-
-    async def list(self, url: str, **_: Any) -> list[dict[str, Any]]:
-        return self.nodes if url.endswith("/nodes") else []
 
     async def get(self, url: str) -> dict[str, Any] | None:
         return self.secret if "/secrets/" in url else None
@@ -81,7 +78,8 @@ def test_reconcile_outputs_hold_no_token(tmp_path: Path) -> None:
         "metadata": {"name": f"{job['metadata']['name']}-tokens"},
         "data": {TOKENS_KEY: base64.b64encode(json.dumps(TOKENS).encode()).decode()},
     }
-    api = FakeApi([_node("edge-1", "site-a"), _node("edge-2", "site-b")], secret)
+    api = FakeApi(secret)
+    seen = Seen(nodes=[_node("edge-1", "site-a"), _node("edge-2", "site-b")])
     events = Events()
     # What the aggregator's /v1/status says, a site's refusal included.
     aggregator = {
@@ -99,7 +97,7 @@ def test_reconcile_outputs_hold_no_token(tmp_path: Path) -> None:
         return aggregator
 
     ctx = Context(api=api, recorder=events, poll=poll)  # type: ignore[arg-type]
-    outcome = asyncio.run(reconcile(ctx, job, pods=[], full=True))
+    outcome = asyncio.run(reconcile(ctx, job, seen=seen, full=True, memory=JobMemory()))
 
     assert api.written and events.seen  # it did create objects and say so
     emitted = {

@@ -146,8 +146,8 @@ def test_a_site_without_data_is_a_problem_not_a_crash() -> None:
     plan = plan_job(job, [node], existing_tokens={})
 
     assert plan.clients == {}
-    assert "site edge-1 (node edge-1)" in plan.problems[0]
-    assert "is not listed (sites: none) and spec.data is not set" in plan.problems[0]
+    assert plan.unplaceable["edge-1"].startswith("node edge-1: ")
+    assert "is not listed (sites: none) and spec.data is not set" in plan.unplaceable["edge-1"]
 
 
 def test_a_live_cvat_site_gets_its_credentials_secret_and_no_host_path() -> None:

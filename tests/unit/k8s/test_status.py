@@ -6,15 +6,25 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.api import FederatedJobStatus, load_job
-from flotilla.k8s.status import AggregatorPodView, Observation, PodView, compute_status
+from flotilla.k8s.status import Observation, compute_status, status_patch
+from flotilla.k8s.views import AggregatorPodView, PodView, Scheduling
 
 ROOT = Path(__file__).resolve().parents[3]
 JOB = load_job(ROOT / "examples" / "federatedjob.yaml")
 T0, T1 = "2026-11-24T10:00:00Z", "2026-11-24T10:05:00Z"
 
 
-def _pod(site: str, phase: str = "Running", ready: bool = True) -> PodView:
-    return PodView(site=site, node=f"node-{site}", phase=phase, ready=ready)
+BOUND = Scheduling(bound=True)
+
+
+def _pod(
+    site: str, phase: str = "Running", ready: bool = True, scheduling: Scheduling = BOUND
+) -> PodView:
+    return PodView(site=site, node=f"node-{site}", phase=phase, ready=ready, scheduling=scheduling)
+
+
+# The Deployment's pod, bound to a node and running.
+AGGREGATOR = AggregatorPodView(0, None, name="digits-aggregator-7f9c-x2x", scheduling=BOUND)
 
 
 def _aggregator(**extra: Any) -> dict[str, Any]:
@@ -42,6 +52,7 @@ def test_a_running_job_reports_round_clients_metrics_and_run() -> None:
         desired_sites=["a", "b", "c"],
         pods=[_pod("a"), _pod("b"), _pod("c", "Pending", ready=False)],
         aggregator=_aggregator(),
+        aggregator_pods=[AGGREGATOR],
     )
 
     status = _status(observed)
@@ -54,7 +65,10 @@ def test_a_running_job_reports_round_clients_metrics_and_run() -> None:
     assert status["mlflowRunId"] == "abc123"
     assert status["observedGeneration"] == 2
     assert _condition(status, "Running")["reason"] == "RoundsInProgress"
-    assert _condition(status, "Scheduled")["reason"] == "AllScheduled"
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("True", "AllScheduled")
+    assert scheduled["message"] == "3 client pods and the aggregator pod are bound"
+    assert _condition(status, "ClientsAvailable")["status"] == "True"
     assert _condition(status, "Tracking")["status"] == "True"
 
 
@@ -95,18 +109,93 @@ def test_an_mlflow_outage_shows_in_a_condition_not_a_failure() -> None:
     assert "2 rounds not yet in MLflow: refused" in condition["message"]
 
 
-def test_lost_nodes_and_failed_pods_are_counted() -> None:
+LOST_C = {"node": "node-c", "site": "c", "since": T0, "nodeSelector": {"edge": "true"}}
+
+
+def test_lost_nodes_and_failed_pods_are_counted_and_too_few_clients_said() -> None:
     observed = Observation(
         desired_sites=["a", "b"],
         pods=[_pod("a"), _pod("b", "Failed", ready=False)],
         aggregator=_aggregator(),
-        lost_nodes=["node-c"],
+        lost_nodes=[LOST_C],
+        aggregator_pods=[AGGREGATOR],
     )
 
     status = _status(observed)
 
     assert status["clients"]["failed"] == 2
-    assert "node-c" in _condition(status, "Scheduled")["message"]
+    assert status["lostNodes"] == [LOST_C]
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("True", "NodesLost")
+    assert f"node-c (site c, since {T0})" in scheduled["message"]
+    available = _condition(status, "ClientsAvailable")
+    assert (available["status"], available["reason"]) == ("False", "TooFewClients")
+    assert available["message"].startswith(
+        "1 of the 2 clients a round needs (spec.clients.minClients) can run "
+        "(2 nodes match spec.clients.nodeSelector; failed: b; lost: c)"
+    )
+
+
+def test_an_aggregator_the_scheduler_cannot_place_is_not_called_scheduled() -> None:
+    pending = AggregatorPodView(
+        0,
+        None,
+        name="digits-aggregator-7f9c-x2x",
+        scheduling=Scheduling(unschedulable="pod has unbound immediate PersistentVolumeClaims"),
+    )
+
+    status = _status(
+        Observation(["a", "b"], [_pod("a"), _pod("b")], None, aggregator_pods=[pending])
+    )
+
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "AggregatorUnschedulable")
+    assert scheduled["message"] == (
+        "aggregator pod digits-aggregator-7f9c-x2x: "
+        "pod has unbound immediate PersistentVolumeClaims"
+    )
+
+
+def test_pods_not_bound_yet_are_pending_and_unschedulable_clients_are_named() -> None:
+    unbound = [_pod("a", "Pending", False, Scheduling()), _pod("b")]
+    waiting = _status(Observation(["a", "b"], unbound, None))
+    stuck = Scheduling(unschedulable="0/4 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    unschedulable = _status(
+        Observation(["a", "b"], [_pod("a", "Pending", False, stuck), _pod("b")], None)
+    )
+
+    assert _condition(waiting, "Scheduled")["reason"] == "PodsPending"
+    assert _condition(waiting, "Scheduled")["message"] == (
+        "waiting to be bound to a node: client pods of a; the aggregator pod"
+    )
+    assert _condition(unschedulable, "Scheduled")["reason"] == "ClientsUnschedulable"
+    assert (
+        "a: 0/4 nodes are available: 1 Insufficient nvidia.com/gpu."
+        in _condition(unschedulable, "Scheduled")["message"]
+    )
+    assert _condition(unschedulable, "ClientsAvailable")["reason"] == "TooFewClients"
+
+
+def test_pods_the_api_server_refuses_are_named_with_its_message() -> None:
+    refusal = (
+        'pod digits-client-a: pods "digits-client-a" is forbidden: violates PodSecurity '
+        '"baseline:latest": hostPath volumes (volume "data")'
+    )
+    observed = Observation(["a", "b"], [_pod("b")], None, refused={"a": refusal})
+
+    status = _status(observed)
+
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "PodsRefused")
+    assert scheduled["message"] == f"client pods refused: a: {refusal}"
+    assert "refused: a" in _condition(status, "ClientsAvailable")["message"]
+    aggregator = _status(
+        Observation(["a"], [_pod("a")], None, aggregator_refused="Deployment x refused: quota")
+    )
+    assert _condition(aggregator, "Scheduled")["reason"] == "AggregatorRefused"
+    assert (
+        _condition(aggregator, "Scheduled")["message"] == "aggregator: Deployment x refused: quota"
+    )
 
 
 def _aggregator_pod(restarts: int, waiting: str | None) -> dict[str, Any]:
@@ -170,6 +259,49 @@ def test_sites_that_cannot_read_their_data_are_named_in_status() -> None:
     )
 
 
+def test_a_finished_job_says_so_in_every_condition_and_stays_finished() -> None:
+    failed = _status(
+        Observation(["a"], [], _aggregator(phase="failed", failure="round 4 failed 4 times"))
+    )
+    # After ttlSecondsAfterFinished the aggregator is gone and answers nothing.
+    later = _status(Observation(["a"], [], None), previous=failed)
+
+    for status in (failed, later):
+        assert status["phase"] == "Failed"
+        scheduled = _condition(status, "Scheduled")
+        assert (scheduled["reason"], scheduled["message"]) == (
+            "JobFinished",
+            "the job has finished; its client pods were removed",
+        )
+        assert _condition(status, "Running")["reason"] == "Finished"
+        assert "ClientsAvailable" not in {c["type"] for c in status["conditions"]}
+    assert _condition(later, "Failed")["message"] == "round 4 failed 4 times"
+    assert later["completionTime"] == failed["completionTime"]
+
+
+def test_a_fixed_spec_undoes_an_invalid_spec_failure() -> None:
+    invalid = compute_status(
+        None,
+        Observation([], [], None, invalid="spec.rounds: bad"),
+        previous={},
+        generation=1,
+        now=T0,
+    )
+
+    fixed = _status(Observation(["a"], [_pod("a")], None), previous=invalid)
+
+    assert fixed["phase"] == "Pending"
+    assert "Failed" not in {c["type"] for c in fixed["conditions"]}
+
+
+def test_the_status_patch_clears_what_went_away() -> None:
+    before = {"phase": "Running", "siteErrors": {"a": "bad", "b": "bad"}, "lostNodes": [LOST_C]}
+    after = {"phase": "Running", "siteErrors": {"b": "bad"}}
+
+    assert status_patch(before, after) == {"siteErrors": {"a": None}, "lostNodes": None}
+    assert status_patch(after, after) == {}
+
+
 def test_an_invalid_spec_fails_with_the_reason() -> None:
     observed = Observation([], [], None, invalid="spec.rounds: Input should be >= 1 (got 0)")
 
@@ -208,3 +340,8 @@ def test_suspended() -> None:
 
     assert status["phase"] == "Suspended"
     assert _condition(status, "Suspended")["reason"] == "SuspendedByUser"
+    scheduled = _condition(status, "Scheduled")
+    assert (scheduled["reason"], scheduled["message"]) == (
+        "Suspended",
+        "the job is suspended; its client pods were removed",
+    )
