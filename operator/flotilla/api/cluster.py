@@ -6,7 +6,7 @@ pods. Hardware profiles override the client pod on GPU and ARM nodes, chosen by 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
@@ -90,6 +90,9 @@ class Storage(ApiModel):
 
 
 class AggregatorRuntime(ApiModel):
+    """The aggregator's pod. With neither nodeSelector nor affinity, it prefers nodes that do
+    not match spec.clients.nodeSelector, leaving the edge nodes to the clients."""
+
     resources: Resources = Field(
         default_factory=lambda: Resources(
             requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "4Gi"}
@@ -99,6 +102,10 @@ class AggregatorRuntime(ApiModel):
     # A Secret whose keys become the aggregator's environment: MLFLOW_TRACKING_URI,
     # MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD.
     env_from_secret: str | None = Field(default=None, min_length=1)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    # A core/v1 Affinity, passed to the pod as it is; the API server checks it.
+    affinity: dict[str, Any] | None = None
+    tolerations: list[Toleration] = Field(default_factory=list)  # beside runtime.tolerations
 
 
 class ClientRuntime(ApiModel):

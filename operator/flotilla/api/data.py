@@ -7,7 +7,7 @@ a cluster a Secret the operator mounts as files).
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
@@ -16,17 +16,45 @@ from flotilla.api.base import ApiModel
 from flotilla.api.errors import FieldProblem, raise_problems
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+SITE_PLACEHOLDER = "{site}"
+# A PersistentVolumeClaim name (DNS-1123 subdomain), where "{site}" may stand for a site's name.
+ClaimNameTemplate = Annotated[
+    str,
+    Field(
+        max_length=200,
+        pattern=r"^([a-z0-9]|\{site\})([-a-z0-9.]|\{site\})*$",
+    ),
+]
 ExportFormat = Literal["auto", "cvat-images-1.1", "coco-1.0"]
 # Where the operator mounts a site's ``credentials.secretName`` in the client pod.
 CVAT_SECRET_MOUNT = "/var/run/secrets/flotilla/cvat"
 
 
 class CvatExportSource(ApiModel):
-    """A CVAT dataset export (a folder or CVAT's zip) on the site's machine."""
+    """A CVAT dataset export (a folder or CVAT's zip) on the site's machine.
+
+    In a cluster the client pod mounts ``path`` from its node (a hostPath volume), unless
+    ``claimName`` names a PersistentVolumeClaim that holds the export: ``path`` is then
+    inside that volume, and ``{site}`` in the name is the site's name (one claim per site,
+    e.g. a node-local PersistentVolume each). hostPath needs a namespace whose PodSecurity
+    level is ``privileged``; a claim works under ``baseline`` and ``restricted`` too.
+    ``flotilla run`` reads ``path`` on the local machine and ignores ``claimName``.
+    """
 
     path: NonEmptyStr
     # "auto" recognises annotations.xml (CVAT for images 1.1) or annotations/*.json (COCO 1.0).
     format: ExportFormat = "auto"
+    claim_name: ClaimNameTemplate | None = None
+
+    @model_validator(mode="after")
+    def _path_inside_the_claim(self) -> CvatExportSource:
+        if self.claim_name is None:
+            return self
+        parts = PurePosixPath(self.path).parts
+        if PurePosixPath(self.path).is_absolute() or ".." in parts:
+            message = "with claimName, path is inside the volume: relative, without '..'"
+            raise_problems([FieldProblem(("path",), message, self.path)])
+        return self
 
 
 class CvatCredentialsSpec(ApiModel):
@@ -82,12 +110,14 @@ class DataSource(ApiModel):
         return self
 
     def resolved(self, base_dir: Path) -> Self:
-        """A copy whose relative export path is made absolute against ``base_dir``."""
-        if self.cvat_export is None or Path(self.cvat_export.path).is_absolute():
+        """A copy for this machine: a relative export path made absolute against
+        ``base_dir``, and no ``claimName`` (a volume claim means nothing outside a cluster)."""
+        export = self.cvat_export
+        if export is None or (Path(export.path).is_absolute() and export.claim_name is None):
             return self
-        path = str(base_dir.absolute() / self.cvat_export.path)
-        export = self.cvat_export.model_copy(update={"path": path})
-        return self.model_copy(update={"cvat_export": export})
+        path = str(base_dir.absolute() / export.path)
+        local = export.model_copy(update={"path": path, "claim_name": None})
+        return self.model_copy(update={"cvat_export": local})
 
 
 class ExportDataSource(DataSource):

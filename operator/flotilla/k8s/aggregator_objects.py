@@ -101,15 +101,27 @@ def state_claim(job: FederatedJob) -> dict[str, Any] | None:
     }
 
 
+# What only the operator reads: changing it must not restart the aggregator (suspending
+# keeps it; the client pods' runtime is theirs).
+_OPERATOR_ONLY = ("suspend", "ttlSecondsAfterFinished", "backoffLimit")
+_CLIENT_RUNTIME = ("client", "profiles")
+
+
+def aggregator_spec(job: FederatedJob) -> dict[str, Any]:
+    """The part of the spec the aggregator's process reads: its pod restarts when it changes."""
+    spec = {k: v for k, v in job.to_dict()["spec"].items() if k not in _OPERATOR_ONLY}
+    spec["runtime"] = {k: v for k, v in spec["runtime"].items() if k not in _CLIENT_RUNTIME}
+    return spec
+
+
 def deployment(
     job: FederatedJob, sites: Sequence[str], *, tokens: Mapping[str, str]
 ) -> dict[str, Any]:
     """`sites` go into the pod's config hash: a new site restarts the aggregator with its
     token (it resumes from its checkpoint at the next round). So do the tokens, by a hash:
     rotated tokens restart it, and it reads the new tokens file as it starts."""
-    runtime = job.spec.runtime
     tmp_volume, _ = o.scratch()
-    config_hash = o.content_hash(job.to_dict()["spec"], sorted(sites))
+    config_hash = o.content_hash(aggregator_spec(job), sorted(sites))
     tokens_hash = o.content_hash(sorted(tokens.items()))
     return {
         "apiVersion": "apps/v1",
@@ -130,13 +142,41 @@ def deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": o.pod_security(),
-                    "tolerations": [t.to_dict() for t in runtime.tolerations],
+                    **_placement(job),
                     "containers": [_aggregator_container(job)],
                     "volumes": [*_aggregator_volumes(job), tmp_volume],
                 },
             },
         },
     }
+
+
+def _placement(job: FederatedJob) -> dict[str, Any]:
+    """The spec's placement for the aggregator; without one, a preference (never a
+    requirement: on a cluster of edge nodes only, it still runs) for nodes the clients'
+    selector does not match. Node selector terms are ORed, so one term per label."""
+    runtime = job.spec.runtime
+    own = runtime.aggregator
+    tolerations = [t.to_dict() for t in (*runtime.tolerations, *own.tolerations)]
+    placement: dict[str, Any] = {"tolerations": tolerations}
+    if own.node_selector:
+        placement["nodeSelector"] = dict(own.node_selector)
+    if own.affinity is not None:
+        placement["affinity"] = dict(own.affinity)
+    elif not own.node_selector and job.spec.clients.node_selector:
+        off_edge = [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [{"key": key, "operator": "NotIn", "values": [value]}]
+                },
+            }
+            for key, value in sorted(job.spec.clients.node_selector.items())
+        ]
+        placement["affinity"] = {
+            "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": off_edge}
+        }
+    return placement
 
 
 def _aggregator_container(job: FederatedJob) -> dict[str, Any]:

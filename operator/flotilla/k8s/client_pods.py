@@ -9,7 +9,7 @@ from typing import Any
 
 from flotilla.api import FederatedJob
 from flotilla.api.cluster import Profile
-from flotilla.api.data import CVAT_SECRET_MOUNT
+from flotilla.api.data import CVAT_SECRET_MOUNT, SITE_PLACEHOLDER
 from flotilla.k8s import objects as o
 from flotilla.k8s.aggregator_objects import token_key
 from flotilla.k8s.nodes import Placement
@@ -89,9 +89,18 @@ class _SiteData:
 
 
 def _site_data(job: FederatedJob, site: str) -> _SiteData:
-    """An export: mounted read-only from the node. A live CVAT: its credentials Secret
-    mounted where the client looks, the task cache in the pod's /tmp (working dir)."""
+    """An export: mounted read-only from its PersistentVolumeClaim, else from the node. A
+    live CVAT: its credentials Secret mounted where the client looks, the task cache in the
+    pod's /tmp (working dir)."""
     source = job.site_data(site)
+    if source.cvat_export is not None and source.cvat_export.claim_name is not None:
+        claim = source.cvat_export.claim_name.replace(SITE_PLACEHOLDER, site)
+        volume = {"persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        return _SiteData(
+            volumes=[{"name": "data", **volume}],
+            mounts=[{"name": "data", "mountPath": DATA_DIR, "readOnly": True}],
+            args=[f"--data={PurePosixPath(DATA_DIR, source.cvat_export.path)}"],
+        )
     if source.cvat_export is not None:
         path = PurePosixPath(source.cvat_export.path)
         mount = f"{DATA_DIR}/{path.name}"

@@ -28,7 +28,9 @@ CASES = sorted(p.stem for p in (DATA / "input").glob("*.yaml"))
 
 def _plan(case: str) -> Plan:
     given = yaml.safe_load((DATA / "input" / f"{case}.yaml").read_text())
-    document = load_job(ROOT / given["job"]).to_dict()
+    # As the operator reads it from the cluster: paths as written, not resolved for this machine.
+    written = yaml.safe_load((ROOT / given["job"]).read_text())
+    document = parse_job(written, source=given["job"]).to_dict()
     document["metadata"] |= {"namespace": given["namespace"], "uid": "uid-1"}
     document["spec"] |= given.get("spec", {})
     job = parse_job(document, source=case)
@@ -256,3 +258,77 @@ def test_cert_manager_writes_the_secret_and_the_policy_fences_the_aggregator() -
     }
     assert prometheus in peers and metrics["from"] == [prometheus]
     assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]
+
+
+def _template(plan: Plan) -> dict[str, Any]:
+    deployment = plan.aggregator[-1]
+    assert deployment["kind"] == "Deployment"
+    template: dict[str, Any] = deployment["spec"]["template"]
+    return template
+
+
+def test_suspending_or_client_settings_leave_the_aggregator_pod_as_it_is() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    node = NodeInfo(name="edge-1", labels={"flotilla.dev/edge": "true"})
+    tokens = {"edge-1": "kept-token-0123456789abcdef"}
+    runtime = job.spec.runtime.model_copy(
+        update={"client": job.spec.runtime.client.model_copy(update={"image": "other:1"})}
+    )
+    changes = [
+        {"suspend": True},
+        {"ttlSecondsAfterFinished": 5, "backoffLimit": 9},
+        {"runtime": runtime},
+    ]
+    before = _template(plan_job(job, [node], existing_tokens=tokens, new_tls=lambda j: FAKE_TLS))
+
+    for change in changes:
+        spec = job.spec.model_copy(update={_snake(k): v for k, v in change.items()})
+        changed = job.model_copy(update={"spec": spec})
+        plan = plan_job(changed, [node], existing_tokens=tokens, new_tls=lambda j: FAKE_TLS)
+        assert _template(plan) == before, change
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def test_the_aggregator_prefers_nodes_the_clients_selector_does_not_match() -> None:
+    affinity = _template(_plan("three-of-five-nodes"))["spec"]["affinity"]
+
+    assert affinity == {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "preference": {
+                        "matchExpressions": [
+                            {"key": "flotilla.dev/edge", "operator": "NotIn", "values": ["true"]}
+                        ]
+                    },
+                }
+            ]
+        }
+    }
+
+
+def test_a_placement_given_for_the_aggregator_replaces_the_preference() -> None:
+    pod = _template(_plan("restricted-namespace"))["spec"]
+
+    assert pod["nodeSelector"] == {"node-role.kubernetes.io/core": "true"}
+    assert "affinity" not in pod
+    assert {"key": "dedicated", "operator": "Equal", "value": "core", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+
+
+def test_each_site_reads_its_export_from_its_own_claim_without_host_path() -> None:
+    plan = _plan("restricted-namespace")
+
+    for site, pod in plan.clients.items():
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["data"]["persistentVolumeClaim"] == {
+            "claimName": f"digits-data-{site}",
+            "readOnly": True,
+        }
+        assert not any("hostPath" in v for v in pod["spec"]["volumes"])
+        assert "--data=/data/digits" in pod["spec"]["containers"][0]["args"]

@@ -151,7 +151,8 @@ class FederatedClient:
         spec = self.job.spec
         source = self.job.site_data(self.site)
         if self.options.data_path is not None:
-            export = CvatExportSource(path=str(self.options.data_path))
+            given = source.cvat_export.format if source.cvat_export else "auto"
+            export = CvatExportSource(path=str(self.options.data_path), format=given)
             source = source.model_copy(update={"cvat_export": export, "cvat": None})
         data = load_site_data(
             site=self.site,
