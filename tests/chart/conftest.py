@@ -87,7 +87,7 @@ def helm_python() -> Path:
 @pytest.fixture(scope="session")
 def render(helm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Render:
     """render(values) -> {manifest, objects, notes, errors, unvalidated}; errors are the
-    kubernetes-validate errors for Kubernetes 1.30. Raises RenderFailed when Helm refuses."""
+    kubernetes-validate errors for Kubernetes 1.28. Raises RenderFailed when Helm refuses."""
     directory = tmp_path_factory.mktemp("values")
 
     def run(values: dict[str, Any] | None = None, *files: Path) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def render(helm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Rende
             extra = directory / f"values-{len(list(directory.iterdir()))}.yaml"
             extra.write_text(yaml.safe_dump(values))
             arguments += ["-f", str(extra)]
-        command = [str(helm_python), str(HERE / "render.py"), *arguments, "--validate", "1.30.0"]
+        command = [str(helm_python), str(HERE / "render.py"), *arguments, "--validate", "1.28.7"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if not done.stdout.strip():
             raise RenderFailed(done.stderr)

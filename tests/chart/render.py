@@ -4,7 +4,7 @@ No registry ships a `helm` executable; helm-sdkpy embeds Helm v4's engine (Pytho
 but has no `template`. So this script runs its `Install` against KMock, an HTTP double of
 the Kubernetes API, with HELM_DRIVER=memory (the release is kept in memory, nothing is
 written anywhere): the release's manifest is exactly what `helm template` would print.
-KMock needs two corrections for Helm: it reports Kubernetes 1.26 (the chart needs >= 1.30)
+KMock needs two corrections for Helm: it reports Kubernetes 1.26 (the chart needs >= 1.28)
 and names the core group "/v1" in its discovery, which client-go cannot map.
 
 With --validate, every rendered object (and the chart's CRD) is checked against the
@@ -15,7 +15,7 @@ as not validated and tests/chart/test_render.py checks their shape.
 Needs helm-sdkpy, kmock, kubernetes-validate and PyYAML in a Python >= 3.12 (`make
 chart-check` builds .venv-helm). Prints one JSON object: manifest, notes, lint, errors, unvalidated.
 
-    .venv-helm/bin/python tests/chart/render.py [-f values.yaml]... [--validate 1.30.0]
+    .venv-helm/bin/python tests/chart/render.py [-f values.yaml]... [--validate 1.28.7]
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "flotilla"
 KUBERNETES_VERSION = {
     "major": "1",
-    "minor": "30",
-    "gitVersion": "v1.30.0",
+    "minor": "28",
+    "gitVersion": "v1.28.7",
     "platform": "linux/amd64",
 }
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--values", action="append", type=Path, default=[])
     parser.add_argument("--release", default="flotilla")
     parser.add_argument("--namespace", default="flotilla-system")
-    parser.add_argument("--validate", metavar="K8S_VERSION", help="e.g. 1.30.0")
+    parser.add_argument("--validate", metavar="K8S_VERSION", help="e.g. 1.28.7")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for path in args.values:

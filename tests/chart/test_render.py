@@ -1,5 +1,5 @@
 """The chart rendered by Helm's own engine (tests/chart/render.py): valid for Kubernetes
-1.30, the same pod and rights as config/*.yaml, and what each toggle adds."""
+1.28, the same pod and rights as config/*.yaml, and what each toggle adds."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def all_on(render: Render) -> dict[str, Any]:
     return render(None, ALL_ON)
 
 
-def test_defaults_render_valid_kubernetes_1_30_objects(default: dict[str, Any]) -> None:
+def test_defaults_render_valid_kubernetes_1_28_objects(default: dict[str, Any]) -> None:
     assert default["errors"] == []
     assert default["unvalidated"] == []
     assert Counter(d["kind"] for d in default["objects"]) == {

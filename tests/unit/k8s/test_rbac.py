@@ -34,29 +34,37 @@ def _operator_role() -> dict[str, Any]:
     )
 
 
-def test_the_operator_may_do_what_it_does() -> None:
+def test_the_operator_may_do_what_its_reconcile_needs() -> None:
     granted = _granted(_operator_role())
-    needed = {("", "nodes", "list"), ("flotilla.dev", "federatedjobs/status", "patch")}
-    for kind, (prefix, plural, _) in RESOURCES.items():
-        if kind in ("Node", "FederatedJob"):
-            continue
-        group = "" if prefix == "/api/v1" else prefix.split("/")[2]
-        needed |= {
-            (group, plural, verb) for verb in ("get", "list", "watch", "create", "patch", "delete")
-        }
-    needed |= {("", "events", "create")}
+    needed = {
+        ("flotilla.dev", "federatedjobs", "watch"),
+        ("flotilla.dev", "federatedjobs/status", "patch"),
+        ("", "nodes", "watch"),
+        ("", "pods", "watch"),
+        ("", "pods", "create"),
+        ("", "pods", "delete"),
+        ("apps", "deployments", "watch"),
+        ("", "secrets", "get"),
+        ("", "events", "create"),
+    }
+    for kind, (prefix, plural, _) in RESOURCES.items():  # every object a plan can hold
+        if kind not in ("Node", "FederatedJob", "Pod"):
+            group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+            needed |= {(group, plural, "create"), (group, plural, "delete")}
     assert needed <= granted, sorted(needed - granted)
 
 
 def test_the_operator_may_not_touch_what_it_does_not_own() -> None:
     granted = _granted(_operator_role())
-    assert not any(
-        verb in ("create", "patch", "delete", "update") for _, r, verb in granted if r == "nodes"
-    )
+    assert {verb for _, r, verb in granted if r == "nodes"} == {"list", "watch"}
+    # Its own Secrets by name; a list or watch would read every Secret of every namespace.
+    secrets = {verb for _, r, verb in granted if r == "secrets"}
+    assert secrets == {"get", "create", "patch", "delete"}
     assert not any(
         r in ("roles", "rolebindings", "clusterroles", "serviceaccounts") for _, r, _ in granted
     )
     assert ("flotilla.dev", "federatedjobs", "delete") not in granted
+    assert not any(verb in ("update", "deletecollection", "*") for _, _, verb in granted)
 
 
 def test_viewer_and_editor_roles_aggregate_into_the_builtin_ones() -> None:
