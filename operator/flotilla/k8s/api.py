@@ -23,6 +23,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Service": ("/api/v1", "services", True),
     "Secret": ("/api/v1", "secrets", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
+    "Event": ("/api/v1", "events", True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
@@ -107,7 +108,9 @@ class KubeApi:
     async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         async with self._session.post(url.lstrip("/"), json=body) as response:
             if response.status == 409:
-                raise AlreadyExists(409, f"{body['kind']} {body['metadata']['name']} exists")
+                meta = body["metadata"]
+                name = meta.get("name") or meta.get("generateName")
+                raise AlreadyExists(409, f"{body['kind']} {name} exists")
             return await _json(response, self._on_error)
 
     async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from datetime import datetime
+from typing import Any
 
 import aiohttp
 import kopf
@@ -24,8 +25,9 @@ import kopf
 from flotilla.api import API_GROUP, FederatedJob
 from flotilla.fl.tls import client_context
 from flotilla.k8s import objects as o
-from flotilla.k8s.api import Connection, KubeApi, path
+from flotilla.k8s.api import ApiError, Connection, KubeApi, path
 from flotilla.k8s.client_pods import aggregator_url
+from flotilla.k8s.events import EventLog, event
 from flotilla.k8s.metrics import OperatorMetrics
 from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
 from flotilla.k8s.status import status_patch
@@ -65,21 +67,6 @@ async def poll_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any
 
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
-class _Events:
-    def __init__(
-        self, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]
-    ) -> None:
-        self.body, self.logger = body, logger
-
-    def info(self, reason: str, message: str) -> None:
-        self.logger.info(message)
-        kopf.info(self.body, reason=reason, message=message)
-
-    def warn(self, reason: str, message: str) -> None:
-        self.logger.warning(message)
-        kopf.warn(self.body, reason=reason, message=message)
 
 
 def register(
@@ -180,25 +167,18 @@ def register(
         # kopf calls these once its indexes are filled: from now on the loop may resync it.
         await _reconcile(dict(body), memo, kwargs, poll=poll, full=True, logger=logger)
 
-    @kopf.on.event(*resource, registry=registry)
-    def _job_event(
-        *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
-    ) -> None:
-        if event.get("type") == "DELETED":  # owner references delete its objects
-            metrics.forget(namespace or "", name)
-            memo.get("jobs", {}).pop((namespace, name), None)
+    # `when` filters keep kopf from logging a handler run for every event of every node.
+    @kopf.on.event(*resource, when=_deleted, registry=registry)
+    def _job_deleted(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        metrics.forget(namespace or "", name)  # owner references delete its objects
+        memo.get("jobs", {}).pop((namespace, name), None)
 
-    @kopf.on.event("nodes", registry=registry)
-    def _node_event(
+    @kopf.on.event("nodes", when=_placement_changed, registry=registry)
+    def _node_changed(
         *, event: Mapping[str, Any], body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
-        known = memo.get("nodes")
-        if known is None:
-            return
-        seen = None if event.get("type") == "DELETED" else _placement_view(body)
-        if known.get(name) != seen:
-            known[name] = seen
-            memo["kick"].set()
+        memo["nodes"][name] = _placement_view(event, body)
+        memo["kick"].set()
 
     return metrics
 
@@ -246,7 +226,8 @@ async def _reconcile(
             aggregator_pods=list(indexes["aggregator_pods"].get(key, [])),
             deployment=next(iter(indexes["aggregator_deployments"].get(key, [])), None),
         )
-        context = Context(api=api, recorder=_Events(cast(kopf.Body, body), logger), poll=poll)
+        events = EventLog(logger)
+        context = Context(api=api, recorder=events, poll=poll)
         trigger = "change" if full else "resync"
         with metrics.reconcile_seconds.labels(trigger).time():
             try:
@@ -254,6 +235,8 @@ async def _reconcile(
             except Exception as error:
                 metrics.reconcile_errors.labels(type(error).__name__).inc()
                 raise
+            finally:
+                await _post(api, body, events, now=context.now())
         before = memory.status or body.get("status") or {}
         url = path("FederatedJob", namespace=key[0], name=key[1])
         patch = status_patch(before, outcome.status)
@@ -267,8 +250,32 @@ async def _reconcile(
     metrics.observed(key[0] or "", key[1], outcome.status)
 
 
-def _placement_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
+async def _post(api: KubeApi, body: Mapping[str, Any], events: EventLog, *, now: datetime) -> None:
+    """Post what the reconcile recorded; an event that cannot be posted is only logged."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    url = path("Event", namespace=body["metadata"].get("namespace") or "default")
+    for kind, reason, message in events.pending:
+        try:
+            await api.create(url, event(body, type=kind, reason=reason, message=message, now=stamp))
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("could not post the event %r: %s", message, error)
+
+
+def _deleted(*, event: Mapping[str, Any], **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+def _placement_changed(
+    *, event: Mapping[str, Any], body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
+) -> bool:
+    known = memo.get("nodes")
+    return known is not None and known.get(name) != _placement_view(event, body)
+
+
+def _placement_view(event: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """What placement reads of a node: a change in it is worth a resync now."""
+    if event.get("type") == "DELETED":
+        return None
     spec, status = node.get("spec") or {}, node.get("status") or {}
     ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
     labels = tuple(sorted((node.get("metadata", {}).get("labels") or {}).items()))
