@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,65 +21,27 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helm_env import MISSING, BuildFailed, build_venv, find_python_312
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CHART = ROOT / "charts" / "flotilla"
-VENV = ROOT / ".venv-helm"
-REQUIREMENTS = HERE / "requirements-helm.txt"
-STAMP = VENV / ".requirements"
 
 Render = Callable[..., dict[str, Any]]
-
-
-def _is_312(python: str) -> bool:
-    probe = [python, "-c", "import sys; sys.exit(sys.version_info < (3, 12))"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except OSError:
-        return False
-
-
-def find_python_312() -> str | None:
-    explicit = os.environ.get("FLOTILLA_HELM_PYTHON")
-    if explicit:
-        return explicit if _is_312(explicit) else None
-    candidates = [sys.executable]
-    candidates += [p for name in ("python3.13", "python3.12") if (p := shutil.which(name))]
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates += [str(p) for p in sorted(pyenv.glob("3.1[2-9]*/bin/python"), reverse=True)]
-    return next((c for c in candidates if _is_312(c)), None)
-
-
-def _build_venv(python: str) -> Path:
-    """.venv-helm, (re)built when requirements-helm.txt changed."""
-    interpreter = VENV / "bin" / "python"
-    wanted = REQUIREMENTS.read_text()
-    if interpreter.exists() and STAMP.exists() and STAMP.read_text() == wanted:
-        return interpreter
-    steps = [
-        [python, "-m", "venv", "--clear", str(VENV)],
-        [str(interpreter), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
-    ]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            pytest.fail(f"building {VENV} failed: {' '.join(step)}\n{done.stderr[-3000:]}")
-    STAMP.write_text(wanted)
-    return interpreter
 
 
 @pytest.fixture(scope="session")
 def helm_python() -> Path:
     python = find_python_312()
     if python is None:
-        reason = (
-            "rendering the chart needs Python >= 3.12 for helm-sdkpy (none found on PATH, "
-            "under pyenv or in $FLOTILLA_HELM_PYTHON): the chart was NOT rendered"
-        )
+        reason = f"{MISSING}: the chart was NOT rendered"
         if os.environ.get("FLOTILLA_CHART_RENDER") == "required":
             pytest.fail(reason)
         pytest.skip(reason)
-    return _build_venv(python)
+    try:
+        return build_venv(python)
+    except BuildFailed as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="session")
