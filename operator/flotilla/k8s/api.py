@@ -1,8 +1,9 @@
 """The only module that talks to the Kubernetes API (besides kopf's own watching).
 
-A thin aiohttp client: get, list, create, merge-patch, delete on the resources the
-operator manages, with API errors translated here into ApiError and AlreadyExists.
-The connection (server, CA, token or client certificate) is whatever kopf logged in with.
+A thin aiohttp client: get, create, merge-patch, delete on the resources the operator
+manages (what it reads in bulk, kopf watches for it), with API errors translated here into
+ApiError and AlreadyExists. The connection (server, CA, token or client certificate) is
+whatever kopf logged in with.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import aiohttp
 
 # kind -> (API prefix, plural, namespaced)
 RESOURCES: dict[str, tuple[str, str, bool]] = {
-    "Node": ("/api/v1", "nodes", False),
     "Pod": ("/api/v1", "pods", True),
     "Service": ("/api/v1", "services", True),
     "Secret": ("/api/v1", "secrets", True),
@@ -94,17 +94,6 @@ class KubeApi:
                 return None
             return await _json(response, self._on_error)
 
-    async def list(
-        self, url: str, *, labels: Mapping[str, str] | None = None
-    ) -> list[dict[str, Any]]:
-        params = (
-            {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
-        )
-        async with self._session.get(url.lstrip("/"), params=params) as response:
-            items: list[dict[str, Any]] = (await _json(response, self._on_error)).get("items") or []
-        # Filter here too: not every server (or test double) honours the selector.
-        return [i for i in items if _has_labels(i, labels or {})]
-
     async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         async with self._session.post(url.lstrip("/"), json=body) as response:
             if response.status == 409:
@@ -126,11 +115,6 @@ class KubeApi:
                 return False
             await _json(response, self._on_error)
             return True
-
-
-def _has_labels(item: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    have = item.get("metadata", {}).get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
 
 
 async def _json(

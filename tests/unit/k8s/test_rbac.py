@@ -48,7 +48,7 @@ def test_the_operator_may_do_what_its_reconcile_needs() -> None:
         ("", "events", "create"),
     }
     for kind, (prefix, plural, _) in RESOURCES.items():  # every object a plan can hold
-        if kind not in ("Node", "FederatedJob", "Pod", "Event"):
+        if kind not in ("FederatedJob", "Pod", "Event"):
             group = "" if prefix == "/api/v1" else prefix.split("/")[2]
             needed |= {(group, plural, "create"), (group, plural, "delete")}
     assert needed <= granted, sorted(needed - granted)
