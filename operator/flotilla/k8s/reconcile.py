@@ -9,7 +9,6 @@ stop it: the refusal goes into the job's status and an event, and the rest goes 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,16 +16,22 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from flotilla.api import FederatedJob, SpecError
-from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s import objects as o
-from flotilla.k8s.aggregator_objects import ROTATE_ANNOTATION, TOKENS_KEY
+from flotilla.k8s.aggregator_objects import ROTATE_ANNOTATION
 from flotilla.k8s.api import AlreadyExists, ApiError, KubeApi, path
 from flotilla.k8s.lost_nodes import track_lost_nodes
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
-from flotilla.k8s.security_objects import CA_KEY, CERT_KEY, PRIVATE_KEY
-from flotilla.k8s.status import Observation, compute_status, finished_before
-from flotilla.k8s.views import AggregatorPodView, PodView, replica_failure
+from flotilla.k8s.status import compute_status, finished_before
+from flotilla.k8s.views import (
+    AggregatorPodView,
+    Observation,
+    PodView,
+    annotation,
+    replica_failure,
+    tls_in,
+    tokens_in,
+)
 
 REPLACEMENTS_ANNOTATION = "flotilla.dev/client-replacements"
 _KEEP_ON_UPDATE = {"PersistentVolumeClaim"}  # its spec is immutable once bound
@@ -113,16 +118,16 @@ async def reconcile(
     namespace = o.namespace(job)
     nodes = [NodeInfo.from_api(n) for n in seen.nodes]
     secret = await ctx.api.get(path("Secret", namespace=namespace, name=o.tokens_secret_name(job)))
-    tokens = _tokens(secret)
+    tokens = tokens_in(secret)
     # Resumed after a suspension: every site gets a new token (the old ones may have leaked
     # while the job sat idle; the client pods are all new anyway).
-    rotate = not job.spec.suspend and _annotation(secret, ROTATE_ANNOTATION) == "true"
+    rotate = not job.spec.suspend and annotation(secret, ROTATE_ANNOTATION) == "true"
     tls_secret = None
     if job.spec.security.tls.enabled:
         tls_secret = await ctx.api.get(
             path("Secret", namespace=namespace, name=o.tls_secret_name(job))
         )
-    existing_tls = _tls_material(tls_secret)
+    existing_tls = tls_in(tls_secret)
     answer = await ctx.poll(job, existing_tls.ca if existing_tls else None)
     finished = finished_before(previous) or (answer or {}).get("phase") in ("done", "failed")
     plan = plan_job(
@@ -194,35 +199,6 @@ def _reachable(job: FederatedJob, site: str) -> bool:
     except SpecError:
         return False
     return True
-
-
-def _tokens(secret: Mapping[str, Any] | None) -> dict[str, str]:
-    if not secret:
-        return {}
-    if TOKENS_KEY in (secret.get("data") or {}):
-        raw = base64.b64decode(secret["data"][TOKENS_KEY]).decode()
-    else:  # as written, before the API server moved stringData to data
-        raw = (secret.get("stringData") or {}).get(TOKENS_KEY, "{}")
-    tokens: dict[str, str] = json.loads(raw)
-    return tokens
-
-
-def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
-    value = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-    return value.get(key)
-
-
-def _tls_material(secret: Mapping[str, Any] | None) -> TlsMaterial | None:
-    """What a TLS Secret holds, whoever wrote it (we, or cert-manager); None if incomplete."""
-    if not secret:
-        return None
-    data = secret.get("data") or {}
-    plain = dict(secret.get("stringData") or {})
-    for key, value in data.items():
-        plain[key] = base64.b64decode(value).decode()
-    if not all(plain.get(key) for key in (CERT_KEY, PRIVATE_KEY, CA_KEY)):
-        return None
-    return TlsMaterial(cert=plain[CERT_KEY], key=plain[PRIVATE_KEY], ca=plain[CA_KEY])
 
 
 async def _apply_aggregator(ctx: Context, plan: Plan, namespace: str) -> str | None:

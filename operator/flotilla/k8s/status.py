@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.api import FederatedJob
-from flotilla.k8s.views import AggregatorPodView, PodView, current_aggregator
+from flotilla.k8s.scheduling import clients_available, scheduled
+from flotilla.k8s.views import AggregatorPodView, Observation
 
 # Bounded: status lives in etcd, and a job may have thousands of sites.
 MAX_SITE_ERRORS = 50
 MAX_SITE_ERROR_CHARS = 500
-MAX_NAMED = 5  # sites or pods named in one condition message; the rest are counted
 CONDITION_TYPES = (
     "Scheduled",
     "ClientsAvailable",
@@ -32,23 +31,6 @@ CONDITION_TYPES = (
     "Tracking",
 )
 _TERMINAL = ("Succeeded", "Failed")
-
-
-@dataclass(frozen=True)
-class Observation:
-    desired_sites: Sequence[str]
-    pods: Sequence[PodView]
-    aggregator: Mapping[str, Any] | None  # /v1/status, None when unreachable
-    # Entries of status.lostNodes (lost_nodes.track_lost_nodes): node, site, since.
-    lost_nodes: Sequence[Mapping[str, Any]] = ()
-    invalid: str | None = None  # the spec's problems, when it does not parse
-    aggregator_pods: Sequence[AggregatorPodView] = ()
-    # Sites whose client pod the API server refused (admission, quota), with its message.
-    refused: Mapping[str, str] = field(default_factory=dict)
-    # Why the aggregator's pod cannot be made: its objects refused, or its ReplicaSet's.
-    aggregator_refused: str | None = None
-    # Sites that match but cannot get a pod (no data source), with the reason.
-    unplaceable: Mapping[str, str] = field(default_factory=dict)
 
 
 def compute_status(
@@ -127,9 +109,9 @@ def _conditions(
         out["Suspended"] = ("True", "SuspendedByUser", message)
     else:
         out["Suspended"] = ("False", "NotSuspended", "")
-    out["Scheduled"] = _scheduled(observed, finished=finished, suspended=job.spec.suspend)
+    out["Scheduled"] = scheduled(observed, finished=finished, suspended=job.spec.suspend)
     if not (finished or job.spec.suspend):
-        out["ClientsAvailable"] = _clients_available(job, observed)
+        out["ClientsAvailable"] = clients_available(job, observed)
     tracking = answer.get("tracking")
     if tracking:
         out["Tracking"] = _tracking(tracking)
@@ -185,84 +167,6 @@ def _aggregator_down(job: FederatedJob, pods: Sequence[AggregatorPodView]) -> Co
     if pod.restarts > job.spec.backoff_limit:
         out["Failed"] = ("True", "AggregatorFailed", f"{message}; backoffLimit exceeded")
     return out
-
-
-def _scheduled(observed: Observation, *, finished: bool, suspended: bool) -> tuple[str, str, str]:
-    """Is every pod of the job bound to a node? If not, the first reason in this order."""
-    if finished:
-        return ("False", "JobFinished", "the job has finished; its client pods were removed")
-    if suspended:
-        return ("False", "Suspended", "the job is suspended; its client pods were removed")
-    if observed.aggregator_refused:
-        return ("False", "AggregatorRefused", f"aggregator: {observed.aggregator_refused}")
-    if observed.refused:
-        return ("False", "PodsRefused", _named(observed.refused, "client pods refused"))
-    aggregator = current_aggregator(observed.aggregator_pods)
-    if aggregator and aggregator.scheduling.unschedulable:
-        message = f"aggregator pod {aggregator.name}: {aggregator.scheduling.unschedulable}"
-        return ("False", "AggregatorUnschedulable", message)
-    if not observed.desired_sites:
-        return ("False", "NoMatchingNodes", "no ready node matches spec.clients.nodeSelector")
-    unschedulable = {
-        p.site: p.scheduling.unschedulable for p in observed.pods if p.scheduling.unschedulable
-    }
-    if unschedulable:
-        return ("False", "ClientsUnschedulable", _named(unschedulable, "client pods unschedulable"))
-    waiting = [p.site for p in observed.pods if not p.scheduling.bound and p.phase == "Pending"]
-    have = {pod.site for pod in observed.pods}
-    waiting += [site for site in observed.desired_sites if site not in have]
-    parts = [f"client pods of {_list(sorted(set(waiting)))}"] if waiting else []
-    if aggregator is None or not aggregator.scheduling.bound:
-        parts.append("the aggregator pod")
-    if parts:
-        return ("False", "PodsPending", f"waiting to be bound to a node: {'; '.join(parts)}")
-    if observed.lost_nodes:
-        lost = _list(
-            [f"{e['node']} (site {e['site']}, since {e['since']})" for e in observed.lost_nodes]
-        )
-        return ("True", "NodesLost", f"nodes gone: {lost}; the job goes on without them")
-    return ("True", "AllScheduled", f"{len(have)} client pods and the aggregator pod are bound")
-
-
-def _clients_available(job: FederatedJob, observed: Observation) -> tuple[str, str, str]:
-    """Can the cluster run as many clients as a round needs (spec.clients.minClients)?"""
-    failed = {p.site for p in observed.pods if p.phase == "Failed"}
-    unschedulable = {p.site for p in observed.pods if p.scheduling.unschedulable}
-    out = set(observed.refused) | set(observed.unplaceable) | failed | unschedulable
-    can_run = [site for site in observed.desired_sites if site not in out]
-    need = job.spec.clients.min_clients
-    if len(can_run) >= need:
-        return (
-            "True",
-            "EnoughClients",
-            f"{len(can_run)} sites can run a client; minClients is {need}",
-        )
-    reasons = [f"{len(observed.desired_sites)} nodes match spec.clients.nodeSelector"]
-    for label, sites in (
-        ("refused", observed.refused),
-        ("no data source", observed.unplaceable),
-        ("unschedulable", unschedulable),
-        ("failed", failed),
-        ("lost", [e["site"] for e in observed.lost_nodes]),
-    ):
-        if sites:
-            reasons.append(f"{label}: {_list(sorted(sites))}")
-    message = (
-        f"{len(can_run)} of the {need} clients a round needs (spec.clients.minClients) can run "
-        f"({'; '.join(reasons)}): no round can open until more nodes can take a client"
-    )
-    return ("False", "TooFewClients", message)
-
-
-def _named(messages: Mapping[str, str], what: str) -> str:
-    shown = [f"{site}: {message}" for site, message in sorted(messages.items())[:MAX_NAMED]]
-    more = len(messages) - len(shown)
-    return f"{what}: " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-
-
-def _list(items: Sequence[str]) -> str:
-    more = len(items) - MAX_NAMED
-    return ", ".join(items[:MAX_NAMED]) + (f" and {more} more" if more > 0 else "")
 
 
 def _tracking(tracking: Mapping[str, Any]) -> tuple[str, str, str]:

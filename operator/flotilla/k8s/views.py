@@ -1,15 +1,21 @@
-"""What the operator reads off the objects a job owns: pods and the aggregator's Deployment.
+"""What the operator reads off the objects a job owns, and all of it for one job (Observation).
 
-Pure: each view is built from an API object (a dict, as the index holds it) and keeps only
-what status needs: where a pod runs, whether the scheduler bound it or why it cannot, and why
-an aggregator does not come up.
+Pure: each view is built from an API object (a dict, as an index or a GET returns it) and
+keeps only what the reconcile and status need: where a pod runs, whether the scheduler bound
+it or why it cannot, why an aggregator does not come up, what the job's Secrets hold.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from flotilla.fl.certs import TlsMaterial
+from flotilla.k8s.aggregator_objects import TOKENS_KEY
+from flotilla.k8s.security_objects import CA_KEY, CERT_KEY, PRIVATE_KEY
 
 # Container states in which the aggregator will not come back without someone acting.
 _STUCK_REASONS = frozenset(
@@ -101,6 +107,23 @@ class AggregatorPodView:
         return cls(restarts, None, **common)
 
 
+@dataclass(frozen=True)
+class Observation:
+    desired_sites: Sequence[str]
+    pods: Sequence[PodView]
+    aggregator: Mapping[str, Any] | None  # /v1/status, None when unreachable
+    # Entries of status.lostNodes (lost_nodes.track_lost_nodes): node, site, since.
+    lost_nodes: Sequence[Mapping[str, Any]] = ()
+    invalid: str | None = None  # the spec's problems, when it does not parse
+    aggregator_pods: Sequence[AggregatorPodView] = ()
+    # Sites whose client pod the API server refused (admission, quota), with its message.
+    refused: Mapping[str, str] = field(default_factory=dict)
+    # Why the aggregator's pod cannot be made: its objects refused, or its ReplicaSet's.
+    aggregator_refused: str | None = None
+    # Sites that match but cannot get a pod (no data source), with the reason.
+    unplaceable: Mapping[str, str] = field(default_factory=dict)
+
+
 def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:
     """Why the Deployment's ReplicaSet cannot create the aggregator's pod (admission, quota)."""
     for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
@@ -113,6 +136,35 @@ def current_aggregator(pods: Sequence[AggregatorPodView]) -> AggregatorPodView |
     """The pod that is the aggregator now: not being deleted, bound if one is."""
     live = [pod for pod in pods if not pod.deleting]
     return max(live, key=lambda pod: pod.scheduling.bound, default=None)
+
+
+def tokens_in(secret: Mapping[str, Any] | None) -> dict[str, str]:
+    if not secret:
+        return {}
+    if TOKENS_KEY in (secret.get("data") or {}):
+        raw = base64.b64decode(secret["data"][TOKENS_KEY]).decode()
+    else:  # as written, before the API server moved stringData to data
+        raw = (secret.get("stringData") or {}).get(TOKENS_KEY, "{}")
+    tokens: dict[str, str] = json.loads(raw)
+    return tokens
+
+
+def annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
+    value = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return value.get(key)
+
+
+def tls_in(secret: Mapping[str, Any] | None) -> TlsMaterial | None:
+    """What a TLS Secret holds, whoever wrote it (we, or cert-manager); None if incomplete."""
+    if not secret:
+        return None
+    data = secret.get("data") or {}
+    plain = dict(secret.get("stringData") or {})
+    for key, value in data.items():
+        plain[key] = base64.b64decode(value).decode()
+    if not all(plain.get(key) for key in (CERT_KEY, PRIVATE_KEY, CA_KEY)):
+        return None
+    return TlsMaterial(cert=plain[CERT_KEY], key=plain[PRIVATE_KEY], ca=plain[CA_KEY])
 
 
 def _conditions(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:

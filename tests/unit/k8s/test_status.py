@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.api import FederatedJobStatus, load_job
-from flotilla.k8s.status import Observation, compute_status, status_patch
-from flotilla.k8s.views import AggregatorPodView, PodView, Scheduling
+from flotilla.k8s.status import compute_status, status_patch
+from flotilla.k8s.views import AggregatorPodView, Observation, PodView, Scheduling
 
 ROOT = Path(__file__).resolve().parents[3]
 JOB = load_job(ROOT / "examples" / "federatedjob.yaml")
