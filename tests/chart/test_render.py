@@ -13,6 +13,7 @@ import yaml
 
 from flotilla.api.loader import load_job
 from flotilla.k8s import aggregator_objects, objects
+from tests.rbac import config_roles, granted
 
 from .conftest import CHART, ROOT, Render, RenderFailed
 
@@ -27,22 +28,6 @@ def _one(rendered: dict[str, Any], kind: str, name: str | None = None) -> dict[s
     ]
     assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in found])
     return found[0]
-
-
-def _granted(*roles: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for role in roles
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
-def _config_roles() -> dict[str, dict[str, Any]]:
-    documents = yaml.safe_load_all((ROOT / "config" / "rbac.yaml").read_text())
-    return {d["metadata"]["name"]: d for d in documents if d and d["kind"] == "ClusterRole"}
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +108,13 @@ def test_the_operator_runs_with_kopf_health_probes_and_metrics(default: dict[str
 
 def test_rbac_grants_what_config_rbac_grants(default: dict[str, Any]) -> None:
     rendered = {d["metadata"]["name"]: d for d in default["objects"] if d["kind"] == "ClusterRole"}
-    config = _config_roles()
-    operator = _granted(rendered["flotilla-operator"], rendered["flotilla-operator-cluster"])
+    config = config_roles()
+    operator = granted(rendered["flotilla-operator"], rendered["flotilla-operator-cluster"])
     # config/ grants cert-manager certificates always; the chart with certManager.enabled.
-    certificates = {g for g in _granted(config["flotilla-operator"]) if g[0] == "cert-manager.io"}
-    assert operator == _granted(config["flotilla-operator"]) - certificates
+    certificates = {g for g in granted(config["flotilla-operator"]) if g[0] == "cert-manager.io"}
+    assert operator == granted(config["flotilla-operator"]) - certificates
     for role in ("flotilla-federatedjob-viewer", "flotilla-federatedjob-editor"):
-        assert _granted(rendered[role]) == _granted(config[role])
+        assert granted(rendered[role]) == granted(config[role])
         aggregate = {k: v for k, v in rendered[role]["metadata"]["labels"].items() if "rbac" in k}
         assert aggregate == config[role]["metadata"]["labels"]
     account = _one(default, "ServiceAccount")["metadata"]
@@ -230,9 +215,9 @@ def test_cert_manager_enabled_grants_certificates_as_config_does(
 ) -> None:
     def operator_rules(rendered: dict[str, Any]) -> set[tuple[str, str, str]]:
         roles = [d for d in rendered["objects"] if d["kind"] == "ClusterRole"]
-        return _granted(*(r for r in roles if r["metadata"]["name"].endswith("-operator")))
+        return granted(*(r for r in roles if r["metadata"]["name"].endswith("-operator")))
 
-    config = _granted(_config_roles()["flotilla-operator"])
+    config = granted(config_roles()["flotilla-operator"])
     wanted = {g for g in config if g[0] == "cert-manager.io"}
     assert wanted and wanted <= operator_rules(all_on)
     assert not wanted & operator_rules(default)

@@ -18,6 +18,7 @@ import yaml
 from tests.e2e.conftest import CRD_FILE, FAKE_NODES, NewNamespace
 from tests.e2e.kube import eventually, get, items, kubectl
 from tests.helm_env import MISSING, BuildFailed, build_venv, find_python_312
+from tests.rbac import config_roles, granted
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,16 +45,6 @@ def _helm(python: Path, action: str, namespace: str, values: dict[str, Any] | No
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"helm {action} failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout)
-
-
-def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 def test_helm_installs_the_chart_and_its_crd_on_kubernetes_1_28(
@@ -99,14 +90,8 @@ def _check_release(release: dict[str, Any], namespace: str) -> None:
     dashboards = items("configmaps", namespace=namespace, selector="grafana_dashboard=1")
     assert len(dashboards) == 2
     role = get("clusterrole", f"{fullname}-operator")
-    config = [d for d in yaml.safe_load_all((ROOT / "config" / "rbac.yaml").read_text()) if d]
-    operator_role = next(
-        d
-        for d in config
-        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "flotilla-operator"
-    )
     cluster_role = get("clusterrole", f"{fullname}-operator-cluster")
-    assert _rules(role) | _rules(cluster_role) == _rules(operator_role)
+    assert granted(role, cluster_role) == granted(config_roles()["flotilla-operator"])
 
 
 def test_the_plain_manifests_of_config_are_what_the_api_server_takes(cluster: object) -> None:

@@ -140,3 +140,37 @@ def test_a_quota_that_refuses_pods_is_named_for_the_aggregator_too(
     assert "exceeded quota: no-pods" in scheduled["message"]
     assert not items("pods", namespace=namespace, selector=AGGREGATOR)
     assert not items("pods", namespace=namespace, selector=CLIENTS)
+
+
+def test_an_aggregator_the_api_server_refuses_is_named_until_the_spec_is_fixed(
+    operator: OperatorProcess, new_namespace: NewNamespace
+) -> None:
+    namespace = new_namespace()
+    job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
+    job["spec"]["runtime"]["aggregator"].pop("storage")
+    # Passed to the pod as it is: the API server, not the CRD, knows it is invalid.
+    no_terms = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    job["spec"]["runtime"]["aggregator"]["affinity"] = {"nodeAffinity": no_terms}
+
+    apply(job, namespace=namespace)
+
+    scheduled = eventually(
+        lambda: (found := _scheduled(namespace)).get("reason") == "AggregatorRefused" and found,
+        what="Scheduled=False AggregatorRefused",
+    )
+    assert scheduled["message"].startswith("aggregator: Deployment digits-aggregator refused: ")
+    assert "nodeSelectorTerms: Required value" in scheduled["message"]
+    operator.wait_resyncs(3)
+    assert _scheduled(namespace)["reason"] == "AggregatorRefused"  # said at every resync
+
+    del job["spec"]["runtime"]["aggregator"]["affinity"]
+    apply(job, namespace=namespace)
+
+    eventually(
+        lambda: items("deployments", namespace=namespace, selector=AGGREGATOR),
+        what="the Deployment made once the spec is fixed",
+    )
+    eventually(
+        lambda: _scheduled(namespace).get("reason") != "AggregatorRefused",
+        what="the refusal gone from status",
+    )

@@ -15,31 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.operator_process import USER, OperatorProcess
+from tests.rbac import Right, config_roles, granted
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-Right = tuple[str, str, str]  # API group, resource[/subresource], verb
 # Rights the suite cannot make the operator use, each with the reason. Keep it empty.
 NOT_EXERCISED: dict[Right, str] = {}
-
-
-def _granted() -> set[Right]:
-    documents = [d for d in yaml.safe_load_all((ROOT / "config" / "rbac.yaml").read_text()) if d]
-    role = next(
-        d
-        for d in documents
-        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "flotilla-operator"
-    )
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 def _requests(log: Path, since: datetime) -> list[dict[str, Any]]:
@@ -77,9 +60,9 @@ def test_every_right_of_the_operator_is_used_and_none_is_refused(
         }
     )
     used = {_right(r) for r in requests}
-    granted = _granted()
+    rights = granted(config_roles()["flotilla-operator"])
 
     assert refused == [], f"RBAC refused the operator: {refused}"
-    assert used <= granted, sorted(used - granted)
-    unused = sorted(granted - used - set(NOT_EXERCISED))
+    assert used <= rights, sorted(used - rights)
+    unused = sorted(rights - used - set(NOT_EXERCISED))
     assert unused == [], f"granted but never used in the suite (drop them, or name why): {unused}"

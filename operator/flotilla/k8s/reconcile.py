@@ -141,7 +141,14 @@ async def reconcile(
     aggregator_refused = None
     if _expired(job, previous, ctx.now()):
         await _clean_up(ctx, plan, namespace)
-    elif full or secret is None or rotate or missing_tls or sorted(tokens) != plan.sites:
+    elif (
+        full
+        or secret is None
+        or seen.deployment is None  # never made, refused, or deleted by someone
+        or rotate
+        or missing_tls
+        or sorted(tokens) != plan.sites
+    ):
         if rotate:
             ctx.recorder.info("TokensRotated", "New client tokens: the job resumed")
         aggregator_refused = await _apply_aggregator(ctx, plan, namespace)

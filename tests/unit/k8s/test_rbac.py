@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from flotilla.k8s.api import RESOURCES
+from tests.rbac import config_roles, granted
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -16,26 +17,12 @@ def _documents(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((ROOT / "config" / name).read_text()) if d]
 
 
-def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 def _operator_role() -> dict[str, Any]:
-    return next(
-        d
-        for d in _documents("rbac.yaml")
-        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "flotilla-operator"
-    )
+    return config_roles()["flotilla-operator"]
 
 
 def test_the_operator_may_do_what_its_reconcile_needs() -> None:
-    granted = _granted(_operator_role())
+    rights = granted(_operator_role())
     needed = {
         ("flotilla.dev", "federatedjobs", "watch"),
         ("flotilla.dev", "federatedjobs/status", "patch"),
@@ -51,20 +38,20 @@ def test_the_operator_may_do_what_its_reconcile_needs() -> None:
         if kind not in ("FederatedJob", "Pod", "Event"):
             group = "" if prefix == "/api/v1" else prefix.split("/")[2]
             needed |= {(group, plural, "create"), (group, plural, "delete")}
-    assert needed <= granted, sorted(needed - granted)
+    assert needed <= rights, sorted(needed - rights)
 
 
 def test_the_operator_may_not_touch_what_it_does_not_own() -> None:
-    granted = _granted(_operator_role())
-    assert {verb for _, r, verb in granted if r == "nodes"} == {"list", "watch"}
+    rights = granted(_operator_role())
+    assert {verb for _, r, verb in rights if r == "nodes"} == {"list", "watch"}
     # Its own Secrets by name; a list or watch would read every Secret of every namespace.
-    secrets = {verb for _, r, verb in granted if r == "secrets"}
+    secrets = {verb for _, r, verb in rights if r == "secrets"}
     assert secrets == {"get", "create", "patch", "delete"}
     assert not any(
-        r in ("roles", "rolebindings", "clusterroles", "serviceaccounts") for _, r, _ in granted
+        r in ("roles", "rolebindings", "clusterroles", "serviceaccounts") for _, r, _ in rights
     )
-    assert ("flotilla.dev", "federatedjobs", "delete") not in granted
-    assert not any(verb in ("update", "deletecollection", "*") for _, _, verb in granted)
+    assert ("flotilla.dev", "federatedjobs", "delete") not in rights
+    assert not any(verb in ("update", "deletecollection", "*") for _, _, verb in rights)
 
 
 def test_viewer_and_editor_roles_aggregate_into_the_builtin_ones() -> None:
@@ -75,7 +62,7 @@ def test_viewer_and_editor_roles_aggregate_into_the_builtin_ones() -> None:
     editor = roles["flotilla-federatedjob-editor"]
     assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
-    assert {v for _, _, v in _granted(viewer)} == {"get", "list", "watch"}
+    assert {v for _, _, v in granted(viewer)} == {"get", "list", "watch"}
 
 
 def test_the_operator_deployment_is_one_hardened_replica() -> None:
