@@ -12,10 +12,12 @@ cd "$(dirname "$0")/../.."
 PYTEST=${PYTEST:-.venv/bin/pytest}
 
 find_control_plane() {
-  # A clone of the project's checkout finds it beside the checkout it was cloned from.
+  # A clone of the project's checkout finds it beside the checkout it was cloned from, or
+  # where this workplace keeps it.
   local origin
   origin=$(git config --get remote.origin.url 2>/dev/null || true)
-  for dir in "${FLOTILLA_K8S_DIR:-}" ../shared/k8s "${origin:+$origin/../shared/k8s}"; do
+  for dir in "${FLOTILLA_K8S_DIR:-}" ../shared/k8s "${origin:+$origin/../shared/k8s}" \
+    /work/shared/k8s; do
     if [ -n "$dir" ] && [ -x "$dir/up.sh" ]; then
       (cd "$dir" && pwd)
       return 0
