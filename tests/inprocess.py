@@ -23,6 +23,7 @@ from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.main import AggregatorOptions, build_engine
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.aggregator.tokens import TokenBook
 from flotilla.fl.wire import Layout
 
 
@@ -135,7 +136,8 @@ async def aggregator(
         job, sites=sites, options=AggregatorOptions(state_dir=state_dir, tracking=False)
     )
     metrics = AggregatorMetrics(engine, tracking_failures=lambda: 0)
-    client = TestClient(TestServer(build_app(engine, tokens=tokens, metrics=metrics)))
+    app = build_app(engine, tokens=TokenBook(tokens), metrics=metrics)
+    client = TestClient(TestServer(app))
     await client.start_server()
     task = asyncio.get_running_loop().create_task(engine.run()) if run else None
     try:

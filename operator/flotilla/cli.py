@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     aggregator = commands.add_parser("aggregator", help="serve a job's rounds over HTTP")
     aggregator.add_argument("--job", type=Path, required=True, help="FederatedJob YAML file")
     aggregator.add_argument(
-        "--tokens-file", type=Path, required=True, help="JSON object: site name -> bearer token"
+        "--tokens-file",
+        type=Path,
+        required=True,
+        help="JSON object: site name -> bearer token; re-read when it changes (sites join and "
+        "leave, tokens rotate: no restart)",
     )
     aggregator.add_argument(
         "--state-dir", type=Path, required=True, help="checkpoints; an existing one is resumed"
@@ -338,7 +342,8 @@ def _aggregator(args: argparse.Namespace) -> int:
     # copy was a third pass over every byte the aggregator receives (~7% of the round at
     # 10M parameters x 32 clients, bench/round_bench.py). Set before aiohttp is imported.
     os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")
-    from flotilla.fl.aggregator.main import AggregatorOptions, check_transport, load_tokens, serve
+    from flotilla.fl.aggregator.main import AggregatorOptions, check_transport, serve
+    from flotilla.fl.aggregator.tokens import load_tokens
     from flotilla.fl.tls import TlsConfigError, server_context
 
     job = load_job(args.job)
@@ -368,7 +373,9 @@ def _aggregator(args: argparse.Namespace) -> int:
         if args.ready_line:
             print(f"FLOTILLA-READY {url}", flush=True)
 
-    return asyncio.run(serve(job, tokens=tokens, options=options, on_ready=ready))
+    return asyncio.run(
+        serve(job, tokens=tokens, tokens_file=args.tokens_file, options=options, on_ready=ready)
+    )
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -153,7 +153,7 @@ def test_the_pod_monitor_scrapes_what_the_operator_makes_aggregators(
     all_on: dict[str, Any],
 ) -> None:
     job = load_job(ROOT / "examples" / "federatedjob.yaml")
-    deployment = aggregator_objects.deployment(job, ["site-a"], tokens={"site-a": "t" * 32})
+    deployment = aggregator_objects.deployment(job)
     aggregator = deployment["spec"]["template"]
     (container,) = aggregator["spec"]["containers"]
     monitor = _one(all_on, "PodMonitor")

@@ -151,6 +151,8 @@ def test_nodes_labelled_unlabelled_and_deleted(
     namespace = new_namespace()
     apply(_without_state(_job()), namespace=namespace)
     eventually(lambda: len(_bound(namespace, CLIENTS)) == 3, what="three client pods")
+    aggregator = eventually(lambda: _uids(namespace, AGGREGATOR), what="the aggregator pod")
+    replica_sets = {rs["metadata"]["uid"] for rs in items("replicasets", namespace=namespace)}
 
     fake_node(edge_3, {"flotilla.dev/site": "site-d"})
     kubectl("label", "node", edge_3, "flotilla.dev/edge=true")
@@ -180,6 +182,11 @@ def test_nodes_labelled_unlabelled_and_deleted(
     assert [(e["node"], e["site"]) for e in status["lostNodes"]] == [(edge_3, "site-d")]
     assert status["clients"] == {"desired": 3, "ready": 3, "failed": 1}
     assert "digits-client-site-d" not in _bound(namespace, CLIENTS)
+    # A site joined, left, came back and was lost: the aggregator was never replaced.
+    assert _uids(namespace, AGGREGATOR) == aggregator
+    assert {rs["metadata"]["uid"] for rs in items("replicasets", namespace=namespace)} == (
+        replica_sets
+    )
 
     # Four clients needed, three can run: said, naming the lost site.
     merge_patch("fj", "digits", {"spec": {"clients": {"minClients": 4}}}, namespace=namespace)
@@ -241,6 +248,9 @@ def test_suspend_keeps_the_aggregator_pod_and_resume_brings_the_clients_back(
     merge_patch("fj", "digits", {"spec": {"suspend": False}}, namespace=namespace)
     eventually(lambda: len(_bound(namespace, CLIENTS)) == 3, what="the client pods back")
     eventually(lambda: _status(namespace).get("phase") == "Pending", what="phase Pending")
+    # Every token rotated on resume: the aggregator re-reads them, its pod stays.
+    assert _uids(namespace, AGGREGATOR) == aggregator
+    assert len(items("replicasets", namespace=namespace)) == 1
 
 
 def test_deleting_a_job_needs_no_operator_and_collects_everything(

@@ -62,12 +62,6 @@ def tokens_secret(
     }
 
 
-def tokens_of(secret: Mapping[str, Any]) -> dict[str, str]:
-    """The site -> token map of a tokens Secret as built above."""
-    tokens: dict[str, str] = json.loads(secret["stringData"][TOKENS_KEY])
-    return tokens
-
-
 def service(job: FederatedJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -114,15 +108,13 @@ def aggregator_spec(job: FederatedJob) -> dict[str, Any]:
     return spec
 
 
-def deployment(
-    job: FederatedJob, sites: Sequence[str], *, tokens: Mapping[str, str]
-) -> dict[str, Any]:
-    """`sites` go into the pod's config hash: a new site restarts the aggregator with its
-    token (it resumes from its checkpoint at the next round). So do the tokens, by a hash:
-    rotated tokens restart it, and it reads the new tokens file as it starts."""
+def deployment(job: FederatedJob) -> dict[str, Any]:
+    """One replica, `Recreate`. Its pod template depends on what the aggregator's process
+    reads of the spec and on nothing else: sites joining or leaving and rotated tokens
+    reach it through its mounted tokens file, which it re-reads (fl/aggregator/tokens.py),
+    so a node labelled, a node gone or a resumed job never restarts it."""
     tmp_volume, _ = o.scratch()
-    config_hash = o.content_hash(aggregator_spec(job), sorted(sites))
-    tokens_hash = o.content_hash(sorted(tokens.items()))
+    config_hash = o.content_hash(aggregator_spec(job))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -134,10 +126,7 @@ def deployment(
             "template": {
                 "metadata": {
                     "labels": o.labels(job, "aggregator"),
-                    "annotations": {
-                        o.HASH_ANNOTATION: config_hash,
-                        o.TOKENS_HASH_ANNOTATION: tokens_hash,
-                    },
+                    "annotations": {o.HASH_ANNOTATION: config_hash},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,

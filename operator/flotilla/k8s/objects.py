@@ -19,7 +19,6 @@ ROLE_LABEL = "flotilla.dev/role"
 NODE_LABEL = "flotilla.dev/node"
 SITE_LABEL = "flotilla.dev/site"
 HASH_ANNOTATION = "flotilla.dev/config-hash"
-TOKENS_HASH_ANNOTATION = "flotilla.dev/tokens-hash"
 # The operator's own pod, in any namespace (config/operator.yaml and the chart label it so).
 OPERATOR_POD_LABELS = {"app.kubernetes.io/part-of": APP, "app.kubernetes.io/component": "operator"}
 

@@ -62,7 +62,7 @@ def plan_job(
         agg.service(job),
         *([sec.network_policy(job)] if job.spec.security.network_policy.enabled else []),
         *([claim] if (claim := agg.state_claim(job)) else []),
-        agg.deployment(job, sites, tokens=agg.tokens_of(tokens)),
+        agg.deployment(job),
     ]
     clients: dict[str, dict[str, Any]] = {}
     unplaceable: dict[str, str] = {}

@@ -332,3 +332,19 @@ def test_each_site_reads_its_export_from_its_own_claim_without_host_path() -> No
         }
         assert not any("hostPath" in v for v in pod["spec"]["volumes"])
         assert "--data=/data/digits" in pod["spec"]["containers"][0]["args"]
+
+
+def test_nodes_joining_or_leaving_and_new_tokens_leave_the_aggregator_pod_as_it_is() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    edge = {"flotilla.dev/edge": "true"}
+    one = [NodeInfo(name="edge-1", labels=edge)]
+    two = [*one, NodeInfo(name="edge-2", labels=edge)]
+
+    def template(nodes: list[NodeInfo], tokens: dict[str, str]) -> str:
+        plan = plan_job(job, nodes, existing_tokens=tokens, new_tls=lambda j: FAKE_TLS)
+        return yaml.safe_dump(_template(plan))  # byte for byte
+
+    before = template(one, {"edge-1": "a" * 32})
+    assert template(two, {"edge-1": "a" * 32}) == before  # labelled
+    assert template([], {}) == before  # every node unlabelled
+    assert template(one, {"edge-1": "b" * 32}) == before  # rotated

@@ -136,8 +136,9 @@ class RoundEngine(ClientDesk):
         grace_end = self.clock() + self.job.spec.clients.join_grace_seconds
         while True:
             present = self.present()
-            if len(present) == len(self.sites) or (
-                len(present) >= needed and self.clock() >= grace_end
+            # Fewer sites than needed (nodes still joining): wait for more, never fail for it.
+            if len(present) >= needed and (
+                len(present) == len(self.sites) or self.clock() >= grace_end
             ):
                 return present
             self.message = (

@@ -20,6 +20,7 @@ from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
 from flotilla.fl.aggregator.tracked import attach_exporter, run_exporter
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
@@ -60,25 +61,6 @@ def check_transport(job: FederatedJob, options: AggregatorOptions) -> None:
         )
 
 
-def load_tokens(path: Path) -> dict[str, str]:
-    """A JSON object mapping each site to its bearer token."""
-    try:
-        tokens = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the tokens file {path}: {error}") from None
-    if (
-        not isinstance(tokens, dict)
-        or not tokens
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(v) >= 16 for k, v in tokens.items()
-        )
-    ):
-        raise ValueError(
-            f"the tokens file {path} must map site names to tokens of 16 characters or more"
-        )
-    return tokens
-
-
 def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOptions) -> RoundEngine:
     layout, model = initial_global_model(job)
     test_data = job.spec.evaluation.test_data
@@ -107,10 +89,17 @@ async def serve(
     tokens: Mapping[str, str],
     options: AggregatorOptions,
     on_ready: Callable[[str], None],
+    tokens_file: Path | None = None,
 ) -> int:
-    """Run the job to its end (or forever, unless exit_when_done). Returns the exit code."""
+    """Run the job to its end (or forever, unless exit_when_done). Returns the exit code.
+
+    With `tokens_file` (where `tokens` came from), sites join and leave as the file changes."""
     check_transport(job, options)
-    engine = build_engine(job, sites=sorted(tokens), options=options)
+    book = TokenBook(tokens)
+    engine = build_engine(job, sites=book.sites, options=options)
+    watcher = (
+        TokenFileWatcher(tokens_file, book, on_change=engine.set_sites) if tokens_file else None
+    )
     exporter = attach_exporter(
         engine,
         state_dir=options.state_dir,
@@ -124,7 +113,7 @@ async def serve(
     # Long keep-alive: an idle connection is how the aggregator knows a training
     # client is still there; its close is how it learns that the client died.
     runner = web.AppRunner(
-        build_app(engine, tokens=tokens, metrics=metrics, serve_metrics=metrics_runner is None),
+        build_app(engine, tokens=book, metrics=metrics, serve_metrics=metrics_runner is None),
         keepalive_timeout=3600,
         access_log=None,
         shutdown_timeout=SHUTDOWN_SECONDS,
@@ -145,6 +134,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     engine_task = asyncio.create_task(engine.run())
     tracking_task = asyncio.create_task(run_exporter(exporter, engine)) if exporter else None
+    watch_task = asyncio.create_task(watcher.run()) if watcher else None
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({engine_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,7 +146,7 @@ async def serve(
             await stop.wait()
     finally:
         stopper.cancel()
-        for task in (engine_task, tracking_task):
+        for task in (engine_task, tracking_task, watch_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

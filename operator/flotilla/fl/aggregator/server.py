@@ -18,7 +18,6 @@ client knows it, `X-Flotilla-Site: <its site>`; a site that is not the token's i
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.intake import Rejected
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from flotilla.fl.aggregator.tokens import TokenBook
 from flotilla.fl.learning import SCORES
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ MAX_ERROR_CHARS = 2000
 SITE_HEADER = "X-Flotilla-Site"  # the site a client says it is; checked against its token
 
 ENGINE = web.AppKey("engine", RoundEngine)
-TOKENS = web.AppKey("tokens", dict)
+TOKENS = web.AppKey("tokens", TokenBook)
 METRICS = web.AppKey("metrics", AggregatorMetrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,14 +56,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def build_app(
     engine: RoundEngine,
     *,
-    tokens: Mapping[str, str],
+    tokens: TokenBook,
     metrics: AggregatorMetrics,
     serve_metrics: bool = True,
 ) -> web.Application:
-    """`tokens` maps each site to its bearer token."""
+    """`tokens`: each site's bearer token, as they are now (they may change as it runs)."""
     app = web.Application(middlewares=[_errors])
     app[ENGINE] = engine
-    app[TOKENS] = dict(tokens)
+    app[TOKENS] = tokens
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
     if serve_metrics:
@@ -119,20 +119,18 @@ def _site(request: web.Request) -> str:
     (a token copied to another site's client is refused, not silently used)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        for site, expected in request.app[TOKENS].items():
-            if hmac.compare_digest(token.encode(), expected.encode()):
-                claimed = request.headers.get(SITE_HEADER)
-                if claimed is not None and claimed != site:
-                    raise Rejected(
-                        403,
-                        "wrong_site",
-                        f"{SITE_HEADER} says {claimed[:64]!r} but the token is another site's",
-                    )
-                engine = request.app[ENGINE]
-                engine.touch(site, _link_alive(request))
-                return str(site)
-    raise Rejected(401, "unauthorized", "missing or unknown bearer token")
+    site = request.app[TOKENS].site_of(token) if scheme.lower() == "bearer" and token else None
+    if site is None:
+        raise Rejected(401, "unauthorized", "missing or unknown bearer token")
+    claimed = request.headers.get(SITE_HEADER)
+    if claimed is not None and claimed != site:
+        raise Rejected(
+            403,
+            "wrong_site",
+            f"{SITE_HEADER} says {claimed[:64]!r} but the token is another site's",
+        )
+    request.app[ENGINE].touch(site, _link_alive(request))
+    return site
 
 
 def _link_alive(request: web.Request) -> Callable[[], bool]:

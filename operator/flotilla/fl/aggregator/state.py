@@ -96,7 +96,9 @@ class EngineState:
         self.site_reports: dict[str, dict[str, Any]] = {}
         privacy = job.spec.privacy
         self.privacy = (
-            DifferentialPrivacy(privacy, clients=len(self.sites)) if privacy is not None else None
+            DifferentialPrivacy(privacy, clients=max(len(self.sites), 1))
+            if privacy is not None
+            else None
         )
         self.intake = UpdateIntake(self.update_layout, max_norm=job.spec.limits.max_update_norm)
         self._changed = asyncio.Event()
@@ -121,6 +123,21 @@ class EngineState:
     @property
     def current_round(self) -> int:
         return min(self.completed + 1, self.rounds)
+
+    def set_sites(self, sites: Sequence[str]) -> None:
+        """The sites in force now (a node joined or left, tokens rotated). A site that left
+        is no longer waited for in the round or evaluation it was sampled for."""
+        new = tuple(sorted(set(sites)))
+        gone = set(self.sites) - set(new)
+        self.sites = new
+        for site in gone:
+            self.site_reports.pop(site, None)
+            if site not in self._reports:
+                self._sampled.discard(site)
+        if self.privacy is not None:
+            # The sampling rate of the next rounds; the accountant keeps each past round's.
+            self.privacy.clients = max(len(new), 1)
+        self._bump()
 
     def touch(self, site: str, alive: Callable[[], bool]) -> None:
         """Note that `site` is connected; `alive` tells later whether that link still is."""

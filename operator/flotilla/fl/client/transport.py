@@ -200,8 +200,23 @@ class AggregatorConnection:
         while True:
             try:
                 return attempt()
-            except AggregatorRefused:
-                raise
+            except AggregatorRefused as refused:
+                # A site that just joined is admitted once the aggregator has read its token
+                # (a mounted Secret's refresh); so is every site after a resume rotated them.
+                if (
+                    refused.status != 401
+                    or time.monotonic() - started > self._backoff.give_up_after
+                ):
+                    raise
+                delay = next(delays)
+                log.warning(
+                    "the aggregator does not know this site's token (yet): %s; a site that "
+                    "just joined is admitted once the aggregator reads its new tokens; "
+                    "retrying in %.1fs",
+                    refused,
+                    delay,
+                )
+                time.sleep(delay)
             except ssl.SSLCertVerificationError as error:
                 self.close()
                 raise AggregatorUntrusted(
