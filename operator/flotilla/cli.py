@@ -195,9 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     client.add_argument(
         "--give-up-after",
-        type=float,
+        type=_seconds_or_never,
         default=600.0,
-        help="seconds without an answer from the aggregator before exiting",
+        help="seconds without an answer from the aggregator (or with its token still refused) "
+        "before exiting; 0: never, as client pods in a cluster wait (default: %(default)s)",
     )
     # A test tool (tests/integration/test_poisoned_clients.py): this client sends a
     # Byzantine update instead of its own. Hidden from --help: no deployment wants it.
@@ -278,6 +279,17 @@ def _int_at_least(text: str, least: int) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return value
+
+
+def _seconds_or_never(text: str) -> float:
+    """A positive number of seconds, or 0 for never."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value == 0:
+        return 0.0
+    return _positive_float(text)
 
 
 def _positive_float(text: str) -> float:

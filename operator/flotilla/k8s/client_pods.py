@@ -142,6 +142,9 @@ def _container(
             *data.args,
             f"--device={'cuda' if placement.profile == 'gpu' else 'cpu'}",
             f"--metrics-port={o.CLIENT_METRICS_PORT}",
+            # The operator ends client pods when the job ends; until then a client waits for
+            # an aggregator that is starting, replaced or rescheduled, and never crash-loops.
+            "--give-up-after=0",
             *_training_args(profile),
         ],
         "env": [

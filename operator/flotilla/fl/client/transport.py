@@ -54,7 +54,10 @@ class AggregatorRefused(Exception):
 class Backoff:
     initial: float = 0.2
     maximum: float = 5.0
-    give_up_after: float = 600.0
+    give_up_after: float = 600.0  # 0: never (a cluster's client waits as long as it takes)
+
+    def expired(self, started: float) -> bool:
+        return self.give_up_after > 0 and time.monotonic() - started > self.give_up_after
 
     def delays(self) -> Iterator[float]:
         delay = self.initial
@@ -226,7 +229,7 @@ class AggregatorConnection:
                 ) from error
             except RETRYABLE as error:
                 self.close()
-                if time.monotonic() - started > self._backoff.give_up_after:
+                if self._backoff.expired(started):
                     raise AggregatorUnavailable(
                         f"no answer from {self._host}:{self._port} for "
                         f"{self._backoff.give_up_after:.0f}s: {error}{self._hint(error)}"
