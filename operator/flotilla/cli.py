@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flotilla import __version__
-from flotilla.api import SpecError, load_job
+from flotilla.api import SpecError, load_job, read_job
 from flotilla.fl.client.memory import DEFAULT_MMAP_THRESHOLD
 
 EXIT_JOB_FAILED = 1
@@ -76,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a FederatedJob file and exit")
     validate.add_argument("job", type=Path)
     validate.set_defaults(handler=_validate)
+
+    plan = commands.add_parser(
+        "plan",
+        help="print, as YAML, every object the operator would make for a job on given nodes",
+    )
+    plan.add_argument("job", type=Path, help="FederatedJob YAML file")
+    plan.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME[,label=value...]",
+        help="a node of the cluster, e.g. edge-1,flotilla.dev/edge=true,kubernetes.io/arch=arm64 "
+        "(repeat for more; nvidia.com/gpu.present=true makes a GPU node)",
+    )
+    plan.add_argument(
+        "--namespace",
+        help="where the job would live (default: its metadata.namespace, else default)",
+    )
+    plan.set_defaults(handler=_plan)
 
     aggregator = commands.add_parser("aggregator", help="serve a job's rounds over HTTP")
     aggregator.add_argument("--job", type=Path, required=True, help="FederatedJob YAML file")
@@ -345,6 +364,25 @@ def _validate(args: argparse.Namespace) -> int:
         f"{args.job}: valid FederatedJob {job.metadata.name!r}: {spec.rounds} rounds of "
         f"{spec.strategy.name}, {len(spec.sites)} sites, {len(spec.labels)} labels"
     )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from flotilla.k8s.preview import manifest, parse_node, preview
+
+    job = read_job(args.job)  # paths as the cluster holds them, not resolved for this machine
+    try:
+        nodes = [parse_node(text) for text in args.node]
+    except ValueError as error:
+        print(f"flotilla plan: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    namespace = args.namespace or job.metadata.namespace or "default"
+    plan = preview(job, nodes, namespace=namespace)
+    if not plan.placements:
+        print("flotilla plan: no node matches spec.clients.nodeSelector", file=sys.stderr)
+    for site, problem in plan.unplaceable.items():
+        print(f"flotilla plan: site {site} gets no client: {problem}", file=sys.stderr)
+    sys.stdout.write(manifest(plan))
     return 0
 
 

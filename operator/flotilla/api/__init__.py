@@ -8,7 +8,7 @@ from flotilla.api.data import (
     ExportDataSource,
 )
 from flotilla.api.errors import SpecError
-from flotilla.api.loader import load_job, parse_job
+from flotilla.api.loader import load_job, parse_job, read_job
 from flotilla.api.privacy import PrivacySpec
 from flotilla.api.security import NetworkPolicySpec, SecuritySpec, TlsSpec
 from flotilla.api.spec import (
@@ -66,4 +66,5 @@ __all__ = [
     "TrainingSpec",
     "load_job",
     "parse_job",
+    "read_job",
 ]

@@ -33,6 +33,12 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 def load_job(path: str | Path) -> FederatedJob:
     """Read, validate, and resolve relative data paths against the file's directory."""
     path = Path(path)
+    return read_job(path).resolve_paths(path.parent)
+
+
+def read_job(path: str | Path) -> FederatedJob:
+    """Read and validate, paths as written: the job as a cluster's API server would hold it."""
+    path = Path(path)
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -40,8 +46,7 @@ def load_job(path: str | Path) -> FederatedJob:
         raise SpecError(["file not found"], source=source) from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError([f"cannot read the file: {error}"], source=source) from None
-    data = _one_document(text, source=source)
-    return parse_job(data, source=source).resolve_paths(path.parent)
+    return parse_job(_one_document(text, source=source), source=source)
 
 
 def parse_job(data: object, *, source: str) -> FederatedJob:

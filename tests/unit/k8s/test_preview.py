@@ -1,0 +1,63 @@
+"""`flotilla plan`: the operator's own plan for a job on given nodes, printed as YAML, with what
+the operator generates at apply time shown as placeholders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flotilla.cli import main
+from flotilla.k8s.nodes import NodeInfo
+from flotilla.k8s.preview import GENERATED, parse_node
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = str(ROOT / "examples" / "federatedjob-restricted.yaml")
+GPU_NODE = "gpu-1,flotilla.dev/edge=true,flotilla.dev/site=site-c,nvidia.com/gpu.present=true"
+
+
+def test_a_node_is_its_name_and_labels() -> None:
+    assert parse_node("edge-1,flotilla.dev/edge=true,kubernetes.io/arch=arm64") == NodeInfo(
+        name="edge-1", labels={"flotilla.dev/edge": "true", "kubernetes.io/arch": "arm64"}
+    )
+    for bad, said in [("=x", "starts with the node's name"), ("edge-1,arch", "'arch' is not")]:
+        with pytest.raises(ValueError, match=said):
+            parse_node(bad)
+
+
+def test_plan_prints_every_object_in_apply_order_with_no_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        [
+            "plan", EXAMPLE, "--namespace", "ml",
+            "--node", "edge-1,flotilla.dev/edge=true,flotilla.dev/site=site-a",
+            "--node", GPU_NODE,
+            "--node", "core-1,node-role.kubernetes.io/core=true",
+        ]
+    )  # fmt: skip
+
+    out = capsys.readouterr().out
+    assert code == 0
+    objects = list(yaml.safe_load_all(out))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == [
+        "ConfigMap", "Secret", "Secret", "Service", "PersistentVolumeClaim", "Deployment",
+        "Pod", "Pod",
+    ]  # fmt: skip
+    assert all(o["metadata"]["namespace"] == "ml" for o in objects)
+    pods = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Pod"}
+    gpu = pods["digits-client-site-c"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    claims = pods["digits-client-site-a"]["volumes"][0]["persistentVolumeClaim"]
+    assert claims["claimName"] == "digits-data-site-a"  # the path as the cluster holds it
+    tokens = objects[1]["stringData"]
+    assert set(tokens) == {"token-site-a", "token-site-c", "tokens.json"}
+    assert tokens["token-site-a"] == GENERATED
+    assert objects[2]["stringData"]["tls.key"] == GENERATED
+
+
+def test_plan_says_when_no_node_matches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", EXAMPLE, "--node", "core-1"]) == 0
+    assert "no node matches spec.clients.nodeSelector" in capsys.readouterr().err
