@@ -39,7 +39,7 @@ def _job(**spec: Any) -> dict[str, Any]:
 
 def _without_state(job: dict[str, Any]) -> dict[str, Any]:
     """The aggregator's checkpoints in an emptyDir: its pod schedules without a volume."""
-    job["spec"]["runtime"]["aggregator"].pop("storage")
+    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
     return job
 
 

@@ -129,7 +129,7 @@ def test_a_quota_that_refuses_pods_is_named_for_the_aggregator_too(
         namespace=namespace,
     )
     job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
-    job["spec"]["runtime"]["aggregator"].pop("storage")
+    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
 
     apply(job, namespace=namespace)
 
@@ -147,7 +147,7 @@ def test_an_aggregator_the_api_server_refuses_is_named_until_the_spec_is_fixed(
 ) -> None:
     namespace = new_namespace()
     job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
-    job["spec"]["runtime"]["aggregator"].pop("storage")
+    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
     # Passed to the pod as it is: the API server, not the CRD, knows it is invalid.
     no_terms = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
     job["spec"]["runtime"]["aggregator"]["affinity"] = {"nodeAffinity": no_terms}

@@ -82,11 +82,22 @@ class Profiles(ApiModel):
     arm: Profile = Field(default_factory=_arm_profile)
 
 
-class Storage(ApiModel):
-    """A PersistentVolumeClaim for the aggregator's checkpoints, so a new pod resumes."""
+# Checkpoints hold two rounds of the model and the server optimizer's state: the built-in
+# models are a few MB; a model of the user's own gets room for about a billion parameters.
+BUILTIN_MODEL_STATE_SIZE = "1Gi"
+OWN_MODEL_STATE_SIZE = "20Gi"
 
-    size: Quantity = "1Gi"
-    storage_class_name: str | None = None
+
+class Storage(ApiModel):
+    """The aggregator's state directory (checkpoints, the MLflow journal): a
+    PersistentVolumeClaim by default, so a replaced pod resumes where the last one stopped.
+
+    `ephemeral: true` keeps it in the pod (emptyDir): a new pod then starts from the last
+    checkpoint logged to MLflow, or from round 1 without one; the job's status warns."""
+
+    size: Quantity | None = None  # unset: 1Gi for a built-in model, 20Gi for an entrypoint
+    storage_class_name: str | None = None  # unset: the cluster's default StorageClass
+    ephemeral: bool = False
 
 
 class AggregatorRuntime(ApiModel):
@@ -98,7 +109,7 @@ class AggregatorRuntime(ApiModel):
             requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "4Gi"}
         )
     )
-    storage: Storage | None = None  # emptyDir when unset: checkpoints live as long as the pod
+    storage: Storage = Field(default_factory=Storage)
     # A Secret whose keys become the aggregator's environment: MLFLOW_TRACKING_URI,
     # MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD.
     env_from_secret: str | None = Field(default=None, min_length=1)

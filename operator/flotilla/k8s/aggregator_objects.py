@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from flotilla.api import FederatedJob
+from flotilla.api.cluster import BUILTIN_MODEL_STATE_SIZE, OWN_MODEL_STATE_SIZE
 from flotilla.k8s import objects as o
 from flotilla.k8s.security_objects import CERT_KEY, PRIVATE_KEY, TLS_DIR, serving_volume
 
@@ -78,12 +79,15 @@ def service(job: FederatedJob) -> dict[str, Any]:
 
 
 def state_claim(job: FederatedJob) -> dict[str, Any] | None:
+    """The aggregator's state directory as a claim, unless the spec keeps it in the pod."""
     storage = job.spec.runtime.aggregator.storage
-    if storage is None:
+    if storage.ephemeral:
         return None
+    builtin = job.spec.model.name is not None
+    size = storage.size or (BUILTIN_MODEL_STATE_SIZE if builtin else OWN_MODEL_STATE_SIZE)
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": storage.size}},
+        "resources": {"requests": {"storage": size}},
     }
     if storage.storage_class_name:
         spec["storageClassName"] = storage.storage_class_name

@@ -24,6 +24,7 @@ MAX_SITE_ERROR_CHARS = 500
 CONDITION_TYPES = (
     "Scheduled",
     "ClientsAvailable",
+    "StateDurable",
     "Running",
     "Succeeded",
     "Failed",
@@ -110,6 +111,7 @@ def _conditions(
     else:
         out["Suspended"] = ("False", "NotSuspended", "")
     out["Scheduled"] = scheduled(observed, finished=finished, suspended=job.spec.suspend)
+    out["StateDurable"] = _state_durable(job)
     if not (finished or job.spec.suspend):
         out["ClientsAvailable"] = clients_available(job, observed)
     tracking = answer.get("tracking")
@@ -154,6 +156,18 @@ def _sticky_outcome(previous: Mapping[str, Any]) -> Conditions:
         and c.get("status") == "True"
         and c.get("reason") != "InvalidSpec"
     }
+
+
+def _state_durable(job: FederatedJob) -> tuple[str, str, str]:
+    if job.spec.runtime.aggregator.storage.ephemeral:
+        return (
+            "False",
+            "EphemeralState",
+            "spec.runtime.aggregator.storage.ephemeral: a replaced aggregator pod starts from "
+            "the last checkpoint logged to MLflow, or from round 1 without one",
+        )
+    claim = f"{job.metadata.name}-aggregator-state"
+    return ("True", "PersistentVolumeClaim", f"the aggregator's state is on claim {claim}")
 
 
 def _aggregator_down(job: FederatedJob, pods: Sequence[AggregatorPodView]) -> Conditions:

@@ -41,7 +41,10 @@ def _as_json_schema(node: Any) -> Any:
         pattern = result.pop("pattern", ".*")
         result["anyOf"] = [{"type": "integer"}, {"type": "string", "pattern": pattern}]
     if result.pop("nullable", False):
-        result["type"] = [result["type"], "null"]
+        if "type" in result:
+            result["type"] = [result["type"], "null"]
+        else:
+            result["anyOf"].append({"type": "null"})
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if result.get(bound) is True:
             result[bound] = result.pop(limit)

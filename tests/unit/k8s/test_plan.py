@@ -348,3 +348,34 @@ def test_nodes_joining_or_leaving_and_new_tokens_leave_the_aggregator_pod_as_it_
     assert template(two, {"edge-1": "a" * 32}) == before  # labelled
     assert template([], {}) == before  # every node unlabelled
     assert template(one, {"edge-1": "b" * 32}) == before  # rotated
+
+
+def test_the_aggregator_state_is_a_claim_by_default_sized_from_the_model() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    model = job.spec.model.model_copy(update={"name": None, "entrypoint": "mine.models:build"})
+    own = job.model_copy(update={"spec": job.spec.model_copy(update={"model": model})})
+
+    def claim_size(j: Any) -> str:
+        claims = [o for o in plan_job(j, [], existing_tokens={}).aggregator
+                  if o["kind"] == "PersistentVolumeClaim"]  # fmt: skip
+        size: str = claims[0]["spec"]["resources"]["requests"]["storage"]
+        return size
+
+    assert claim_size(job) == "1Gi"
+    assert claim_size(own) == "20Gi"
+
+
+def test_ephemeral_state_is_an_empty_dir_and_no_claim() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    runtime = job.spec.runtime
+    storage = runtime.aggregator.storage.model_copy(update={"ephemeral": True})
+    aggregator = runtime.aggregator.model_copy(update={"storage": storage})
+    spec = job.spec.model_copy(
+        update={"runtime": runtime.model_copy(update={"aggregator": aggregator})}
+    )
+
+    plan = plan_job(job.model_copy(update={"spec": spec}), [], existing_tokens={})
+
+    assert "PersistentVolumeClaim" not in [o["kind"] for o in plan.aggregator]
+    volumes = {v["name"]: v for v in _template(plan)["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}

@@ -345,3 +345,24 @@ def test_suspended() -> None:
         "Suspended",
         "the job is suspended; its client pods were removed",
     )
+
+
+def test_state_kept_in_the_pod_is_a_warning_condition() -> None:
+    runtime = JOB.spec.runtime
+    storage = runtime.aggregator.storage.model_copy(update={"ephemeral": True})
+    aggregator = runtime.aggregator.model_copy(update={"storage": storage})
+    spec = JOB.spec.model_copy(
+        update={"runtime": runtime.model_copy(update={"aggregator": aggregator})}
+    )
+    ephemeral = JOB.model_copy(update={"spec": spec})
+    observed = Observation(["a"], [_pod("a")], _aggregator())
+
+    durable = _condition(_status(observed), "StateDurable")
+    warned = _condition(
+        compute_status(ephemeral, observed, previous={}, generation=1, now=T1), "StateDurable"
+    )
+
+    assert (durable["status"], durable["reason"]) == ("True", "PersistentVolumeClaim")
+    assert "digits-aggregator-state" in durable["message"]
+    assert (warned["status"], warned["reason"]) == ("False", "EphemeralState")
+    assert "last checkpoint logged to MLflow" in warned["message"]
