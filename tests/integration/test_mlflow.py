@@ -8,6 +8,8 @@ off and the model's requirements are given, not inferred.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -206,3 +208,43 @@ def test_rounds_go_on_while_mlflow_is_down_and_none_is_missing_after(
         assert version.tags["flotilla.round"] == "8"
     finally:
         server.stop()
+
+
+def test_an_aggregator_with_an_empty_state_dir_picks_the_job_up_from_mlflow(
+    tmp_path: Path, digits_dir: Path, tracking_server: TrackingServer
+) -> None:
+    job = _tracked_job(
+        tmp_path, digits_dir, name="recovered", rounds=8, training={"localEpochs": 8}
+    )
+    # A cluster's job: the operator gives the aggregator the job's uid.
+    job.write_text(job.read_text().replace("name: recovered", "name: recovered\n  uid: uid-7f3c"))
+    tracking = ("--tracking-uri", tracking_server.url)
+    with cluster(tmp_path, job, SITES) as running:
+        running.start_aggregator(*tracking)
+        for site in SITES:
+            running.start_client(site)
+        # Round 3 in MLflow: round 2's checkpoint went up in the same pass.
+        before = running.wait_for(lambda s: s["tracking"]["roundsLogged"] >= 3, timeout=180)
+        assert running.aggregator is not None
+        running.kill(running.aggregator)
+        shutil.rmtree(running.state_dir)  # a new pod on an emptyDir: nothing on disk
+        running.start_aggregator(*tracking)
+
+        assert running.wait_aggregator(timeout=300) == 0, running.log("aggregator")
+        summary = running.summary()
+
+    assert before["completedRounds"] < 8
+    client = MlflowClient(tracking_server.url)
+    experiment = client.get_experiment_by_name("exp-recovered")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["mlflowRunId"]]  # the same run
+    for key in ROUND_METRICS:
+        assert _steps(client, summary["mlflowRunId"], key) == list(range(1, 9)), key
+    log = running.log("aggregator")
+    restored = re.search(r"restored round (\d+) from MLflow run \w+; (\d+) rounds", log)
+    assert restored, log
+    checkpoint, redone = int(restored[1]), int(restored[2])
+    assert checkpoint in (2, 4, 6) and redone <= 1  # checkpointEveryRounds is 2
+    assert [r["round"] for r in summary["history"]] == list(range(1, 9))
+    assert summary["history"][-1]["central"]["accuracy"] > 0.85

@@ -31,7 +31,10 @@ def token_key(site: str) -> str:
 def job_config_map(job: FederatedJob) -> dict[str, Any]:
     document = job.to_dict()
     document.pop("status", None)
-    document["metadata"] = {"name": job.metadata.name}
+    # The uid is the job's identity in MLflow: a new aggregator with an empty state
+    # directory finds the job's run (and its last checkpoint) by it.
+    meta = {"name": job.metadata.name, "namespace": o.namespace(job), "uid": job.metadata.uid}
+    document["metadata"] = {key: value for key, value in meta.items() if value}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

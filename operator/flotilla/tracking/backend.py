@@ -18,6 +18,7 @@ from flotilla.tracking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 
+CHECKPOINTS_ARTIFACT = "checkpoints"  # where the exporter logs round-NNNNNN/ directories
 # MLflow's REST limits per log_batch call.
 _METRICS_PER_BATCH = 1000
 _PARAMS_PER_BATCH = 100
@@ -70,6 +71,26 @@ class TrackingBackend(Protocol):
         ...
 
 
+class RecoveryBackend(Protocol):
+    """What an aggregator with an empty state directory asks MLflow for (recovery.py)."""
+
+    def find_run(self, *, experiment: str, run_key: str) -> tuple[str, str] | None:
+        """(experiment id, run id) of the run tagged with run_key, or None; creates nothing."""
+        ...
+
+    def checkpoint_rounds(self, run_id: str) -> list[int]:
+        """The rounds whose checkpoint the run holds (artifacts checkpoints/round-NNNNNN)."""
+        ...
+
+    def download_checkpoint(self, run_id: str, round_number: int, into: Path) -> Path:
+        """The checkpoint's files, downloaded under `into`; the directory they are in."""
+        ...
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step logged for the metric, 0 if none."""
+        ...
+
+
 class MlflowBackend:
     """A TrackingBackend over MlflowClient (REST server, SQLite or any store MLflow takes)."""
 
@@ -113,6 +134,33 @@ class MlflowBackend:
             experiment_id, run_name=run_name, tags=dict(tags) | {"flotilla.run_key": run_key}
         )
         return experiment_id, str(run.info.run_id)
+
+    def find_run(self, *, experiment: str, run_key: str) -> tuple[str, str] | None:
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None or found.lifecycle_stage == "deleted":
+            return None
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`flotilla.run_key` = '{run_key}'",
+            max_results=1,
+        )
+        return (str(found.experiment_id), str(runs[0].info.run_id)) if runs else None
+
+    def checkpoint_rounds(self, run_id: str) -> list[int]:
+        rounds = []
+        for entry in self.client.list_artifacts(run_id, CHECKPOINTS_ARTIFACT):
+            name = entry.path.rsplit("/", 1)[-1]
+            if entry.is_dir and name.startswith("round-") and name[6:].isdigit():
+                rounds.append(int(name[6:]))
+        return sorted(rounds)
+
+    def download_checkpoint(self, run_id: str, round_number: int, into: Path) -> Path:
+        into.mkdir(parents=True, exist_ok=True)
+        path = f"{CHECKPOINTS_ARTIFACT}/round-{round_number:06d}"
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+    def last_step(self, run_id: str, key: str) -> int:
+        return max((int(m.step) for m in self.client.get_metric_history(run_id, key)), default=0)
 
     def _get_run(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException

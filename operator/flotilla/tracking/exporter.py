@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flotilla.tracking.backend import RunGone, TrackingBackend
+from flotilla.tracking.backend import CHECKPOINTS_ARTIFACT, RunGone, TrackingBackend
 from flotilla.tracking.journal import FILE_NAME as JOURNAL_FILE
 from flotilla.tracking.journal import Journal, load_journal, save_journal
 from flotilla.tracking.plan import Metric, federated_metrics, redact_uri, round_metrics
@@ -44,6 +44,9 @@ class TrackingSettings:
     run_name: str
     params: Mapping[str, str]
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The run's key when the job has one of its own (a cluster's job: from its uid), so a new
+    # aggregator with an empty state directory finds the same run; else a random one.
+    run_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class TrackingExporter:
         self._make_backend = backend
         self._backend: TrackingBackend | None = None
         self._state_dir = state_dir
-        self.journal: Journal = _load_or_restart(state_dir)
+        self.journal: Journal = _load_or_restart(state_dir, run_key=settings.run_key)
         self._run_checked = False
         self._last_error: str | None = None
         self._failures = 0
@@ -210,7 +213,7 @@ class TrackingExporter:
         for round_number in self._checkpoints_due(view):
             directory = view.checkpoint_dir / f"round-{round_number:06d}"
             if directory.is_dir():
-                backend.log_artifacts(run_id, directory, f"checkpoints/{directory.name}")
+                backend.log_artifacts(run_id, directory, f"{CHECKPOINTS_ARTIFACT}/{directory.name}")
             else:  # rotated away while MLflow was down: later ones still go up
                 log.warning(
                     "checkpoint of round %d was gone before it could be uploaded", round_number
@@ -327,9 +330,10 @@ class TrackingExporter:
         }
 
 
-def _load_or_restart(state_dir: Path) -> Journal:
+def _load_or_restart(state_dir: Path, *, run_key: str | None) -> Journal:
+    fresh = Journal(run_key=run_key) if run_key else Journal()
     try:
-        return load_journal(state_dir)
+        return load_journal(state_dir) or fresh
     except ValueError as error:  # MLflow's bookkeeping must never stop the job
         aside = state_dir / f"{JOURNAL_FILE}.unreadable"
         (state_dir / JOURNAL_FILE).replace(aside)

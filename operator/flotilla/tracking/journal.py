@@ -36,12 +36,13 @@ class Journal:
             setattr(self, key, value)
 
 
-def load_journal(state_dir: Path) -> Journal:
+def load_journal(state_dir: Path) -> Journal | None:
+    """The journal kept in `state_dir`, None if there is none."""
     path = state_dir / FILE_NAME
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return Journal()
+        return None
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read the tracking journal {path}: {error}") from None
     if not isinstance(data, dict):

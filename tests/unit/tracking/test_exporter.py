@@ -199,6 +199,7 @@ def test_a_run_created_before_a_crash_is_found_by_its_key_not_created_again(
     first = _exporter(tmp_path, mlflow)
     first.sync(_view(tmp_path, persisted=1))
     journal = load_journal(tmp_path)
+    assert journal is not None
     journal_text = (tmp_path / "tracking.json").read_text()
     # As if the aggregator died after creating the run, before writing down its id.
     (tmp_path / "tracking.json").write_text(journal_text.replace(f'"{journal.run_id}"', "null", 1))

@@ -74,6 +74,23 @@ class CheckpointStore:
         self._prune(keep_name=name)
         return final
 
+    def has_latest(self) -> bool:
+        return (self.directory / "LATEST").exists()
+
+    def adopt(self, folder: Path, completed_rounds: int) -> Path:
+        """Make a checkpoint written elsewhere (downloaded from MLflow) the latest, as save()
+        does its own: moved in whole, then `LATEST` switched by rename."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"round-{completed_rounds:06d}"
+        final = self.directory / name
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.move(str(folder), str(final))
+        _fsync_path(self.directory)
+        _write_synced(self.directory / ".LATEST.tmp", name.encode())
+        (self.directory / ".LATEST.tmp").replace(self.directory / "LATEST")
+        _fsync_path(self.directory)
+        return final
+
     def load(self, layout: Layout) -> tuple[Snapshot, bytearray] | None:
         """The latest checkpoint and its model copied into a fresh `layout` buffer, or None."""
         latest = self.directory / "LATEST"

@@ -21,7 +21,7 @@ from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
-from flotilla.fl.aggregator.tracked import attach_exporter, run_exporter
+from flotilla.fl.aggregator.tracked import attach_exporter, recover_state, run_exporter
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
 from flotilla.fl.tls import server_context
@@ -96,6 +96,13 @@ async def serve(
     With `tokens_file` (where `tokens` came from), sites join and leave as the file changes."""
     check_transport(job, options)
     book = TokenBook(tokens)
+    await asyncio.to_thread(
+        recover_state,
+        job,
+        state_dir=options.state_dir,
+        uri_override=options.tracking_uri,
+        enabled=options.tracking,
+    )
     engine = build_engine(job, sites=book.sites, options=options)
     watcher = (
         TokenFileWatcher(tokens_file, book, on_change=engine.set_sites) if tokens_file else None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flotilla.api import FederatedJob
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
+from flotilla.fl.aggregator.recovery import Recovered, needs_recovery, recover
 from flotilla.fl.modelstate import build_job_model, load_weights
 from flotilla.tracking.backend import MlflowBackend
 from flotilla.tracking.exporter import JobView, TrackingExporter, TrackingSettings
@@ -46,7 +47,22 @@ def tracking_settings(job: FederatedJob, uri: str) -> TrackingSettings:
         run_name=meta.name,
         params=job_params(job.to_dict()),
         tags=tags,
+        run_key=f"job-{meta.uid}" if meta.uid else None,
     )
+
+
+def recover_state(
+    job: FederatedJob, *, state_dir: Path, uri_override: str | None, enabled: bool
+) -> Recovered | None:
+    """Before the engine loads its checkpoint: an empty state directory of a job MLflow may
+    hold is filled from MLflow (recovery.py)."""
+    uri = resolve_tracking_uri(job, override=uri_override)
+    if not (enabled and job.spec.tracking.enabled and uri):
+        return None
+    settings = tracking_settings(job, uri)
+    if not needs_recovery(state_dir, settings) or importlib.util.find_spec("mlflow") is None:
+        return None
+    return recover(settings, lambda: MlflowBackend(uri), state_dir=state_dir)
 
 
 def attach_exporter(
