@@ -246,6 +246,14 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on this port (default: %(default)s)",
     )
     operator.add_argument(
+        "--default-tracking-uri",
+        metavar="URI",
+        default=os.environ.get("FLOTILLA_DEFAULT_TRACKING_URI"),
+        help="the MLflow server of jobs that name none (spec.tracking.trackingUri, or "
+        "MLFLOW_TRACKING_URI in runtime.aggregator.envFromSecret); the chart sets its own "
+        "(default: $FLOTILLA_DEFAULT_TRACKING_URI, else none: such jobs record nothing)",
+    )
+    operator.add_argument(
         "--resync-seconds",
         type=_positive_float,
         default=10.0,
@@ -504,9 +512,15 @@ def _operator(args: argparse.Namespace) -> int:
     import kopf
 
     from flotilla.k8s.handlers import register
+    from flotilla.k8s.objects import ClusterDefaults
 
     registry = kopf.OperatorRegistry()
-    register(registry, metrics_port=args.metrics_port, resync_seconds=args.resync_seconds)
+    register(
+        registry,
+        metrics_port=args.metrics_port,
+        resync_seconds=args.resync_seconds,
+        defaults=ClusterDefaults(tracking_uri=args.default_tracking_uri or None),
+    )
     asyncio.run(
         kopf.operator(
             registry=registry,

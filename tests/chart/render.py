@@ -47,6 +47,7 @@ RESOURCES = [
     ("v1", "services", "Service", True),
     ("v1", "configmaps", "ConfigMap", True),
     ("v1", "secrets", "Secret", True),
+    ("v1", "persistentvolumeclaims", "PersistentVolumeClaim", True),
     ("apps/v1", "deployments", "Deployment", True),
     ("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False),
     ("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", False),

@@ -39,7 +39,7 @@ def _paths(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
 
 
 # Maps handed to Kubernetes as they are: documented as a whole, not key by key.
-FREE_FORM = {"podSecurityContext", "securityContext", "resources"}
+FREE_FORM = {"podSecurityContext", "securityContext", "resources", "mlflow.resources"}
 
 
 def test_the_chart_crd_is_a_byte_copy_of_the_generated_one() -> None:

@@ -47,8 +47,9 @@ def test_defaults_render_valid_kubernetes_1_28_objects(default: dict[str, Any]) 
         "ServiceAccount": 1,
         "ClusterRole": 4,
         "ClusterRoleBinding": 2,
-        "Service": 1,
-        "Deployment": 1,
+        "Service": 2,  # the operator's metrics, MLflow
+        "Deployment": 2,  # the operator, MLflow
+        "PersistentVolumeClaim": 1,  # MLflow's
     }
 
 
@@ -67,7 +68,7 @@ def test_every_toggle_on_renders_valid_objects(all_on: dict[str, Any]) -> None:
 
 
 def test_the_operator_pod_is_hardened(default: dict[str, Any]) -> None:
-    deployment = _one(default, "Deployment")
+    deployment = _one(default, "Deployment", "flotilla-operator")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]["spec"]
@@ -85,24 +86,27 @@ def test_the_operator_pod_is_hardened(default: dict[str, Any]) -> None:
 
 
 def test_the_operator_runs_with_kopf_health_probes_and_metrics(default: dict[str, Any]) -> None:
-    pod = _one(default, "Deployment")["spec"]["template"]["spec"]
+    pod = _one(default, "Deployment", "flotilla-operator")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/flotilla-dev/flotilla-operator:0.1.0"
     assert container["args"] == [
         "operator",
         "--liveness=http://0.0.0.0:8081/healthz",
         "--metrics-port=8080",
+        "--default-tracking-uri=http://flotilla-mlflow.flotilla-system.svc:5000",
     ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8081, "metrics": 8080}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["serviceAccountName"] == _one(default, "ServiceAccount")["metadata"]["name"]
-    service = _one(default, "Service")
+    service = _one(default, "Service", "flotilla-metrics")
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
     ]
-    pod_labels = _one(default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = _one(default, "Deployment", "flotilla-operator")["spec"]["template"]["metadata"][
+        "labels"
+    ]
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
@@ -126,8 +130,10 @@ def test_rbac_grants_what_config_rbac_grants(default: dict[str, Any]) -> None:
 
 
 def test_watch_namespace_narrows_the_operator_to_it(all_on: dict[str, Any]) -> None:
-    (container,) = _one(all_on, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["args"][-1] == "--namespace=ml"
+    (container,) = _one(all_on, "Deployment", "flotilla-operator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--namespace=ml" in container["args"]
     binding = _one(all_on, "RoleBinding")
     assert binding["metadata"]["namespace"] == "ml"
     assert binding["roleRef"]["name"] == "flotilla-operator"
@@ -137,7 +143,7 @@ def test_watch_namespace_narrows_the_operator_to_it(all_on: dict[str, Any]) -> N
 
 def test_the_service_monitor_scrapes_the_operator_service(all_on: dict[str, Any]) -> None:
     monitor = _one(all_on, "ServiceMonitor")
-    service = _one(all_on, "Service")
+    service = _one(all_on, "Service", "flotilla-metrics")
     assert monitor["metadata"]["namespace"] == "monitoring"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["flotilla-system"]}
@@ -227,8 +233,17 @@ def test_without_rbac_and_service_account_the_chart_uses_the_given_account(
     render: Render,
 ) -> None:
     rendered = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "x"}})
-    assert Counter(d["kind"] for d in rendered["objects"]) == {"Service": 1, "Deployment": 1}
-    assert _one(rendered, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "x"
+    assert Counter(d["kind"] for d in rendered["objects"]) == {
+        "Service": 2,
+        "Deployment": 2,
+        "PersistentVolumeClaim": 1,
+    }
+    assert (
+        _one(rendered, "Deployment", "flotilla-operator")["spec"]["template"]["spec"][
+            "serviceAccountName"
+        ]
+        == "x"
+    )
 
 
 def test_helm_enforces_the_values_schema(render: Render) -> None:
@@ -239,3 +254,81 @@ def test_helm_enforces_the_values_schema(render: Render) -> None:
 def test_the_notes_say_how_to_run_the_example(default: dict[str, Any]) -> None:
     assert "kubectl apply -f examples/federatedjob.yaml" in default["notes"]
     assert "kubectl get fj -w" in default["notes"]
+
+
+def test_the_mlflow_server_is_every_job_default_and_never_selected_as_the_operator(
+    default: dict[str, Any],
+) -> None:
+    deployment = _one(default, "Deployment", "flotilla-mlflow")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["mlflow"]
+    assert container["args"][:3] == ["server", "--host=0.0.0.0", "--port=5000"]
+    assert "--backend-store-uri=sqlite:////var/lib/mlflow/mlflow.db" in container["args"]
+    assert "--serve-artifacts" in container["args"]
+    hosts = next(a for a in container["args"] if a.startswith("--allowed-hosts="))
+    assert "flotilla-mlflow.flotilla-system.svc:*" in hosts and "localhost:*" in hosts
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    operator = _one(default, "Deployment", "flotilla-operator")["spec"]["selector"]["matchLabels"]
+    assert not set(operator.items()) <= set(pod["metadata"]["labels"].items())
+    service = _one(default, "Service", "flotilla-mlflow")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    claim = _one(default, "PersistentVolumeClaim", "flotilla-mlflow")
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_mlflow_off_leaves_jobs_without_a_default(render: Render) -> None:
+    rendered = render({"mlflow": {"enabled": False}})
+
+    assert [d["metadata"]["name"] for d in rendered["objects"] if d["kind"] == "Deployment"] == [
+        "flotilla-operator"
+    ]
+    (container,) = _one(rendered, "Deployment", "flotilla-operator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert not any(a.startswith("--default-tracking-uri") for a in container["args"])
+
+
+def test_a_production_mlflow_takes_its_store_and_credentials_from_secrets(render: Render) -> None:
+    rendered = render(
+        {
+            "mlflow": {
+                "backendStore": {"secretName": "mlflow-db"},
+                "artifactsDestination": "s3://models/flotilla",
+                "envFromSecret": "mlflow-s3",
+            }
+        }
+    )
+
+    assert rendered["errors"] == []
+    (container,) = _one(rendered, "Deployment", "flotilla-mlflow")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in container["args"]
+    assert "--artifacts-destination=s3://models/flotilla" in container["args"]
+    store = next(e for e in container["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "uri"}
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-s3"}}]
+
+
+def test_the_plain_mlflow_manifest_is_what_the_chart_renders(default: dict[str, Any]) -> None:
+    def plain(document: dict[str, Any]) -> dict[str, Any]:
+        for labels in (
+            document["metadata"]["labels"],
+            document.get("spec", {}).get("template", {}).get("metadata", {}).get("labels"),
+        ):
+            for helm_only in (
+                "helm.sh/chart",
+                "app.kubernetes.io/managed-by",
+                "app.kubernetes.io/version",
+            ):
+                (labels or {}).pop(helm_only, None)
+        return document
+
+    rendered = [plain(d) for d in default["objects"] if d["metadata"]["name"] == "flotilla-mlflow"]
+    config = [d for d in yaml.safe_load_all((ROOT / "config" / "mlflow.yaml").read_text()) if d]
+    assert config == rendered
+    operator = yaml.safe_load((ROOT / "config" / "operator.yaml").read_text())
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--default-tracking-uri=http://flotilla-mlflow.flotilla-system.svc:5000" in args

@@ -81,6 +81,15 @@ def _check_release(release: dict[str, Any], namespace: str) -> None:
     fullname = f"{RELEASE}-flotilla"
     deployment = get("deployment", f"{fullname}-operator", namespace=namespace)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == f"{fullname}-operator"
+    mlflow = f"http://{fullname}-mlflow.{namespace}.svc:5000"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--default-tracking-uri={mlflow}" in args
+    # The MLflow server's Deployment made its pod, admitted under `restricted` too.
+    eventually(
+        lambda: items("pods", namespace=namespace, selector="app.kubernetes.io/component=tracking"),
+        what="the MLflow server's pod",
+    )
+    assert get("service", f"{fullname}-mlflow", namespace=namespace) is not None
     # The Deployment's ReplicaSet made the operator's pod: admitted under `restricted`.
     pods = eventually(
         lambda: items("pods", namespace=namespace, selector="app.kubernetes.io/component=operator"),
@@ -96,5 +105,5 @@ def _check_release(release: dict[str, Any], namespace: str) -> None:
 
 def test_the_plain_manifests_of_config_are_what_the_api_server_takes(cluster: object) -> None:
     kubectl("apply", "-f", str(ROOT / "config" / "namespace.yaml"))
-    for manifest in ("rbac.yaml", "operator.yaml"):
+    for manifest in ("rbac.yaml", "mlflow.yaml", "operator.yaml"):
         kubectl("apply", "--dry-run=server", "-f", str(ROOT / "config" / manifest))

@@ -60,3 +60,31 @@ The operator's ServiceAccount.
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+The MLflow server: its own app.kubernetes.io/name, so that the operator's selectors (name
+and instance) never match its pod.
+*/}}
+{{- define "flotilla.mlflowSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "flotilla.name" . }}-mlflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels on the MLflow server's objects.
+*/}}
+{{- define "flotilla.mlflowLabels" -}}
+helm.sh/chart: {{ include "flotilla.chart" . }}
+{{ include "flotilla.mlflowSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: flotilla
+app.kubernetes.io/component: tracking
+{{- end }}
+
+{{/*
+The MLflow server's URL inside the cluster: the default tracking URI of every job.
+*/}}
+{{- define "flotilla.mlflowUrl" -}}
+{{- printf "http://%s-mlflow.%s.svc:%v" (include "flotilla.fullname" .) .Release.Namespace .Values.mlflow.port }}
+{{- end }}

@@ -12,6 +12,12 @@ from pydantic import Field, StringConstraints
 
 from flotilla.api.base import ApiModel
 
+# Where the aggregator finds its MLflow server, after --tracking-uri and
+# spec.tracking.trackingUri: MLflow's own variable (from runtime.aggregator.envFromSecret, or
+# the shell), then the cluster's default that the operator sets (the chart's MLflow server).
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_URI_ENV = "FLOTILLA_DEFAULT_TRACKING_URI"
+
 # MLflow's own limits: registered model names and aliases are path segments in its REST API.
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=250, pattern=r"^[^/:%]+$")]
 Alias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")]

@@ -13,6 +13,7 @@ import yaml
 
 from flotilla.api import FederatedJob
 from flotilla.api.cluster import BUILTIN_MODEL_STATE_SIZE, OWN_MODEL_STATE_SIZE
+from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV
 from flotilla.k8s import objects as o
 from flotilla.k8s.security_objects import CERT_KEY, PRIVATE_KEY, TLS_DIR, serving_volume
 
@@ -115,7 +116,7 @@ def aggregator_spec(job: FederatedJob) -> dict[str, Any]:
     return spec
 
 
-def deployment(job: FederatedJob) -> dict[str, Any]:
+def deployment(job: FederatedJob, defaults: o.ClusterDefaults = o.NO_DEFAULTS) -> dict[str, Any]:
     """One replica, `Recreate`. Its pod template depends on what the aggregator's process
     reads of the spec and on nothing else: sites joining or leaving and rotated tokens
     reach it through its mounted tokens file, which it re-reads (fl/aggregator/tokens.py),
@@ -139,7 +140,7 @@ def deployment(job: FederatedJob) -> dict[str, Any]:
                     "automountServiceAccountToken": False,
                     "securityContext": o.pod_security(),
                     **_placement(job),
-                    "containers": [_aggregator_container(job)],
+                    "containers": [_aggregator_container(job, defaults)],
                     "volumes": [*_aggregator_volumes(job), tmp_volume],
                 },
             },
@@ -175,7 +176,7 @@ def _placement(job: FederatedJob) -> dict[str, Any]:
     return placement
 
 
-def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
+def _aggregator_container(job: FederatedJob, defaults: o.ClusterDefaults) -> dict[str, Any]:
     runtime = job.spec.runtime
     tls = job.spec.security.tls.enabled
     # The kubelet probes HTTPS without verifying the certificate.
@@ -205,7 +206,15 @@ def _aggregator_container(job: FederatedJob) -> dict[str, Any]:
             runtime.aggregator.resources.requests, runtime.aggregator.resources.limits
         ),
         "securityContext": o.container_security(),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            # Below the spec's trackingUri and an envFromSecret's MLFLOW_TRACKING_URI.
+            *(
+                [{"name": DEFAULT_TRACKING_URI_ENV, "value": defaults.tracking_uri}]
+                if defaults.tracking_uri
+                else []
+            ),
+        ],
         "volumeMounts": [
             {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True},

@@ -77,6 +77,7 @@ def register(
     resync_seconds: float = RESYNC_SECONDS,
     metrics: OperatorMetrics | None = None,
     metrics_port: int | None = None,
+    defaults: o.ClusterDefaults = o.NO_DEFAULTS,
 ) -> OperatorMetrics:
     """Put every handler of the operator into `registry` (tests bring their own).
 
@@ -106,6 +107,7 @@ def register(
         memo["jobs"] = {}  # (namespace, name) -> JobMemory
         memo["nodes"] = {}  # name -> what placement reads of it
         memo["kick"] = asyncio.Event()
+        memo["defaults"] = defaults
         if metrics_port is not None:
             memo["metrics_runner"] = await metrics.serve(host="0.0.0.0", port=metrics_port)
         # The indexes are kopf's, filled by its watches; the loop reads them as they are.
@@ -227,7 +229,7 @@ async def _reconcile(
             deployment=next(iter(indexes["aggregator_deployments"].get(key, [])), None),
         )
         events = EventLog(logger)
-        context = Context(api=api, recorder=events, poll=poll)
+        context = Context(api=api, recorder=events, poll=poll, defaults=memo["defaults"])
         trigger = "change" if full else "resync"
         with metrics.reconcile_seconds.labels(trigger).time():
             try:

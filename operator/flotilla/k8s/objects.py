@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flotilla.api import API_VERSION, FederatedJob
@@ -21,6 +22,18 @@ SITE_LABEL = "flotilla.dev/site"
 HASH_ANNOTATION = "flotilla.dev/config-hash"
 # The operator's own pod, in any namespace (config/operator.yaml and the chart label it so).
 OPERATOR_POD_LABELS = {"app.kubernetes.io/part-of": APP, "app.kubernetes.io/component": "operator"}
+
+
+@dataclass(frozen=True)
+class ClusterDefaults:
+    """What the operator adds to every job from its own settings (flags, the chart's values)."""
+
+    # The MLflow server for jobs that name none (spec.tracking.trackingUri, or
+    # MLFLOW_TRACKING_URI in runtime.aggregator.envFromSecret): the chart's own, by default.
+    tracking_uri: str | None = None
+
+
+NO_DEFAULTS = ClusterDefaults()
 
 
 def aggregator_name(job: FederatedJob) -> str:

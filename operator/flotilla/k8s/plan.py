@@ -13,7 +13,7 @@ from flotilla.k8s import aggregator_objects as agg
 from flotilla.k8s import security_objects as sec
 from flotilla.k8s.client_pods import client_pod
 from flotilla.k8s.nodes import NodeInfo, Placement, placements
-from flotilla.k8s.objects import aggregator_name
+from flotilla.k8s.objects import NO_DEFAULTS, ClusterDefaults, aggregator_name
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ def plan_job(
     finished: bool = False,
     new_token: Callable[[], str] | None = None,
     new_tls: Callable[[FederatedJob], TlsMaterial] = _default_tls,
+    defaults: ClusterDefaults = NO_DEFAULTS,
 ) -> Plan:
     """Suspended or finished jobs keep the aggregator (its state, its status) and no clients.
 
@@ -62,7 +63,7 @@ def plan_job(
         agg.service(job),
         *([sec.network_policy(job)] if job.spec.security.network_policy.enabled else []),
         *([claim] if (claim := agg.state_claim(job)) else []),
-        agg.deployment(job),
+        agg.deployment(job, defaults),
     ]
     clients: dict[str, dict[str, Any]] = {}
     unplaceable: dict[str, str] = {}

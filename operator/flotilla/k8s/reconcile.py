@@ -50,6 +50,7 @@ class Context:
     # The aggregator's /v1/status, over HTTPS verified against the CA given (PEM), if any.
     poll: Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    defaults: o.ClusterDefaults = o.NO_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ async def reconcile(
         existing_tokens={} if rotate else tokens,
         existing_tls=existing_tls,
         finished=finished,
+        defaults=ctx.defaults,
     )
     missing_tls = job.spec.security.tls.mode == "operator" and existing_tls is None
     aggregator_refused = None

@@ -18,6 +18,7 @@ import yaml
 from flotilla.api import load_job, parse_job
 from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s.nodes import NodeInfo
+from flotilla.k8s.objects import ClusterDefaults
 from flotilla.k8s.plan import Plan, plan_job
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -379,3 +380,16 @@ def test_ephemeral_state_is_an_empty_dir_and_no_claim() -> None:
     assert "PersistentVolumeClaim" not in [o["kind"] for o in plan.aggregator]
     volumes = {v["name"]: v for v in _template(plan)["spec"]["volumes"]}
     assert volumes["state"] == {"name": "state", "emptyDir": {}}
+
+
+def test_the_cluster_default_tracking_uri_reaches_the_aggregator_below_the_job_own() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    defaults = ClusterDefaults(tracking_uri="http://flotilla-mlflow.flotilla-system.svc:5000")
+
+    env = _template(plan_job(job, [], existing_tokens={}, defaults=defaults))["spec"]["containers"][
+        0
+    ]["env"]
+    bare = _template(plan_job(job, [], existing_tokens={}))["spec"]["containers"][0]["env"]
+
+    assert {"name": "FLOTILLA_DEFAULT_TRACKING_URI", "value": defaults.tracking_uri} in env
+    assert not any(e["name"] == "FLOTILLA_DEFAULT_TRACKING_URI" for e in bare)

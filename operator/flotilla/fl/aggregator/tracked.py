@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flotilla.api import FederatedJob
+from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV, TRACKING_URI_ENV
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.recovery import Recovered, needs_recovery, recover
 from flotilla.fl.modelstate import build_job_model, load_weights
@@ -19,12 +20,17 @@ from flotilla.tracking.served_model import ServedModel, served_model
 
 log = logging.getLogger(__name__)
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-
 
 def resolve_tracking_uri(job: FederatedJob, *, override: str | None) -> str | None:
-    """The command line's URI, else the spec's, else $MLFLOW_TRACKING_URI; None: no tracking."""
-    return override or job.spec.tracking.tracking_uri or os.environ.get(TRACKING_URI_ENV) or None
+    """The command line's URI, else the spec's, else $MLFLOW_TRACKING_URI, else the cluster's
+    default ($FLOTILLA_DEFAULT_TRACKING_URI, set by the operator); None: no tracking."""
+    return (
+        override
+        or job.spec.tracking.tracking_uri
+        or os.environ.get(TRACKING_URI_ENV)
+        or os.environ.get(DEFAULT_TRACKING_URI_ENV)
+        or None
+    )
 
 
 def tracking_settings(job: FederatedJob, uri: str) -> TrackingSettings:
