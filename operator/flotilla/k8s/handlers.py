@@ -35,6 +35,7 @@ from flotilla.k8s.status import status_patch
 PLURAL = "federatedjobs"
 VERSION = "v1alpha1"
 RESYNC_SECONDS = 10.0
+RESYNC_CONCURRENCY = 16
 Poll = Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
 Login = Callable[..., kopf.ConnectionInfo | None]
 log = logging.getLogger(__name__)
@@ -190,18 +191,28 @@ async def _resync_forever(
 ) -> None:
     """Reconcile every job kopf has handled, each `interval` or when a node changes."""
     kick: asyncio.Event = memo["kick"]
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(kick.wait(), timeout=interval)
-        kick.clear()
-        for key, bodies in list(indexes["jobs"].items()):
-            body = next(iter(bodies), None)
-            if key not in memo["jobs"] or body is None:  # kopf has not handled it yet
-                continue
+    # Jobs side by side, a bounded number at once: one whose aggregator does not answer
+    # (its poll waits out a timeout) must not hold up the status of the others.
+    lanes = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def resync(key: tuple[str, str], body: Mapping[str, Any]) -> None:
+        async with lanes:
             try:
                 await _reconcile(dict(body), memo, indexes, poll=poll, full=False)
             except Exception:  # one job's trouble must not stop the others' resync
                 log.exception("resync of FederatedJob %s/%s failed", *key)
+
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kick.wait(), timeout=interval)
+        kick.clear()
+        due = [
+            resync(key, body)
+            for key, bodies in list(indexes["jobs"].items())
+            # Not yet handled by kopf in this process: its indexes may still be filling.
+            if key in memo["jobs"] and (body := next(iter(bodies), None)) is not None
+        ]
+        await asyncio.gather(*due)
 
 
 async def _reconcile(
