@@ -180,7 +180,11 @@ def register(
     def _node_changed(
         *, event: Mapping[str, Any], body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
-        memo["nodes"][name] = _placement_view(event, body)
+        view = _placement_view(event, body)
+        if view is None:  # deleted: forget it, or a fleet's churn would pile up names
+            memo["nodes"].pop(name, None)
+        else:
+            memo["nodes"][name] = view
         memo["kick"].set()
 
     return metrics

@@ -337,8 +337,10 @@ def _load_or_restart(state_dir: Path, *, run_key: str | None) -> Journal:
     except ValueError as error:  # MLflow's bookkeeping must never stop the job
         aside = state_dir / f"{JOURNAL_FILE}.unreadable"
         (state_dir / JOURNAL_FILE).replace(aside)
-        log.warning("%s; moved to %s, the job is recorded in a new MLflow run", error, aside)
-        return Journal()
+        # A job with a key of its own finds its run again; resent points are identical.
+        where = "its MLflow run, found by its key" if run_key else "a new MLflow run"
+        log.warning("%s; moved to %s, the job is recorded again in %s", error, aside, where)
+        return fresh
 
 
 def _federated_final_through(view: JobView) -> int:

@@ -302,3 +302,15 @@ def test_an_unreadable_journal_is_set_aside_and_the_job_recorded_afresh(tmp_path
 
     assert (tmp_path / "tracking.json.unreadable").read_text() == "{"
     assert mlflow.steps("central.accuracy") == [1]
+
+
+def test_a_keyed_job_with_an_unreadable_journal_finds_its_run_again(tmp_path: Path) -> None:
+    mlflow = FakeMlflow()
+    _exporter(tmp_path, mlflow, run_key="job-uid-1").sync(_view(tmp_path, persisted=1))
+    (tmp_path / "tracking.json").write_text("{")
+
+    again = _exporter(tmp_path, mlflow, run_key="job-uid-1")
+    again.sync(_view(tmp_path, persisted=2))
+
+    assert len(mlflow.runs) == 1  # the cluster job's run, found by its key
+    assert again.journal.run_key == "job-uid-1"
