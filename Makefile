@@ -80,9 +80,8 @@ ALIAS ?= candidate
 SERVE_PORT ?= 5001
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 serve: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" \
-		$(BIN)/mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local \
-		-h 127.0.0.1 -p $(SERVE_PORT)
+	MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" $(BIN)/flotilla serve \
+		--model-uri "models:/$(MODEL)@$(ALIAS)" --host 127.0.0.1 --port $(SERVE_PORT)
 
 # Edge images (edge-images/README.md). Needs Docker with buildx and a builder that can do
 # several platforms (`make builder`; QEMU for the other architecture). The names are the

@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace",
         help="where the job would live (default: its metadata.namespace, else default)",
     )
+    plan.add_argument(
+        "--status-phase",
+        choices=["Running", "Succeeded"],
+        default="Running",
+        help="the job's phase to plan for: Succeeded shows the objects made after success "
+        "(the served model's Deployment and Service; no client pods) (default: %(default)s)",
+    )
     plan.set_defaults(handler=_plan)
 
     aggregator = commands.add_parser("aggregator", help="serve a job's rounds over HTTP")
@@ -262,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     operator.set_defaults(handler=_operator)
 
+    _serve_parser(commands)
+
     crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
     crd.set_defaults(handler=_crd)
 
@@ -288,6 +297,35 @@ def _parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(handler=_shapes)
     return parser
+
+
+def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve a registered model over HTTP (mlflow models serve: POST /invocations)",
+    )
+    serve.add_argument(
+        "--model-uri",
+        required=True,
+        metavar="URI",
+        help="models:/NAME@ALIAS (as a job registers it), models:/NAME/VERSION or runs:/...",
+    )
+    serve.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="the MLflow server holding it (default: $MLFLOW_TRACKING_URI, else "
+        "$FLOTILLA_DEFAULT_TRACKING_URI, which the operator sets in a cluster)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    serve.add_argument("--port", type=_port, default=5001, help="default: %(default)s")
+    serve.set_defaults(handler=_serve)
+
+
+def _port(text: str) -> int:
+    port = _int_at_least(text, 1)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
 
 
 def _positive_int(text: str) -> int:
@@ -385,7 +423,7 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"flotilla plan: {error}", file=sys.stderr)
         return EXIT_USAGE
     namespace = args.namespace or job.metadata.namespace or "default"
-    plan = preview(job, nodes, namespace=namespace)
+    plan = preview(job, nodes, namespace=namespace, succeeded=args.status_phase == "Succeeded")
     if not plan.placements:
         print("flotilla plan: no node matches spec.clients.nodeSelector", file=sys.stderr)
     for site, problem in plan.unplaceable.items():
@@ -531,6 +569,25 @@ def _operator(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flotilla.tracking.serve import NoTrackingServer, exec_serve, serve_command
+
+    try:
+        command = serve_command(
+            args.model_uri,
+            host=args.host,
+            port=args.port,
+            tracking_uri=args.tracking_uri,
+            environ=os.environ,
+        )
+    except NoTrackingServer as error:
+        print(f"flotilla serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.getLogger("flotilla").info("serving %s on %s:%d", args.model_uri, args.host, args.port)
+    exec_serve(command)
+    return 0  # not reached: the scoring server replaced this process
 
 
 def _crd(args: argparse.Namespace) -> int:

@@ -126,3 +126,11 @@ def fake_node(name: str, labels: Mapping[str, str], *, arch: str = "amd64", gpus
     status = {"capacity": capacity, "allocatable": capacity, "conditions": [ready]}
     merge_patch("node", name, {"status": status}, status=True)
     kubectl("taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+
+
+def without_state(job: dict[str, Any]) -> dict[str, Any]:
+    """The aggregator's checkpoints in an emptyDir: its pod schedules without a volume."""
+    job["spec"].setdefault("runtime", {}).setdefault("aggregator", {})["storage"] = {
+        "ephemeral": True
+    }
+    return job

@@ -22,6 +22,7 @@ from tests.e2e.kube import (
     kubectl,
     load,
     merge_patch,
+    without_state,
 )
 from tests.e2e.operator_process import OperatorProcess
 
@@ -34,12 +35,6 @@ AGGREGATOR = "flotilla.dev/job=digits,flotilla.dev/role=aggregator"
 def _job(**spec: Any) -> dict[str, Any]:
     job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
     job["spec"] |= spec
-    return job
-
-
-def _without_state(job: dict[str, Any]) -> dict[str, Any]:
-    """The aggregator's checkpoints in an emptyDir: its pod schedules without a volume."""
-    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
     return job
 
 
@@ -149,7 +144,7 @@ def test_nodes_labelled_unlabelled_and_deleted(
     operator: OperatorProcess, new_namespace: NewNamespace, edge_3: str
 ) -> None:
     namespace = new_namespace()
-    apply(_without_state(_job()), namespace=namespace)
+    apply(without_state(_job()), namespace=namespace)
     eventually(lambda: len(_bound(namespace, CLIENTS)) == 3, what="three client pods")
     aggregator = eventually(lambda: _uids(namespace, AGGREGATOR), what="the aggregator pod")
     replica_sets = {rs["metadata"]["uid"] for rs in items("replicasets", namespace=namespace)}
@@ -208,7 +203,7 @@ def test_an_operator_restart_makes_nothing_twice(
     operator: OperatorProcess, new_namespace: NewNamespace
 ) -> None:
     namespace = new_namespace()
-    apply(_without_state(_job()), namespace=namespace)
+    apply(without_state(_job()), namespace=namespace)
     eventually(lambda: _reason(namespace, "Scheduled") == "AllScheduled", what="AllScheduled")
     pods = _uids(namespace, "flotilla.dev/job=digits")
     replica_sets = {rs["metadata"]["uid"] for rs in items("replicasets", namespace=namespace)}
@@ -228,7 +223,7 @@ def test_suspend_keeps_the_aggregator_pod_and_resume_brings_the_clients_back(
     operator: OperatorProcess, new_namespace: NewNamespace
 ) -> None:
     namespace = new_namespace()
-    apply(_without_state(_job()), namespace=namespace)
+    apply(without_state(_job()), namespace=namespace)
     eventually(lambda: _reason(namespace, "Scheduled") == "AllScheduled", what="AllScheduled")
     aggregator = _uids(namespace, AGGREGATOR)
 
@@ -383,7 +378,7 @@ def cert_manager_crd(crd: None) -> None:
 
 def test_events_tell_the_story(operator: OperatorProcess, new_namespace: NewNamespace) -> None:
     namespace = new_namespace()
-    apply(_without_state(_job()), namespace=namespace)
+    apply(without_state(_job()), namespace=namespace)
     eventually(lambda: len(_bound(namespace, CLIENTS)) == 3, what="three client pods")
 
     events = eventually(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import NODES, NewNamespace
-from tests.e2e.kube import apply, condition, eventually, get, items, load
+from tests.e2e.kube import apply, condition, eventually, get, items, load, without_state
 from tests.e2e.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -129,7 +129,7 @@ def test_a_quota_that_refuses_pods_is_named_for_the_aggregator_too(
         namespace=namespace,
     )
     job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
-    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
+    without_state(job)
 
     apply(job, namespace=namespace)
 
@@ -147,7 +147,7 @@ def test_an_aggregator_the_api_server_refuses_is_named_until_the_spec_is_fixed(
 ) -> None:
     namespace = new_namespace()
     job = copy.deepcopy(load(ROOT / "examples" / "federatedjob.yaml"))
-    job["spec"]["runtime"]["aggregator"]["storage"] = {"ephemeral": True}
+    without_state(job)
     # Passed to the pod as it is: the API server, not the CRD, knows it is invalid.
     no_terms = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
     job["spec"]["runtime"]["aggregator"]["affinity"] = {"nodeAffinity": no_terms}

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.integration.harness import free_port
 
@@ -35,16 +36,17 @@ class MlflowProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        # `mlflow models serve` runs `uvicorn` from PATH: the venv's bin must be on it.
+        return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+
     def start(self, *, ready_path: str, env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{self.name}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
             stderr=log,
-            # `mlflow models serve` runs `uvicorn` from PATH: the venv's bin must be on it.
-            env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-            | QUIET_ENV
-            | (env or {}),
+            env=self.environment() | QUIET_ENV | (env or {}),
             start_new_session=True,  # its workers die with it
         )
         end = time.monotonic() + READY_SECONDS
@@ -98,22 +100,20 @@ class TrackingServer(MlflowProcess):
         self.start(ready_path="/health")
 
 
-class ModelServer(MlflowProcess):
-    def __init__(self, root: Path, model_uri: str) -> None:
-        super().__init__(root, "model-server")
-        self.model_uri = model_uri
+class ServingContainer(MlflowProcess):
+    """The serving Deployment's container as the operator plans it: the image's entrypoint
+    (`flotilla`) with the container's args and env and nothing else of this shell's (no
+    venv on PATH, no MLFLOW_TRACKING_URI), listening on `port` instead of the pod's."""
+
+    def __init__(self, root: Path, container: dict[str, Any]) -> None:
+        super().__init__(root, "serving-container")
+        self.args = [
+            f"--port={self.port}" if arg.startswith("--port=") else arg for arg in container["args"]
+        ]
+        self.env = {item["name"]: item["value"] for item in container.get("env") or []}
 
     def command(self) -> list[str]:
-        return [
-            MLFLOW,
-            "models",
-            "serve",
-            "-m",
-            self.model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-        ]
+        return [sys.executable, "-m", "flotilla", *self.args]
+
+    def environment(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", **self.env, "HOME": str(self.root)}

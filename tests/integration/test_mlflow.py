@@ -20,9 +20,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flotilla.api import load_job
+from flotilla.k8s import serving
+from flotilla.k8s.objects import ClusterDefaults
 from tests.exports import load_classification
 from tests.integration.harness import cluster, flotilla, write_job
-from tests.integration.mlflow_processes import ModelServer, TrackingServer
+from tests.integration.mlflow_processes import ServingContainer, TrackingServer
 
 pytestmark = pytest.mark.integration
 
@@ -125,8 +128,17 @@ def test_a_run_records_every_round_and_registers_a_servable_model(
         digits_dir / "test", labels=[str(d) for d in range(10)], channels=1, height=8, width=8
     )
     images, labels = test.images[:64].numpy(), test.labels[:64].numpy()
-    server = ModelServer(tmp_path, "models:/served@candidate")
-    server.start(ready_path="/ping", env={"MLFLOW_TRACKING_URI": tracking_server.url})
+    # Served as the cluster serves it: the serving Deployment's container, the MLflow server
+    # being the cluster's default (the chart's), found through the operator's variable.
+    registered = {"name": "served", "version": version.version, "alias": "candidate"}
+    served = serving.to_serve(load_job(job), registered, {})
+    assert served is not None
+    deployment = serving.objects(
+        load_job(job), served, ClusterDefaults(tracking_uri=tracking_server.url)
+    )[1]
+    server = ServingContainer(tmp_path, deployment["spec"]["template"]["spec"]["containers"][0])
+    assert server.args[:3] == ["serve", "--model-uri=models:/served@candidate", "--host=0.0.0.0"]
+    server.start(ready_path="/ping")
     try:
         request = urllib.request.Request(
             server.url + "/invocations",

@@ -356,3 +356,73 @@ async def test_a_crash_looping_aggregator_pod_shows_as_aggregator_failed(
     running = next(c for c in _status(cluster)["conditions"] if c["type"] == "Running")
     assert "last exit code 137" in running["message"]
     assert _status(cluster)["phase"] == "Pending"  # within backoffLimit: not failed yet
+
+
+def _deployment(server: kmock.KubernetesEmulator, name: str) -> dict[str, Any] | None:
+    try:
+        deployment = server.objects["apps/v1/deployments", NAMESPACE, name]
+    except KeyError:
+        return None
+    return None if deployment.deleted else dict(deployment)
+
+
+def _served_version(server: kmock.KubernetesEmulator, name: str) -> str | None:
+    deployment = _deployment(server, name)
+    if deployment is None:
+        return None
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    return annotations.get("flotilla.dev/model-version")
+
+
+@pytest.mark.asyncio
+async def test_a_succeeded_job_serves_its_model_and_a_later_version_rolls_it(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    _five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(ttlSecondsAfterFinished=1)
+    # A second job that registers the same model under the same alias, later.
+    second = _job()
+    second["metadata"] |= {"name": "digits-2", "uid": "job-uid-2"}
+    cluster.objects[JOBS, NAMESPACE, "digits-2"] = second
+    training = {"phase": "training", "completedRounds": 9, "tracking": {"enabled": True}}
+    answers: dict[str, dict[str, Any]] = {"digits": dict(training), "digits-2": dict(training)}
+
+    async def poll(job: Any, ca: str | None) -> dict[str, Any] | None:
+        return answers.get(job.metadata.name)
+
+    async with operator(cluster, poll=poll):
+        await eventually(lambda: _status(cluster).get("progress") == "9/10")
+        assert _deployment(cluster, "digits-model") is None  # nothing before success
+
+        # Done; the exporter registers the model a moment later.
+        answers["digits"] |= {"phase": "done", "completedRounds": 10}
+        await eventually(lambda: _status(cluster).get("phase") == "Succeeded")
+        serving = next(c for c in _status(cluster)["conditions"] if c["type"] == "Serving")
+        assert serving["reason"] == "NoRegisteredModel"
+        registered = {"name": "digits-cnn", "version": "1", "round": 10}
+        answers["digits"]["tracking"] = {"enabled": True, "registeredModel": registered}
+        await eventually(lambda: _served_version(cluster, "digits-model") == "1")
+        service = cluster.objects["v1/services", NAMESPACE, "digits-model"]
+        assert service["spec"]["selector"] == {
+            "flotilla.dev/job": "digits",
+            "flotilla.dev/role": "model",
+        }
+        args = _deployment(cluster, "digits-model")["spec"]["template"]["spec"]["containers"][0]
+        assert args["args"][:2] == ["serve", "--model-uri=models:/digits-cnn@candidate"]
+        await eventually(lambda: "servingEndpoint" in _status(cluster))
+        status = _status(cluster)
+        assert status["model"] == {"name": "digits-cnn", "version": "1", "alias": "candidate"}
+        assert status["servingEndpoint"] == "http://digits-model.ml.svc:8080/invocations"
+
+        # The second job registers version 2.
+        answers["digits-2"] = {
+            "phase": "done",
+            "completedRounds": 10,
+            "tracking": {"enabled": True, "registeredModel": registered | {"version": "2"}},
+        }
+        await eventually(lambda: _served_version(cluster, "digits-2-model") == "2")
+        await eventually(lambda: _served_version(cluster, "digits-model") == "2")
+
+        # The aggregator goes after the TTL; the served model stays.
+        await eventually(lambda: _deployment(cluster, "digits-aggregator") is None, timeout=30)
+        assert _served_version(cluster, "digits-model") == "2"

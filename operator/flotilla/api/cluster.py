@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
 from flotilla.api.base import ApiModel
+from flotilla.api.tracking import Alias
 
 DEFAULT_IMAGE = "ghcr.io/flotilla-dev/flotilla:0.1.0"
 DEFAULT_CUDA_IMAGE = "ghcr.io/flotilla-dev/flotilla-cuda:0.1.0"
@@ -135,3 +136,20 @@ class RuntimeSpec(ApiModel):
     client: ClientRuntime = Field(default_factory=ClientRuntime)
     profiles: Profiles = Field(default_factory=Profiles)
     tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class ServingSpec(ApiModel):
+    """The final model served in the cluster once the job succeeds: a `<job>-model`
+    Deployment and Service running `mlflow models serve` on `models:/<name>@<alias>`.
+
+    `enabled` unset: served whenever the job's model is registered (spec.tracking.enabled).
+    A later job that registers a new version under the same name and alias rolls it."""
+
+    enabled: bool | None = None
+    alias: Alias | None = None  # spec.tracking.alias if unset
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"}
+        )
+    )

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
-from flotilla.api.cluster import RuntimeSpec
+from flotilla.api.cluster import RuntimeSpec, ServingSpec
 from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
 from flotilla.api.privacy import PrivacySpec
@@ -156,6 +156,7 @@ class FederatedJobSpec(ApiModel):
     # Cluster only (see api/cluster.py); the local runner ignores them.
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     suspend: bool = False
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     # Client pod replacements per node, and aggregator restarts before the job fails.
@@ -168,6 +169,7 @@ class FederatedJobSpec(ApiModel):
         problems += _strategy_fits_clients(self.strategy, self.clients)
         problems += _privacy_fits_strategy(self.privacy, self.strategy)
         problems += _model_fits_task(self.model, self.task)
+        problems += _serving_needs_tracking(self.serving, self.tracking)
         raise_problems(problems)
         return self
 
@@ -236,6 +238,16 @@ def _model_fits_task(model: ModelSpec, task: str) -> list[FieldProblem]:
         return []
     message = f"the built-in model is a {made_for} model, and spec.task is {task}"
     return [FieldProblem(("model", "name"), message, model.name)]
+
+
+def _serving_needs_tracking(serving: ServingSpec, tracking: TrackingSpec) -> list[FieldProblem]:
+    if serving.enabled is not True or tracking.enabled:
+        return []
+    message = (
+        "serving needs spec.tracking.enabled: the served model is the one the job registers "
+        "in MLflow"
+    )
+    return [FieldProblem(("serving", "enabled"), message, True)]
 
 
 def _privacy_fits_strategy(

@@ -41,6 +41,14 @@ class LostNode(ApiModel):
     node_selector: dict[str, str] = Field(default_factory=dict)  # the one it was lost under
 
 
+class RegisteredModel(ApiModel):
+    """The model version the job registered in MLflow, and the alias it moved."""
+
+    name: str
+    version: str
+    alias: str
+
+
 class FederatedJobStatus(ApiModel):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -56,5 +64,8 @@ class FederatedJobStatus(ApiModel):
     site_errors: dict[str, str] = Field(default_factory=dict)
     lost_nodes: list[LostNode] = Field(default_factory=list, max_length=50)
     mlflow_run_id: str | None = None
+    model: RegisteredModel | None = None
+    # Where the served model answers (spec.serving), in the cluster: POST .../invocations.
+    serving_endpoint: str | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -13,7 +13,6 @@ import yaml
 
 from flotilla.api import FederatedJob
 from flotilla.api.cluster import BUILTIN_MODEL_STATE_SIZE, OWN_MODEL_STATE_SIZE
-from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV
 from flotilla.k8s import objects as o
 from flotilla.k8s.security_objects import CERT_KEY, PRIVATE_KEY, TLS_DIR, serving_volume
 
@@ -105,7 +104,7 @@ def state_claim(job: FederatedJob) -> dict[str, Any] | None:
 
 # What only the operator reads: changing it must not restart the aggregator (suspending
 # keeps it; the client pods' runtime is theirs).
-_OPERATOR_ONLY = ("suspend", "ttlSecondsAfterFinished", "backoffLimit")
+_OPERATOR_ONLY = ("suspend", "ttlSecondsAfterFinished", "backoffLimit", "serving")
 _CLIENT_RUNTIME = ("client", "profiles")
 
 
@@ -139,7 +138,7 @@ def deployment(job: FederatedJob, defaults: o.ClusterDefaults = o.NO_DEFAULTS) -
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": o.pod_security(),
-                    **_placement(job),
+                    **placement(job),
                     "containers": [_aggregator_container(job, defaults)],
                     "volumes": [*_aggregator_volumes(job), tmp_volume],
                 },
@@ -148,7 +147,7 @@ def deployment(job: FederatedJob, defaults: o.ClusterDefaults = o.NO_DEFAULTS) -
     }
 
 
-def _placement(job: FederatedJob) -> dict[str, Any]:
+def placement(job: FederatedJob) -> dict[str, Any]:
     """The spec's placement for the aggregator; without one, a preference (never a
     requirement: on a cluster of edge nodes only, it still runs) for nodes the clients'
     selector does not match. Node selector terms are ORed, so one term per label."""
@@ -206,15 +205,7 @@ def _aggregator_container(job: FederatedJob, defaults: o.ClusterDefaults) -> dic
             runtime.aggregator.resources.requests, runtime.aggregator.resources.limits
         ),
         "securityContext": o.container_security(),
-        "env": [
-            {"name": "HOME", "value": "/tmp"},
-            # Below the spec's trackingUri and an envFromSecret's MLFLOW_TRACKING_URI.
-            *(
-                [{"name": DEFAULT_TRACKING_URI_ENV, "value": defaults.tracking_uri}]
-                if defaults.tracking_uri
-                else []
-            ),
-        ],
+        "env": o.mlflow_env(defaults),
         "volumeMounts": [
             {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True},

@@ -65,6 +65,7 @@ PRINTER_COLUMNS = [
     {"name": "Clients", "type": "string", "jsonPath": ".status.clientsReady"},
     {"name": "Accuracy", "type": "number", "jsonPath": ".status.metrics.accuracy"},
     {"name": "mAP50", "type": "number", "jsonPath": ".status.metrics.map50", "priority": 1},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.servingEndpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

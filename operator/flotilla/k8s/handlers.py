@@ -30,6 +30,7 @@ from flotilla.k8s.client_pods import aggregator_url
 from flotilla.k8s.events import EventLog, event
 from flotilla.k8s.metrics import OperatorMetrics
 from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
+from flotilla.k8s.serving import ROLE, newest_versions
 from flotilla.k8s.status import status_patch
 
 PLURAL = "federatedjobs"
@@ -157,6 +158,14 @@ def register(
     ) -> Any:
         return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
 
+    @kopf.index(
+        "deployments", id="serving_deployments", labels={o.ROLE_LABEL: ROLE}, registry=registry
+    )
+    def serving_deployments(
+        *, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        return {(namespace, labels.get(o.JOB_LABEL)): dict(body)}
+
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
@@ -242,6 +251,10 @@ async def _reconcile(
             pods=list(indexes["client_pods"].get(key, [])),
             aggregator_pods=list(indexes["aggregator_pods"].get(key, [])),
             deployment=next(iter(indexes["aggregator_deployments"].get(key, [])), None),
+            serving_deployment=next(iter(indexes["serving_deployments"].get(key, [])), None),
+            newest_models=newest_versions(
+                job for bodies in indexes["jobs"].values() for job in bodies
+            ),
         )
         events = EventLog(logger)
         context = Context(api=api, recorder=events, poll=poll, defaults=memo["defaults"])

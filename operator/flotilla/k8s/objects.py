@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flotilla.api import API_VERSION, FederatedJob
+from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV
 
 APP = "flotilla"
 PORT = 8080
@@ -117,6 +118,15 @@ def container_security() -> dict[str, Any]:
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
+
+
+def mlflow_env(defaults: ClusterDefaults) -> list[dict[str, str]]:
+    """What a pod that talks to MLflow needs: a writable HOME, and the cluster's default
+    server below the spec's trackingUri and an envFromSecret's MLFLOW_TRACKING_URI."""
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if defaults.tracking_uri:
+        env.append({"name": DEFAULT_TRACKING_URI_ENV, "value": defaults.tracking_uri})
+    return env
 
 
 def scratch() -> tuple[dict[str, Any], dict[str, Any]]:

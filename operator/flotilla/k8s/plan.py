@@ -11,6 +11,7 @@ from flotilla.api import FederatedJob, SpecError
 from flotilla.fl.certs import TlsMaterial, make_tls
 from flotilla.k8s import aggregator_objects as agg
 from flotilla.k8s import security_objects as sec
+from flotilla.k8s import serving
 from flotilla.k8s.client_pods import client_pod
 from flotilla.k8s.nodes import NodeInfo, Placement, placements
 from flotilla.k8s.objects import NO_DEFAULTS, ClusterDefaults, aggregator_name
@@ -26,6 +27,8 @@ class Plan:
     # Sites that match but cannot get a pod (no data source): site -> why, naming the node.
     unplaceable: dict[str, str] = field(default_factory=dict)
     ca: str | None = None  # the CA the aggregator's certificate verifies against, when known
+    # After success: the served model's Service and Deployment (serving.py).
+    serving: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def sites(self) -> list[str]:
@@ -46,10 +49,12 @@ def plan_job(
     new_token: Callable[[], str] | None = None,
     new_tls: Callable[[FederatedJob], TlsMaterial] = _default_tls,
     defaults: ClusterDefaults = NO_DEFAULTS,
+    served: serving.Served | None = None,
 ) -> Plan:
     """Suspended or finished jobs keep the aggregator (its state, its status) and no clients.
 
-    TLS material that exists is kept (`existing_tls`); `new_tls` makes it otherwise.
+    TLS material that exists is kept (`existing_tls`); `new_tls` makes it otherwise. A job
+    that succeeded and registered its model gets it served (`served`, from serving.to_serve).
     """
     chosen = placements(job, list(nodes))
     sites = [p.site for p in chosen]
@@ -79,6 +84,7 @@ def plan_job(
         placements=chosen,
         unplaceable=unplaceable,
         ca=ca,
+        serving=serving.objects(job, served, defaults) if served else [],
     )
 
 

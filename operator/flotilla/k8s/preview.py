@@ -1,7 +1,9 @@
 """`flotilla plan`: every object the operator would make for a job on given nodes, as YAML, for
 reviewers and GitOps (as `helm template` is for a chart). It is the operator's own pure plan
 (plan.py), never a copy of it; only what the operator generates at apply time is shown as a
-placeholder: tokens, the TLS key and certificates, the job's uid."""
+placeholder: tokens, the TLS key and certificates, the job's uid, the model version it registers.
+
+`succeeded=True` shows the job after success: no client pods, and its model served."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import yaml
 
 from flotilla.api import FederatedJob
 from flotilla.fl.certs import TlsMaterial
+from flotilla.k8s import serving
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.plan import Plan, plan_job
 
@@ -34,19 +37,38 @@ def parse_node(text: str) -> NodeInfo:
     return NodeInfo(name=name, labels=pairs)
 
 
-def preview(job: FederatedJob, nodes: Sequence[NodeInfo], *, namespace: str) -> Plan:
+def preview(
+    job: FederatedJob, nodes: Sequence[NodeInfo], *, namespace: str, succeeded: bool = False
+) -> Plan:
     metadata = job.metadata.model_copy(update={"namespace": namespace, "uid": GENERATED})
     placed = job.model_copy(update={"metadata": metadata})
+    served = None
+    if succeeded:
+        registered = {
+            "name": serving.model_name(placed),
+            "version": "<the version the job registers>",
+            "alias": placed.spec.tracking.alias,
+        }
+        served = serving.to_serve(placed, registered, {})
     return plan_job(
         placed,
         nodes,
         existing_tokens={},
         new_token=lambda: GENERATED,
         new_tls=lambda _: TlsMaterial(cert=GENERATED, key=GENERATED, ca=GENERATED),
+        finished=succeeded,
+        served=served,
     )
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Objects that share a dict (a probe's httpGet) print it twice, not as &id001 / *id001."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def manifest(plan: Plan) -> str:
     """The plan's objects as YAML documents, in the order the operator applies them."""
-    objects: list[dict[str, Any]] = [*plan.aggregator, *plan.clients.values()]
-    return yaml.safe_dump_all(objects, sort_keys=False, width=100)
+    objects: list[dict[str, Any]] = [*plan.aggregator, *plan.clients.values(), *plan.serving]
+    return yaml.dump_all(objects, Dumper=_PlainDumper, sort_keys=False, width=100)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from flotilla.api import FederatedJob, SpecError
 from flotilla.k8s import objects as o
+from flotilla.k8s import serving
 from flotilla.k8s.aggregator_objects import ROTATE_ANNOTATION
 from flotilla.k8s.api import AlreadyExists, ApiError, KubeApi, path
 from flotilla.k8s.lost_nodes import track_lost_nodes
@@ -61,6 +62,9 @@ class Seen:
     pods: Sequence[Mapping[str, Any]] = ()  # the job's client pods
     aggregator_pods: Sequence[Mapping[str, Any]] = ()
     deployment: Mapping[str, Any] | None = None  # the aggregator's
+    serving_deployment: Mapping[str, Any] | None = None
+    # The newest version each model and alias has, from every job's status.model.
+    newest_models: Mapping[serving.ModelKey, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +135,9 @@ async def reconcile(
     existing_tls = tls_in(tls_secret)
     answer = await ctx.poll(job, existing_tls.ca if existing_tls else None)
     finished = finished_before(previous) or (answer or {}).get("phase") in ("done", "failed")
+    succeeded = previous.get("phase") == "Succeeded" or (answer or {}).get("phase") == "done"
+    model = _registered_model(job, answer, previous)
+    served = serving.to_serve(job, model, seen.newest_models) if succeeded else None
     plan = plan_job(
         job,
         nodes,
@@ -138,6 +145,7 @@ async def reconcile(
         existing_tls=existing_tls,
         finished=finished,
         defaults=ctx.defaults,
+        served=served,
     )
     missing_tls = job.spec.security.tls.mode == "operator" and existing_tls is None
     aggregator_refused = None
@@ -153,12 +161,18 @@ async def reconcile(
     ):
         if rotate:
             ctx.recorder.info("TokensRotated", "New client tokens: the job resumed")
-        aggregator_refused = await _apply_aggregator(ctx, plan, namespace)
+        aggregator_refused = await _apply_all(ctx, plan.aggregator, namespace)
     aggregator_refused = aggregator_refused or replica_failure(seen.deployment)
     if aggregator_refused:
         warnings.warn("AggregatorRefused", aggregator_refused)
     for site, problem in plan.unplaceable.items():
         warnings.warn("NoDataSource", f"site {site} ({problem})")
+    serving_refused = await _sync_serving(ctx, plan, seen.serving_deployment, namespace, full=full)
+    serving_refused = serving_refused or (
+        replica_failure(seen.serving_deployment) if plan.serving else None
+    )
+    if serving_refused:
+        warnings.warn("ServingRefused", serving_refused)
     annotated = body["metadata"].get("annotations", {}).get(REPLACEMENTS_ANNOTATION)
     replacements = memory.replacements
     for site, count in json.loads(annotated or "{}").items():
@@ -188,9 +202,58 @@ async def reconcile(
         refused=synced.refused,
         aggregator_refused=aggregator_refused,
         unplaceable=plan.unplaceable,
+        model=model,
+        served=served,
+        serving_deployment=seen.serving_deployment,
+        serving_refused=serving_refused,
     )
     status = compute_status(job, observed, previous=previous, generation=generation, now=now)
     return Outcome(status, {REPLACEMENTS_ANNOTATION: json.dumps(replacements, sort_keys=True)})
+
+
+def _registered_model(
+    job: FederatedJob, answer: Mapping[str, Any] | None, previous: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """What the aggregator says it registered, else what the status kept (after the TTL the
+    aggregator is gone, and the model stays registered)."""
+    registered = ((answer or {}).get("tracking") or {}).get("registeredModel") or {}
+    if registered.get("name") and registered.get("version") is not None:
+        return {
+            "name": str(registered["name"]),
+            "version": str(registered["version"]),
+            "alias": job.spec.tracking.alias,
+        }
+    kept = previous.get("model")
+    return dict(kept) if kept else None
+
+
+async def _sync_serving(
+    ctx: Context,
+    plan: Plan,
+    deployment: Mapping[str, Any] | None,
+    namespace: str,
+    *,
+    full: bool,
+) -> str | None:
+    """Apply the serving objects when they changed (their hash is on the Deployment), or
+    delete them when the spec no longer wants the model served; the refusal, if any."""
+    if not plan.serving:
+        if deployment is not None:
+            for kind in ("Deployment", "Service"):
+                name = deployment["metadata"]["name"]
+                if await ctx.api.delete(path(kind, namespace=namespace, name=name)):
+                    ctx.recorder.info("Deleted", f"Deleted {kind} {name}: serving is off")
+        return None
+    digest = o.content_hash(plan.serving)
+    if not full and annotation(deployment, o.HASH_ANNOTATION) == digest:
+        return None
+    stamped = [
+        {**obj, "metadata": {**obj["metadata"], "annotations": {o.HASH_ANNOTATION: digest}}}
+        if obj["kind"] == "Deployment"
+        else obj
+        for obj in plan.serving
+    ]
+    return await _apply_all(ctx, stamped, namespace)
 
 
 def _gone_since_last_plan(
@@ -210,10 +273,12 @@ def _reachable(job: FederatedJob, site: str) -> bool:
     return True
 
 
-async def _apply_aggregator(ctx: Context, plan: Plan, namespace: str) -> str | None:
-    """Create or patch the aggregator's objects; the first refusal, if the server refused one."""
+async def _apply_all(
+    ctx: Context, objects: Sequence[Mapping[str, Any]], namespace: str
+) -> str | None:
+    """Create or patch each object; the first refusal, if the server refused one."""
     refused: list[str] = []
-    for obj in plan.aggregator:
+    for obj in objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
             await _create_or_patch(ctx, obj, namespace)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flotilla.api import FederatedJob
+from flotilla.k8s import serving
 from flotilla.k8s.scheduling import clients_available, scheduled
 from flotilla.k8s.views import AggregatorPodView, Observation
 
@@ -30,6 +31,7 @@ CONDITION_TYPES = (
     "Failed",
     "Suspended",
     "Tracking",
+    "Serving",
 )
 _TERMINAL = ("Succeeded", "Failed")
 
@@ -70,6 +72,10 @@ def compute_status(
     run_id = (aggregator.get("tracking") or {}).get("runId") or previous.get("mlflowRunId")
     if run_id:
         status["mlflowRunId"] = run_id
+    if observed.model:
+        status["model"] = dict(observed.model)
+    if job is not None and phase == "Succeeded" and observed.served is not None:
+        status["servingEndpoint"] = serving.endpoint(job)
     status["startTime"] = previous.get("startTime") or now
     if phase in _TERMINAL:
         status["completionTime"] = previous.get("completionTime") or now
@@ -117,6 +123,10 @@ def _conditions(
     tracking = answer.get("tracking")
     if tracking:
         out["Tracking"] = _tracking(tracking)
+    if out.get("Succeeded", ("False",))[0] == "True" and serving.wanted(job):
+        out["Serving"] = serving.condition(
+            job, observed.served, observed.serving_deployment, observed.serving_refused
+        )
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s.aggregator_objects import TOKENS_KEY
 from flotilla.k8s.security_objects import CA_KEY, CERT_KEY, PRIVATE_KEY
+from flotilla.k8s.serving import Served
 
 # Container states in which the aggregator will not come back without someone acting.
 _STUCK_REASONS = frozenset(
@@ -122,6 +123,12 @@ class Observation:
     aggregator_refused: str | None = None
     # Sites that match but cannot get a pod (no data source), with the reason.
     unplaceable: Mapping[str, str] = field(default_factory=dict)
+    # The model the job registered (status.model: name, version, alias), once it has.
+    model: Mapping[str, Any] | None = None
+    # After success: what its serving Deployment loads, the Deployment, why it was refused.
+    served: Served | None = None
+    serving_deployment: Mapping[str, Any] | None = None
+    serving_refused: str | None = None
 
 
 def replica_failure(deployment: Mapping[str, Any] | None) -> str | None:

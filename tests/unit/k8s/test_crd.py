@@ -159,6 +159,7 @@ def test_status_subresource_short_names_and_printer_columns() -> None:
         ".status.clientsReady",
         ".status.metrics.accuracy",
         ".status.metrics.map50",  # priority 1: shown with -o wide
+        ".status.servingEndpoint",  # priority 1
         ".metadata.creationTimestamp",
     ]
 

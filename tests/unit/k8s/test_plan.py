@@ -20,6 +20,7 @@ from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.objects import ClusterDefaults
 from flotilla.k8s.plan import Plan, plan_job
+from flotilla.k8s.serving import to_serve
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data" / "k8s"
@@ -36,17 +37,21 @@ def _plan(case: str) -> Plan:
     document["spec"] |= given.get("spec", {})
     job = parse_job(document, source=case)
     counter = itertools.count(1)
+    # A case with `succeeded: {model}` plans the job after success, its model registered.
+    succeeded = given.get("succeeded")
     return plan_job(
         job,
         [NodeInfo.from_api(node) for node in given["nodes"]],
         existing_tokens=given["existingTokens"],
         new_token=lambda: f"generated-token-{next(counter)}",
         new_tls=lambda job: FAKE_TLS,
+        finished=succeeded is not None,
+        served=to_serve(job, succeeded["model"], {}) if succeeded else None,
     )
 
 
 def _objects(plan: Plan) -> list[dict[str, Any]]:
-    return [*plan.aggregator, *plan.clients.values()]
+    return [*plan.aggregator, *plan.clients.values(), *plan.serving]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -100,7 +105,8 @@ def _pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_pod_of_every_plan_is_hardened(case: str) -> None:
     plan = _plan(case)
     pods = _pod_specs(_objects(plan))
-    assert len(pods) == 1 + len(plan.clients)  # the Deployment and the client Pods
+    # The aggregator's Deployment, the client Pods, and the served model's Deployment.
+    assert len(pods) == 1 + len(plan.clients) + (1 if plan.serving else 0)
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

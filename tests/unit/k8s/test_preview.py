@@ -61,3 +61,26 @@ def test_plan_prints_every_object_in_apply_order_with_no_secret(
 def test_plan_says_when_no_node_matches(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", EXAMPLE, "--node", "core-1"]) == 0
     assert "no node matches spec.clients.nodeSelector" in capsys.readouterr().err
+
+
+def test_plan_after_success_shows_the_served_model_and_no_clients(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node = "edge-1,flotilla.dev/edge=true,flotilla.dev/site=site-a"
+    code = main(["plan", EXAMPLE, "--node", node, "--status-phase", "Succeeded"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "&id" not in out and "*id" not in out  # shared dicts printed in full, no aliases
+    objects = list(yaml.safe_load_all(out))
+    served = [
+        (o["kind"], o["metadata"]["name"]) for o in objects if "-model" in o["metadata"]["name"]
+    ]
+    assert served == [("Service", "digits-model"), ("Deployment", "digits-model")]
+    assert "Pod" not in [o["kind"] for o in objects]
+    container = objects[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["serve", "--model-uri=models:/digits-cnn@candidate"]
+
+    main(["plan", EXAMPLE, "--node", node])
+    running = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert not [o for o in running if "-model" in o["metadata"]["name"]]
