@@ -124,9 +124,14 @@ def _conditions(
     if tracking:
         out["Tracking"] = _tracking(tracking)
     if out.get("Succeeded", ("False",))[0] == "True" and serving.wanted(job):
-        out["Serving"] = serving.condition(
-            job, observed.served, observed.serving_deployment, observed.serving_refused
-        )
+        tracking_off = out.get("Tracking", ("", ""))[1] == "TrackingOff"
+        if observed.served is None and tracking_off:
+            reason = out["Tracking"][2]
+            out["Serving"] = ("False", "TrackingOff", f"no model was registered: {reason}")
+        else:
+            out["Serving"] = serving.condition(
+                job, observed.served, observed.serving_deployment, observed.serving_refused
+            )
     return out
 
 

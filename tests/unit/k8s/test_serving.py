@@ -188,6 +188,21 @@ def test_the_serving_condition_tells_each_step() -> None:
     assert _serving_condition(refused) == ("False", "ServingRefused", "quota exceeded")
 
 
+def test_a_job_that_recorded_nothing_says_why_nothing_is_served() -> None:
+    off = {"enabled": False, "reason": "no tracking URI: set spec.tracking.trackingUri"}
+    observation = Observation(
+        desired_sites=[], pods=[], aggregator={"phase": "done", "tracking": off}
+    )
+    status = compute_status(
+        _job(), observation, previous={}, generation=1, now="2026-12-02T10:00:00Z"
+    )
+    assert _serving_condition(status) == (
+        "False",
+        "TrackingOff",
+        "no model was registered: no tracking URI: set spec.tracking.trackingUri",
+    )
+
+
 def test_no_serving_condition_while_running_or_when_serving_is_off() -> None:
     running = compute_status(
         _job(),
