@@ -179,7 +179,7 @@ def test_malformed_exports_fail_naming_the_site_the_file_and_the_problem(tmp_pat
         task="classification",
     )
     broken = _cvat_xml(tmp_path / "xml", '<image id="0" name="a.png"><box label="cat"/></image>')
-    _fails(broken, r"a <box> of image 'a.png' has missing or non-numeric corners")
+    _fails(broken, r"a <box> of image 'a.png': xtl=None is missing or not a number")
     (broken / "annotations.xml").write_text("<annotations><version>1.1")
     _fails(broken, r"annotations.xml is not valid XML")
     corrupt = _coco(tmp_path / "corrupt")

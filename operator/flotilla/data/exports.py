@@ -5,23 +5,27 @@ rectangles per ``<image>`` (its ``subset`` attribute says Train / Validation); C
 holds one ``annotations/instances_<subset>.json`` per subset, images under
 ``images/<subset>/`` (or ``images/``). A COCO annotation without a ``bbox`` is read as a
 tag (datumaro's label-only annotations). Polygons, points and tracks are not used.
+
+The export is untrusted: every file is read through ``ExportFiles``, which confines and
+bounds it, and every box through ``box_numbers``, which checks its numbers.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 
-from flotilla.data.cvat_images import ANNOTATIONS, ExportFiles, _annotations, _image_path
-from flotilla.data.errors import DataSourceError
+from flotilla.data.box_numbers import check_inside, coco_box, xml_box
+from flotilla.data.errors import DataSourceError, shown
+from flotilla.data.export_files import ANNOTATIONS, COCO_DIR, ExportFiles
 from flotilla.data.frames import RawBox, RawFrame
 
 Format = Literal["auto", "cvat-images-1.1", "coco-1.0"]
-_COCO_DIR = "annotations"
+_COCO_LISTS = ("images", "annotations", "categories")
 
 
 def read_export(source: Path, *, format: Format = "auto") -> list[RawFrame]:
@@ -32,73 +36,92 @@ def read_export(source: Path, *, format: Format = "auto") -> list[RawFrame]:
         if format == "coco-1.0" and not _coco_files(files):
             raise DataSourceError(
                 f"CVAT export {source} has neither {ANNOTATIONS} (CVAT for images 1.1) nor "
-                f"{_COCO_DIR}/*.json (COCO 1.0)"
+                f"{COCO_DIR}/*.json (COCO 1.0)"
             )
     if format == "cvat-images-1.1":
         return _read_cvat_xml(files)
     return _read_coco(files)
 
 
-def _loader(files: ExportFiles, path: str) -> Any:
+def _loader(
+    files: ExportFiles, path: str, *, boxes: Sequence[RawBox], where: str
+) -> Callable[[], Image.Image]:
+    """Decode the image when its pixels are needed; only then is its size known to the boxes."""
+
     def load() -> Image.Image:
-        try:
-            image = Image.open(io.BytesIO(files.read(path)))
-            image.load()
-            return image
-        except (OSError, FileNotFoundError) as error:
-            raise DataSourceError(f"{files.source}: cannot read image {path!r}: {error}") from None
+        image = files.image(path)
+        check_inside(boxes, width=image.width, height=image.height, where=where)
+        return image
 
     return load
 
 
+def _image_path(files: ExportFiles, name: str, folders: Sequence[str]) -> str:
+    files.confine(name)  # a name that leaves the export is refused, not looked for
+    for candidate in (*(f"{folder}/{name}" for folder in folders), name):
+        if files.exists(candidate):
+            return candidate
+    raise DataSourceError(f"{files.source}: image {shown(name)} is listed but its file is missing")
+
+
+def _annotations(files: ExportFiles) -> ElementTree.Element:
+    if not files.exists(ANNOTATIONS):
+        raise DataSourceError(f"CVAT export {files.source} has no {ANNOTATIONS}")
+    root = files.xml(ANNOTATIONS)
+    version = (root.findtext("version") or "").strip()
+    if root.tag != "annotations" or version != "1.1":
+        raise DataSourceError(
+            f"{files.source}/{ANNOTATIONS} is not a 'CVAT for images 1.1' export "
+            f"(root <{shown(root.tag)}>, version {shown(version) if version else 'missing'})"
+        )
+    return root
+
+
 def _read_cvat_xml(files: ExportFiles) -> list[RawFrame]:
+    where = f"{files.source}/{ANNOTATIONS}"
     frames: list[RawFrame] = []
     for image in _annotations(files).iter("image"):
         name = image.get("name")
         if not name:
-            raise DataSourceError(f"{files.source}: an <image> (id {image.get('id')}) has no name")
+            raise DataSourceError(f"{where}: an <image> (id {shown(image.get('id'))}) has no name")
         tags = tuple(t.get("label", "") for t in image.iter("tag"))
-        boxes = tuple(_xml_box(files, name, box) for box in image.iter("box"))
-        path = _image_path(files, name)
-        frames.append(
-            RawFrame(name, image.get("subset") or None, tags, boxes, _loader(files, path))
+        boxes = tuple(
+            xml_box(
+                box.attrib,
+                label=box.get("label", ""),
+                where=f"{where}: a <box> of image {shown(name)}",
+            )
+            for box in image.iter("box")
         )
+        load = _loader(
+            files,
+            _image_path(files, name, ("images",)),
+            boxes=boxes,
+            where=f"{where}: image {shown(name)}",
+        )
+        frames.append(RawFrame(name, image.get("subset") or None, tags, boxes, load))
     return frames
 
 
-def _xml_box(files: ExportFiles, image: str, box: Any) -> RawBox:
-    try:
-        corners = [float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")]
-    except (TypeError, ValueError):
-        raise DataSourceError(
-            f"{files.source}/{ANNOTATIONS}: a <box> of image {image!r} has missing or "
-            f"non-numeric corners {dict(box.attrib)}"
-        ) from None
-    return RawBox(box.get("label", ""), *corners)
-
-
 def _coco_files(files: ExportFiles) -> list[str]:
-    return [n for n in files.listdir(_COCO_DIR) if n.endswith(".json")]
+    return [n for n in files.listdir(COCO_DIR) if n.endswith(".json")]
 
 
 def _read_coco(files: ExportFiles) -> list[RawFrame]:
     names = _coco_files(files)
     if not names:
-        raise DataSourceError(f"COCO export {files.source} has no {_COCO_DIR}/*.json")
+        raise DataSourceError(f"COCO export {files.source} has no {COCO_DIR}/*.json")
     frames: list[RawFrame] = []
     for name in names:
         subset = name.removesuffix(".json").split("_", 1)[-1] if "_" in name else None
-        frames += _coco_subset(files, f"{_COCO_DIR}/{name}", subset)
+        frames += _coco_subset(files, f"{COCO_DIR}/{name}", subset)
     return frames
 
 
-def _coco_json(files: ExportFiles, path: str) -> dict[str, Any]:
-    try:
-        document = json.loads(files.read(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataSourceError(f"{files.source}/{path} is not valid JSON: {error}") from None
+def _coco_document(files: ExportFiles, path: str) -> dict[str, list[Any]]:
+    document = files.json(path)
     if not isinstance(document, dict) or not all(
-        isinstance(document.get(k), list) for k in ("images", "annotations", "categories")
+        isinstance(document.get(k), list) for k in _COCO_LISTS
     ):
         raise DataSourceError(
             f"{files.source}/{path} is not a COCO 1.0 file: it needs lists 'images', "
@@ -108,38 +131,69 @@ def _coco_json(files: ExportFiles, path: str) -> dict[str, Any]:
 
 
 def _coco_subset(files: ExportFiles, path: str, subset: str | None) -> list[RawFrame]:
-    document = _coco_json(files, path)
     where = f"{files.source}/{path}"
-    try:
-        categories = {int(c["id"]): str(c["name"]) for c in document["categories"]}
-        tags: dict[int, list[str]] = {}
-        boxes: dict[int, list[RawBox]] = {}
-        for item in document["annotations"]:
-            label = categories[int(item["category_id"])]
-            image_id = int(item["image_id"])
-            bbox = item.get("bbox")
-            if bbox:
-                x, y, w, h = (float(v) for v in bbox)
-                boxes.setdefault(image_id, []).append(RawBox(label, x, y, x + w, y + h))
-            else:
-                tags.setdefault(image_id, []).append(label)
-        images = [(int(i["id"]), str(i["file_name"])) for i in document["images"]]
-    except (KeyError, TypeError, ValueError) as error:
-        raise DataSourceError(f"{where}: malformed COCO entry ({error!r})") from None
+    document = _coco_document(files, path)
+    categories = {
+        _integer(item, "id", at): _text(item, "name", at)
+        for at, item in _entries(document, "categories", where)
+    }
+    images = [
+        (_integer(item, "id", at), _text(item, "file_name", at))
+        for at, item in _entries(document, "images", where)
+    ]
+    names = dict(images)
+    tags: dict[int, list[str]] = {}
+    boxes: dict[int, list[RawBox]] = {}
+    for at, item in _entries(document, "annotations", where):
+        category, image_id = _integer(item, "category_id", at), _integer(item, "image_id", at)
+        if category not in categories:
+            raise DataSourceError(f"{at}: category_id {category} is none of the categories")
+        bbox = item.get("bbox")
+        if bbox is None or bbox == []:
+            tags.setdefault(image_id, []).append(categories[category])
+        else:
+            named = f"{at} of image {shown(names.get(image_id, image_id))}"
+            boxes.setdefault(image_id, []).append(
+                coco_box(bbox, label=categories[category], where=named)
+            )
+    folders = (f"images/{subset}", "images") if subset else ("images",)
     return [
         RawFrame(
             name,
             subset if subset and subset != "default" else None,
             tuple(tags.get(image_id, ())),
             tuple(boxes.get(image_id, ())),
-            _loader(files, _coco_image(files, name, subset)),
+            _loader(
+                files,
+                _image_path(files, name, folders),
+                boxes=boxes.get(image_id, []),
+                where=f"{where}: image {shown(name)}",
+            ),
         )
         for image_id, name in images
     ]
 
 
-def _coco_image(files: ExportFiles, name: str, subset: str | None) -> str:
-    for candidate in (f"images/{subset}/{name}", f"images/{name}", name):
-        if files.exists(candidate):
-            return candidate
-    raise DataSourceError(f"{files.source}: image {name!r} is listed but its file is missing")
+def _entries(
+    document: dict[str, list[Any]], key: str, where: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each entry of one of the document's lists, with where it is for messages."""
+    for position, item in enumerate(document[key]):
+        at = f"{where}: malformed COCO entry {key}[{position}]"
+        if not isinstance(item, dict):
+            raise DataSourceError(f"{at}: {shown(item)} is not an object")
+        yield at, item
+
+
+def _integer(item: dict[str, Any], field: str, at: str) -> int:
+    value = item.get(field)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataSourceError(f"{at}: {field} is {shown(value)}, not an integer")
+    return value
+
+
+def _text(item: dict[str, Any], field: str, at: str) -> str:
+    value = item.get(field)
+    if not isinstance(value, str):
+        raise DataSourceError(f"{at}: {field} is {shown(value)}, not a string")
+    return value
