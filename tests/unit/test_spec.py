@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from flotilla.api import (
     FederatedJob,
@@ -330,3 +334,115 @@ def test_models_are_frozen() -> None:
 def test_from_dict_raises_spec_error() -> None:
     with pytest.raises(SpecError, match=r"spec\.rounds: required field is missing"):
         FederatedJob.from_dict({**minimal(), "spec": {"labels": ["a", "b"]}})
+
+
+def _models_under(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    """Every pydantic model reachable from ``model``'s fields, ``model`` first."""
+    seen: set[type[BaseModel]] = set()
+    todo = [model]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        yield current
+        for field in current.model_fields.values():
+            todo += [t for t in _types_in(field.annotation) if issubclass(t, BaseModel)]
+
+
+def _types_in(annotation: object) -> list[type]:
+    found = [annotation] if isinstance(annotation, type) else []
+    for argument in typing.get_args(annotation):
+        found += _types_in(argument)
+    return found
+
+
+def _number_fields(kind: type) -> list[tuple[type[BaseModel], str]]:
+    """(model, camelCase name) of each field whose value is a ``kind`` (optional or not)."""
+    fields = []
+    for model in _models_under(FederatedJob):
+        for name, field in model.model_fields.items():
+            if kind in _types_in(field.annotation) and bool not in _types_in(field.annotation):
+                fields.append((model, field.alias or name))
+    return fields
+
+
+FLOAT_FIELDS = _number_fields(float)
+INT_FIELDS = _number_fields(int)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "inf", True])
+@pytest.mark.parametrize(
+    ("model", "field"), FLOAT_FIELDS, ids=[f"{m.__name__}.{f}" for m, f in FLOAT_FIELDS]
+)
+def test_every_float_field_takes_only_finite_numbers(
+    model: type[BaseModel], field: str, value: object
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({field: value})
+
+    assert any(error["loc"][:1] == (field,) for error in caught.value.errors())
+
+
+@pytest.mark.parametrize("value", [True, False, "3", 3.0])
+@pytest.mark.parametrize(
+    ("model", "field"), INT_FIELDS, ids=[f"{m.__name__}.{f}" for m, f in INT_FIELDS]
+)
+def test_every_integer_field_takes_only_integers(
+    model: type[BaseModel], field: str, value: object
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({field: value})
+
+    assert any(error["loc"][:1] == (field,) for error in caught.value.errors())
+
+
+def test_the_number_rule_reaches_numbers_inside_lists() -> None:
+    data = with_spec(data={"cvat": {"taskIds": [1, True]}})
+
+    assert "spec.data.cvat.taskIds[1]: must be an integer, not a boolean (got True)" in error_of(
+        data
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"seed": 2**32}, "spec.seed: Input should be less than or equal to 4294967295"),
+        ({"seed": -1}, "spec.seed: Input should be greater than or equal to 0"),
+        (
+            {"clients": {"joinGraceSeconds": 604_801}},
+            "spec.clients.joinGraceSeconds: Input should be less than or equal to 604800",
+        ),
+        (
+            {"training": {"maxSeconds": 604_801}},
+            "spec.training.maxSeconds: Input should be less than or equal to 604800",
+        ),
+        (
+            {"training": {"weightDecay": 1.5}},
+            "spec.training.weightDecay: Input should be less than or equal to 1",
+        ),
+        (
+            {"clients": {"minClients": 10_001}},
+            "spec.clients.minClients: Input should be less than or equal to 10000",
+        ),
+        (
+            {"tracking": {"flushTimeoutSeconds": 604_801}},
+            "spec.tracking.flushTimeoutSeconds: Input should be less than or equal to 604800",
+        ),
+        (
+            {"privacy": {"clipNorm": 1, "noiseMultiplier": math.inf}},
+            "spec.privacy.noiseMultiplier: Input should be a finite number (got inf)",
+        ),
+    ],
+)
+def test_numbers_with_a_meaning_have_upper_bounds(section: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(with_spec(**section))
+
+
+def test_the_largest_seed_and_deadline_still_pass() -> None:
+    data = with_spec(seed=2**32 - 1, clients={"roundDeadlineSeconds": 604_800})
+
+    spec = parse_job(data, source="t").spec
+
+    assert (spec.seed, spec.clients.round_deadline_seconds) == (2**32 - 1, 604_800)

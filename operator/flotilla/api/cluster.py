@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
-from flotilla.api.base import ApiModel
+from flotilla.api.base import MAX_SECONDS, ApiModel
 from flotilla.api.tracking import Alias
 
 DEFAULT_IMAGE = "ghcr.io/flotilla-dev/flotilla:0.1.0"
@@ -58,7 +58,7 @@ class TrainingOverrides(ApiModel):
 
     batch_size: int | None = Field(default=None, ge=1, le=65536)
     local_epochs: int | None = Field(default=None, ge=1, le=1000)
-    max_seconds: float | None = Field(default=None, gt=0)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 class Profile(ApiModel):

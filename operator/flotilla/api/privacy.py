@@ -16,11 +16,11 @@ from flotilla.api.errors import FieldProblem, raise_problems
 
 
 class PrivacySpec(ApiModel):
-    clip_norm: float = Field(gt=0, allow_inf_nan=False)
-    noise_multiplier: float = Field(ge=0, allow_inf_nan=False)
+    clip_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(ge=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     # Unset: the rounds run to the end and epsilon is only reported.
-    target_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    target_epsilon: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _target_needs_noise(self) -> PrivacySpec:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from flotilla.api.base import ApiModel, DnsLabel, Entrypoint
+from flotilla.api.base import MAX_CLIENTS, MAX_SECONDS, MAX_SEED, ApiModel, DnsLabel, Entrypoint
 from flotilla.api.cluster import RuntimeSpec, ServingSpec
 from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
@@ -88,11 +88,11 @@ class ClientsSpec(ApiModel):
     """Where clients run and how many a round needs."""
 
     node_selector: dict[str, str] = Field(default_factory=dict)
-    min_clients: int = Field(default=1, ge=1)
-    per_round: int | None = Field(default=None, ge=1)
-    round_deadline_seconds: float = Field(default=300.0, gt=0)
-    join_grace_seconds: float = Field(default=10.0, ge=0)
-    max_round_retries: int = Field(default=3, ge=0)
+    min_clients: int = Field(default=1, ge=1, le=MAX_CLIENTS)
+    per_round: int | None = Field(default=None, ge=1, le=MAX_CLIENTS)
+    round_deadline_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
+    join_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
+    max_round_retries: int = Field(default=3, ge=0, le=100)
 
     @model_validator(mode="after")
     def _per_round_covers_minimum(self) -> ClientsSpec:
@@ -110,8 +110,9 @@ class TrainingSpec(ApiModel):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     momentum: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_seconds: float | None = Field(default=None, gt=0)
+    # L2 / decoupled decay per step, usually 1e-5..1e-1; past 1 it outweighs the gradient.
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     validation_fraction: float = Field(default=0.1, ge=0, le=0.9)
 
     @model_validator(mode="after")
@@ -138,7 +139,7 @@ class FederatedJobSpec(ApiModel):
     """The desired federated training run."""
 
     rounds: int = Field(ge=1, le=100_000)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     task: Literal["classification", "detection"] = "classification"
     labels: list[NonEmptyStr] = Field(min_length=2, max_length=10_000)
     model: ModelSpec
@@ -158,9 +159,10 @@ class FederatedJobSpec(ApiModel):
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     suspend: bool = False
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    # int32, as Kubernetes' own ttlSecondsAfterFinished.
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
     # Client pod replacements per node, and aggregator restarts before the job fails.
-    backoff_limit: int = Field(default=3, ge=0)
+    backoff_limit: int = Field(default=3, ge=0, le=100)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FederatedJobSpec:

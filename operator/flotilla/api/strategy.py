@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from flotilla.api.base import ApiModel
+from flotilla.api.base import MAX_CLIENTS, ApiModel
 from flotilla.api.errors import FieldProblem, raise_problems
 
 StrategyName = Literal[
@@ -66,13 +66,13 @@ class StrategySpec(ApiModel):
 
     name: StrategyName = "fedavg"
     proximal_mu: float | None = Field(default=None, gt=0)
-    server_learning_rate: float | None = Field(default=None, gt=0)
+    server_learning_rate: float | None = Field(default=None, gt=0, le=10)  # as training's
     beta1: float | None = Field(default=None, ge=0, lt=1)
     beta2: float | None = Field(default=None, ge=0, lt=1)
     tau: float | None = Field(default=None, gt=0)
     trim_fraction: float | None = Field(default=None, gt=0, lt=0.5)
-    byzantine_clients: int | None = Field(default=None, ge=0)
-    selected: int | None = Field(default=None, ge=1)
+    byzantine_clients: int | None = Field(default=None, ge=0, le=MAX_CLIENTS)
+    selected: int | None = Field(default=None, ge=1, le=MAX_CLIENTS)
     # fedmedian and trimmedmean: per coordinate, the mean of the values nearest the median
     # or trimmed mean (MeaMed, Phocas) instead of that value. Unset: false.
     mean_of_nearest: bool | None = None

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from flotilla.api.base import ApiModel
+from flotilla.api.base import MAX_SECONDS, ApiModel
 
 # Where the aggregator finds its MLflow server, after --tracking-uri and
 # spec.tracking.trackingUri: MLflow's own variable (from runtime.aggregator.envFromSecret, or
@@ -32,5 +32,5 @@ class TrackingSpec(ApiModel):
     experiment: str | None = Field(default=None, min_length=1, max_length=500)  # job name if unset
     registered_model: ModelName | None = None  # job name if unset
     alias: Alias = "candidate"
-    checkpoint_every_rounds: int = Field(default=5, ge=0)  # 0: no checkpoint artifacts
-    flush_timeout_seconds: float = Field(default=60.0, ge=0)
+    checkpoint_every_rounds: int = Field(default=5, ge=0, le=100_000)  # 0: no checkpoints
+    flush_timeout_seconds: float = Field(default=60.0, ge=0, le=MAX_SECONDS)

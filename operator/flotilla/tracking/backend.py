@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from flotilla.tracking.plan import Metric, redact_uri, split_credentials
+from flotilla.redaction import redact_urls
+from flotilla.tracking.plan import Metric, split_credentials
 from flotilla.tracking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,25 @@ _MLFLOW_ENV_DEFAULTS = {
     # Clusters that hold private data are often air-gapped: no phoning home by default.
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a string in an MLflow search filter.
+
+    MLflow's grammar has no escape inside a quoted string (``search_utils._strip_quotes``
+    only trims the quotes): a value is quoted with the quote character it does not hold,
+    and one that holds both cannot be written. Never format a value into a filter without
+    this; where a value may hold both (a registered model's name), filter on something else.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters: no MLflow filter can match it")
+
+
+def _run_key_filter(run_key: str) -> str:
+    return f"tags.`flotilla.run_key` = {filter_literal(run_key)}"
 
 
 class RunGone(Exception):
@@ -122,11 +142,11 @@ class MlflowBackend:
         if run_id is not None:
             run = self._get_run(run_id)
             if run is None:
-                raise RunGone(f"MLflow run {run_id} is not on {redact_uri(self.uri)}")
+                raise RunGone(f"MLflow run {run_id} is not on {redact_urls(self.uri)}")
             return str(run.info.experiment_id), run_id
         experiment_id = self._experiment_id(experiment)
         found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`flotilla.run_key` = '{run_key}'", max_results=1
+            [experiment_id], filter_string=_run_key_filter(run_key), max_results=1
         )
         if found:
             return experiment_id, str(found[0].info.run_id)
@@ -141,7 +161,7 @@ class MlflowBackend:
             return None
         runs = self.client.search_runs(
             [found.experiment_id],
-            filter_string=f"tags.`flotilla.run_key` = '{run_key}'",
+            filter_string=_run_key_filter(run_key),
             max_results=1,
         )
         return (str(found.experiment_id), str(runs[0].info.run_id)) if runs else None
@@ -238,17 +258,18 @@ class MlflowBackend:
     def _registered_version(self, run_id: str, name: str, round_number: int) -> str | None:
         from mlflow.exceptions import MlflowException
 
+        # By the run's tag, not by name: a name may hold both quotes, which no filter
+        # can; MLflow's run ids are hex. The name is compared here instead.
+        query = f"tags.`flotilla.run_id` = {filter_literal(run_id)}"
         try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
+            versions = self.client.search_model_versions(query)
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
         for version in versions:
             tags = version.tags or {}
-            if tags.get("flotilla.run_id") == run_id and tags.get("flotilla.round") == str(
-                round_number
-            ):
+            if version.name == name and tags.get("flotilla.round") == str(round_number):
                 return str(version.version)
         return None
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from flotilla.api import FederatedJob
+from flotilla.api import FederatedJob, SpecError
 from flotilla.k8s import crd as crd_module
 from flotilla.k8s.crd import crd_yaml, custom_resource_definition
 from flotilla.k8s.crd_checks import schema_problems
@@ -176,6 +176,41 @@ def _digits() -> dict[str, Any]:
     return document
 
 
+# Numbers the model refuses and JSON can carry (JSON has no NaN or Infinity, so those never
+# reach the API server): both the CRD and the model must refuse each.
+HOSTILE_NUMBERS = [
+    (("seed",), 2**32),
+    (("seed",), -1),
+    (("clients", "minClients"), True),
+    (("clients", "minClients"), 10_001),
+    (("clients", "roundDeadlineSeconds"), 604_801),
+    (("clients", "joinGraceSeconds"), 604_801),
+    (("training", "weightDecay"), 1.5),
+    (("training", "maxSeconds"), 604_801),
+    (("rounds",), "3"),
+    (("rounds",), 3.5),
+    (("tracking", "flushTimeoutSeconds"), 604_801),
+    (("ttlSecondsAfterFinished",), 2**31),
+]
+
+
+def _with(path: tuple[str, ...], value: object) -> dict[str, Any]:
+    document = copy.deepcopy(_digits())
+    node = document["spec"]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return document
+
+
+@pytest.mark.parametrize(("path", "value"), HOSTILE_NUMBERS)
+def test_the_model_refuses_the_numbers_the_crd_refuses(
+    path: tuple[str, ...], value: object
+) -> None:
+    with pytest.raises(SpecError, match=r"spec\." + r"\.".join(path)):
+        FederatedJob.from_dict(_with(path, value))
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
@@ -185,19 +220,14 @@ def _digits() -> dict[str, Any]:
         (("clients", "minClients"), 0),
         (("strategy", "name"), "fedsomething"),
         (("training", "learnRate"), 0.1),
+        *HOSTILE_NUMBERS,
     ],
 )
 def test_the_api_server_would_refuse_what_the_schema_can_tell(
     path: tuple[str, ...], value: object
 ) -> None:
-    document = copy.deepcopy(_digits())
-    node = document["spec"]
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-
     with pytest.raises(jsonschema.ValidationError):
-        _validate(document)
+        _validate(_with(path, value))
 
 
 def test_cel_rules_cover_what_json_schema_cannot() -> None:
