@@ -1,10 +1,11 @@
 """Secrets never leave where they are kept: not into logs, status, summary, MLflow or /metrics.
 
 A real job runs with every kind of secret Flotilla handles: the clients' bearer tokens,
-a site's CVAT username and password (in a credentials file the spec points to), a CVAT
-access token in every process's environment, and an MLflow tracking URI with
-user:password in the spec (a real MLflow server, SQLite store). Then every byte the job
-left behind and every view of it is searched for each secret string.
+a site's CVAT username and password and a CVAT URL with user:password in it (in a
+credentials file the spec points to; the URL reaches the site's error), a CVAT access token
+in every process's environment, and an MLflow tracking URI with user:password in the spec
+(a real MLflow server, SQLite store). Then every byte the job left behind and every view of
+it is searched for each secret string.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.integration
 SITES = ["site-a", "site-b", "site-c"]
 CVAT_PASSWORD = "cvat-pw-Zq81xLmN03"
 CVAT_ACCESS_TOKEN = "cvat-token-Hh27Ppw9Ks"
+CVAT_URL_PASSWORD = "cvat-url-pw-Jd40Wc6Rt"
 MLFLOW_PASSWORD = "mlflow-pw-Ty55Bb0Qe"
 
 
@@ -49,9 +51,11 @@ def test_no_secret_reaches_logs_status_summary_mlflow_or_metrics(
     cvat.tasks[7] = FakeTask(id=7, labels=[(1, "3")], frames=[], tags=[])
     cvat.start()
     credentials = tmp_path / "cvat-credentials.env"
-    credentials.write_text(f"USERNAME=alice\nPASSWORD={CVAT_PASSWORD}\n")
+    # The spec refuses a cvat.url with credentials; a credentials file may hold one.
+    url = cvat.url.replace("http://", f"http://bob:{CVAT_URL_PASSWORD}@")
+    credentials.write_text(f"URL={url}\nUSERNAME=alice\nPASSWORD={CVAT_PASSWORD}\n")
     uri = tracking_server.url.replace("http://", f"http://flotilla:{MLFLOW_PASSWORD}@")
-    live = {"cvat": {"url": cvat.url, "taskIds": [7], "credentials": {"path": str(credentials)}}}
+    live = {"cvat": {"taskIds": [7], "credentials": {"path": str(credentials)}}}
     exports = [
         {"name": s, "data": {"cvatExport": {"path": str(digits_dir / s)}}} for s in SITES[:2]
     ]
@@ -76,16 +80,27 @@ def test_no_secret_reaches_logs_status_summary_mlflow_or_metrics(
             running.start_aggregator()
             for site in SITES:
                 running.start_client(site, env=environment)
-            running.wait_for(lambda s: s["completedRounds"] >= 1, timeout=180)
+            # Task 7 has no data: site-c's error names its CVAT by the URL.
+            running.wait_for(
+                lambda s: s["completedRounds"] >= 1 and "site-c" in s["siteErrors"], timeout=180
+            )
             for path in ("/v1/status", "/v1/history", "/metrics", "/healthz"):
                 views[path] = _get(running.url + path)
             assert running.wait_aggregator(timeout=180) == 0, running.log("aggregator")
             summary = running.summary()
-            secrets = [CVAT_PASSWORD, CVAT_ACCESS_TOKEN, MLFLOW_PASSWORD, *running.tokens.values()]
+            secrets = [
+                CVAT_PASSWORD,
+                CVAT_ACCESS_TOKEN,
+                CVAT_URL_PASSWORD,
+                MLFLOW_PASSWORD,
+                *running.tokens.values(),
+            ]
     finally:
         cvat.stop()
     assert summary["mlflowRunId"], summary["tracking"]
-    assert summary["sites"]["site-c"]["ready"] in (True, False)  # site-c did reach its CVAT
+    shown = cvat.url.replace("http://", "http://***@")
+    assert f"CVAT {shown}, task 7" in json.loads(views["/v1/status"])["siteErrors"]["site-c"]
+    assert f"CVAT {shown}, task 7" in summary["sites"]["site-c"]["error"]
 
     # Everything the job wrote: logs, checkpoints, summary; not the inputs that hold secrets.
     inputs = {tmp_path / "tokens.json", job, credentials}

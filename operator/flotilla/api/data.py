@@ -75,7 +75,7 @@ class CvatCredentialsSpec(ApiModel):
 class CvatServerSource(ApiModel):
     """Tasks of a live CVAT server, read through cvat-sdk and cached on the node."""
 
-    url: NonEmptyStr | None = None  # else taken from the credentials
+    url: NonEmptyStr | None = None  # else taken from the credentials; never user:password@
     project_id: int | None = Field(default=None, ge=1)
     task_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     credentials: CvatCredentialsSpec = Field(default_factory=CvatCredentialsSpec)
@@ -89,6 +89,20 @@ class CvatServerSource(ApiModel):
         if (self.project_id is None) == (not self.task_ids):
             got = "both" if self.project_id is not None else "neither"
             raise_problems([FieldProblem(("taskIds",), "set one of projectId or taskIds", got)])
+        return self
+
+    @model_validator(mode="after")
+    def _no_credentials_in_url(self) -> CvatServerSource:
+        # A spec is shown and stored everywhere (kubectl, MLflow, logs): the value is not echoed.
+        # Any "@" counts: a CVAT address has none, and a password with an unencoded "/"
+        # (https://bob:pa/ss@host) is still a password.
+        if self.url is not None and "@" in self.url:
+            message = (
+                "holds credentials (user:password@ or token@); give the URL without them and "
+                "put them in a credentials file or Secret: credentials.path, "
+                "credentials.secretName or the CVAT_* environment variables"
+            )
+            raise_problems([FieldProblem(("url",), message)])
         return self
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from flotilla.redaction import redact_urls
+
 # The error type of cross-field checks; its context carries FieldProblems with their own paths,
 # because a model validator can only fail at the model's location, not at the field's.
 FIELD_PROBLEMS = "flotilla_field_problems"
@@ -23,10 +25,11 @@ Loc = tuple[str | int, ...]
 
 
 class SpecError(Exception):
-    """A FederatedJob that cannot be read or is not valid; ``problems`` holds one line each."""
+    """A FederatedJob that cannot be read or is not valid; ``problems`` holds one line each,
+    with the credentials of any URL it quotes redacted (it reaches consoles and statuses)."""
 
     def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(redact_urls(problem) for problem in problems)
         self.source = source
         where = f" ({source})" if source else ""
         lines = "\n".join(f"  {problem}" for problem in self.problems)
@@ -61,7 +64,7 @@ def format_loc(loc: Iterable[str | int]) -> str:
 
 
 def format_value(value: object) -> str:
-    text = repr(value)
+    text = redact_urls(repr(value))  # before the cut, which could leave half a password
     if len(text) > _MAX_VALUE_CHARS:
         text = text[: _MAX_VALUE_CHARS - 3] + "..."
     return text

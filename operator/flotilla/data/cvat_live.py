@@ -22,6 +22,7 @@ from flotilla.api.data import CvatServerSource
 from flotilla.data.cvat_credentials import CvatCredentials, find_credentials
 from flotilla.data.errors import DataSourceError
 from flotilla.data.frames import RawBox, RawFrame
+from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 _sdk_log = logging.getLogger(__name__ + ".sdk")
@@ -46,7 +47,7 @@ def read_cvat_frames(
     )
     policy = UpdatePolicy.NEVER if offline else UpdatePolicy.IF_MISSING_OR_STALE
     folder = Path(source.cache_dir) if source.cache_dir else cache_dir or DEFAULT_CACHE_DIR
-    where = f"CVAT {credentials.url}"
+    where = f"CVAT {redact_urls(credentials.url)}"
     with _translated(where), _client(credentials, folder, offline=offline) as client:
         task_ids = list(source.task_ids)
         if source.project_id is not None:
@@ -73,8 +74,9 @@ def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> 
     )
     try:
         if not offline:
-            _log_server_version(client, credentials.url)
-            with _translated(f"CVAT {credentials.url}, signing in as {credentials.kind}"):
+            shown = redact_urls(credentials.url)
+            _log_server_version(client, shown)
+            with _translated(f"CVAT {shown}, signing in as {credentials.kind}"):
                 if credentials.access_token:
                     client.login(AccessTokenCredentials(credentials.access_token))
                 else:
@@ -175,4 +177,4 @@ def _translated(where: str, *, cache_dir: Path | None = None) -> Iterator[None]:
 
 def _brief(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text[:200]
+    return redact_urls(text)[:200]  # the SDK's errors may quote the URL it was given

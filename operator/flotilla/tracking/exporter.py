@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import CHECKPOINTS_ARTIFACT, RunGone, TrackingBackend
 from flotilla.tracking.journal import FILE_NAME as JOURNAL_FILE
 from flotilla.tracking.journal import Journal, load_journal, save_journal
-from flotilla.tracking.plan import Metric, federated_metrics, redact_uri, round_metrics
+from flotilla.tracking.plan import Metric, federated_metrics, round_metrics
 from flotilla.tracking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class TrackingExporter:
             log.warning(
                 "MLflow at %s did not take the job's records (%s); training goes on and "
                 "they are sent when it answers",
-                redact_uri(self.settings.uri),
+                redact_urls(self.settings.uri),
                 self._last_error,
             )
         elif self._failures % 10 == 0:
@@ -318,7 +319,7 @@ class TrackingExporter:
         return {
             "enabled": True,
             "state": state,
-            "uri": redact_uri(self.settings.uri),
+            "uri": redact_urls(self.settings.uri),
             "experiment": self.settings.experiment,
             "experimentId": self.journal.experiment_id,
             "runId": self.journal.run_id,

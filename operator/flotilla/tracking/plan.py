@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from flotilla.redaction import redact_urls
+
 # MLflow refuses longer param values; a longer value is cut and says so.
 PARAM_VALUE_LIMIT = 6000
 # Keys that hold a secret value. A key ending in "Secret" (credentialsSecret) names a
@@ -42,16 +44,6 @@ class Metric:
     timestamp_ms: int
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without user:password, fit for logs, params and status."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """An http(s) URI without its user:password, and those (URL-decoded), for MLflow's
     MLFLOW_TRACKING_USERNAME / _PASSWORD: MLflow prints the URI it is given ("View run
@@ -69,8 +61,8 @@ def job_params(job: Mapping[str, Any]) -> dict[str, str]:
     """The job's spec flattened to MLflow params: `training.learningRate` -> "0.05".
 
     Sites are keyed by name (`sites.site-a.data.cvatExport.path`), other lists are
-    JSON-like strings. Keys that name a secret are left out, and so is any password
-    embedded in a URI.
+    JSON-like strings. Keys that name a secret are left out, and the credentials of any
+    URL in any value are redacted.
     """
     spec = dict(job.get("spec", {}))
     params = {"job.name": str(job.get("metadata", {}).get("name", ""))}
@@ -81,7 +73,7 @@ def job_params(job: Mapping[str, Any]) -> dict[str, str]:
         for key, value in _flatten(site.get("data") or {}, f"sites.{site['name']}.data."):
             params[key] = value
     params["sites"] = ",".join(site["name"] for site in sites)
-    return {key: _cut(value) for key, value in params.items()}
+    return {key: _cut(redact_urls(value)) for key, value in params.items()}
 
 
 def _flatten(node: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, str]]:
@@ -90,8 +82,6 @@ def _flatten(node: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, str]]:
             continue
         if isinstance(value, Mapping):
             yield from _flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, str) and key.endswith("Uri"):
-            yield f"{prefix}{key}", redact_uri(value)
         elif isinstance(value, list):
             yield f"{prefix}{key}", ",".join(str(item) for item in value)
         else:

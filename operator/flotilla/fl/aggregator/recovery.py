@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flotilla.fl.aggregator.checkpoint import CheckpointStore
+from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import RecoveryBackend
 from flotilla.tracking.exporter import TrackingSettings
 from flotilla.tracking.journal import Journal, load_journal, save_journal
-from flotilla.tracking.plan import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def recover(
                 log.warning(
                     "MLflow at %s did not answer in %.0fs (%s): the job starts over from "
                     "round 1 in a new run; a run of its earlier play is left as it is",
-                    redact_uri(settings.uri),
+                    redact_urls(settings.uri),
                     patience,
                     f"{type(error).__name__}: {error}"[:300],
                 )

@@ -13,9 +13,10 @@ from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV, TRACKING_URI_ENV
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.recovery import Recovered, needs_recovery, recover
 from flotilla.fl.modelstate import build_job_model, load_weights
+from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import MlflowBackend
 from flotilla.tracking.exporter import JobView, TrackingExporter, TrackingSettings
-from flotilla.tracking.plan import job_params, redact_uri
+from flotilla.tracking.plan import job_params
 from flotilla.tracking.served_model import ServedModel, served_model
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def attach_exporter(
     )
     engine.tracking_status = lambda: exporter.status(persisted=engine.persisted)
     engine.store.retain = exporter.wants_checkpoint
-    log.info("recording the job in MLflow at %s", redact_uri(uri))
+    log.info("recording the job in MLflow at %s", redact_urls(uri))
     return exporter
 
 
