@@ -56,3 +56,39 @@ def test_an_unknown_update_kind_or_weights_in_a_compressed_job_is_refused(tmp_pa
     status, body = asyncio.run(refused({"compression": {"dtype": "int8"}}, "weights"))
     assert (status, body["reason"]) == (400, "bad_update_kind")
     assert "int8" in body["error"]
+
+
+def test_an_int8_delta_beyond_float32_is_refused_and_the_round_goes_on(tmp_path: Path) -> None:
+    """q=127 with scale 3e38 is finite in float64 but not once folded in float32."""
+    # The refused site never answers: the round closes at its deadline with the other two.
+    clients = {"minClients": 2, "joinGraceSeconds": 60, "roundDeadlineSeconds": 2}
+    job = digits_job(SITES, rounds=2, spec={"compression": {"dtype": "int8"}, "clients": clients})
+
+    async def play() -> tuple[tuple[int, dict], dict[str, torch.Tensor], int]:
+        async with aggregator(job, tmp_path) as running:
+            await running.join()
+            hostile = running.delta(0.0)
+            for name, view in running.layout.views(hostile).items():
+                view.fill_(3e38 if name.endswith(":scale") else 127)
+            status, body = await running.request(
+                "PUT",
+                "/v1/rounds/1/update",
+                headers=running.headers(
+                    "site-a", **{"X-Flotilla-Examples": "10", "X-Flotilla-Metrics": "{}"}
+                ),
+                data=bytes(hostile),
+            )
+            honest = running.delta(0.0)
+            for name, view in running.layout.views(honest).items():
+                view.fill_(0.001 if name.endswith(":scale") else 10)  # a delta of 0.01
+            for site in ("site-b", "site-c"):
+                assert await running.upload(site, honest) == 200
+            await running.until(lambda e: e.persisted == 1, timeout=30)
+            history, _ = await running.request("GET", "/v1/history")
+            return (status, json.loads(body)), running.model(), history
+
+    (status, body), model, history = asyncio.run(play())
+    assert (status, body["reason"]) == (422, "bad_values")
+    assert "float32" in body["error"]
+    assert all(bool(torch.isfinite(tensor).all()) for tensor in model.values())
+    assert history == 200

@@ -12,7 +12,7 @@ from safetensors.torch import load, save
 
 from flotilla.fl.codec import NORM_CHUNK, UpdateEncoder, decode_update
 from flotilla.fl.receive import SafetensorsReceiver
-from flotilla.fl.wire import WireError, model_layout, update_layout
+from flotilla.fl.wire import WireError, model_layout, parse_header, update_layout
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -261,3 +261,35 @@ def test_a_mapped_buffer_is_the_same_file_and_costs_nothing_until_written() -> N
 def _resident_kib() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e30, 2e17])
+def test_decode_refuses_int8_whose_dequantized_values_overflow_float32(scale: float) -> None:
+    # The fold multiplies q * scale * examples in float32: a norm taken in float64 passed
+    # q=127, scale=3e38 and the global model became NaN.
+    model = model_layout({"a": torch.zeros(3), "b": torch.zeros(2, 2)})
+    layout = update_layout(model, "int8")
+    views = layout.views(layout.allocate())
+    views["b"].fill_(127)
+    views["b:scale"].fill_(scale)
+
+    with pytest.raises(WireError, match=r"'b'.*float32"):
+        decode_update(views, max_norm=None)
+
+
+def test_decode_keeps_int8_values_inside_float32_range() -> None:
+    model = model_layout({"a": torch.zeros(4)})
+    layout = update_layout(model, "int8")
+    views = layout.views(layout.allocate())
+    views["a"].fill_(127)
+    views["a:scale"].fill_(1e15)  # values 1.27e17, squares 6.5e34 each: fine in float32
+
+    assert decode_update(views, max_norm=None).norm == pytest.approx(2 * 127 * 1e15, rel=1e-6)
+
+
+def test_receiver_refuses_a_header_integer_too_long_to_parse() -> None:
+    layout = model_layout({"a": torch.zeros(2)})
+    header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,' + b"9" * 5000 + b"]}}"
+
+    with pytest.raises(WireError, match="not valid JSON"):  # was a plain ValueError: a 500
+        parse_header(header, layout)

@@ -20,6 +20,8 @@ from flotilla.fl.wire import SCALE_SUFFIX, Buffer, Layout, WireDtype, WireError,
 # float32 values per piece of a weights upload's norm: 1 MiB, which stays in cache
 # between the subtraction that writes it and the dot product that reads it.
 NORM_CHUNK = 1 << 18
+# The largest float32: the aggregation rules fold in float32, so every value must fit it.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ def decode_update(
 
     One pass over the data for the checks: the L2 norm of a tensor is non-finite exactly
     when it holds a NaN or an infinity (or overflows float32, which is no model update).
+    The check is made in float32, the dtype the rules fold in, for every wire dtype: an int8
+    tensor's squared norm (q * scale dequantized) must fit float32 as a float32 tensor's
+    must. That bounds every value by sqrt(3.4e38) = 1.8e19, so even times the largest
+    example count a client may claim (2**40) a weighted fold stays finite in float32.
     `minus`: the body holds a client's trained float32 weights, not a delta; the delta
     is them minus this (the round's global model). It is never written out: its norm is
     taken chunk by chunk through a cache-sized scratch, and the aggregation rules take
@@ -116,12 +122,21 @@ def decode_update(
         if minus is not None:
             squares = _squared_distance(tensor, minus[name], scratch)
         elif tensor.dtype == torch.int8:
-            norm = float(torch.linalg.vector_norm(tensor.to(torch.float32))) * scales.get(name, 1.0)
+            # In float64, then held to float32's range: q=127 with scale 3e38 is finite here
+            # but infinite once folded.
+            q = torch.linalg.vector_norm(tensor.to(torch.float32))
+            norm = float(q) * scales.get(name, 1.0)
             squares = norm * norm
         else:
             squares = float(torch.linalg.vector_norm(tensor, dtype=torch.float32)) ** 2
         if not math.isfinite(squares):
             raise WireError(f"tensor {name!r} holds NaN or infinite values")
+        if squares > FLOAT32_MAX:
+            raise WireError(
+                f"tensor {name!r} holds values beyond float32's range once dequantized "
+                f"(scale {scales.get(name, 1.0):.3g}): its squared norm {squares:.3g} "
+                f"exceeds {FLOAT32_MAX:.3g}"
+            )
         total += squares
     norm = math.sqrt(total)
     if max_norm is not None and norm > max_norm:

@@ -170,7 +170,7 @@ def parse_header(raw: bytes, expected: Layout) -> dict[str, tuple[int, int]]:
     """
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise WireError(f"the safetensors header is not valid JSON: {error}") from None
     except RecursionError:  # "[[[[...": Python's decoder recurses per level
         raise WireError("the safetensors header is nested too deeply") from None

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected
+from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected, UploadTerms
 from flotilla.fl.aggregator.records import ClientReport
 from flotilla.fl.aggregator.state import EngineState, Phase
 
@@ -101,12 +101,16 @@ class ClientDesk(EngineState):
         examples: int,
         metrics: Mapping[str, Any],
         weights: bool = False,
+        size: int | None = None,
     ) -> dict[str, Any]:
         """Fold one upload: a delta, or (`weights`) trained weights, from which the round's
-        global model is subtracted on arrival."""
+        global model is subtracted on arrival. `size`: the body's announced bytes."""
         self._check_open(site, round_number)
         minus = self._global_views if weights else None  # this round's, even if it ends meanwhile
-        async with self.intake.receive(body, zstd=zstd, minus=minus) as received, self._fold_lock:
+        # The upload may not outlive its round: past the deadline it holds a buffer in vain.
+        terms = UploadTerms(site=site, size=size or 0, seconds_left=self._deadline - self.clock())
+        receiving = self.intake.receive(body, terms=terms, zstd=zstd, minus=minus)
+        async with receiving as received, self._fold_lock:
             self._check_open(site, round_number)  # the round may have closed meanwhile
             await self._fold(site, received, examples, metrics)
         return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}

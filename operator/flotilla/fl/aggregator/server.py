@@ -17,6 +17,7 @@ client knows it, `X-Flotilla-Site: <its site>`; a site that is not the token's i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,8 +33,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.intake import Rejected
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from flotilla.fl.aggregator.pace import Progress
+from flotilla.fl.aggregator.reports import (
+    checked_eval_report,
+    checked_label_report,
+    checked_update_metrics,
+    examples_count,
+)
 from flotilla.fl.aggregator.tokens import TokenBook
-from flotilla.fl.learning import SCORES
+from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,6 @@ MAX_WAIT_SECONDS = 20.0
 # (4 MiB pieces measured as 4.3 MiB per extra client in bench/round_bench.py).
 SEND_CHUNK = 1 << 20
 MAX_METRICS_HEADER = 16 * 1024
-MAX_EXAMPLES = 10**9
 MAX_ERROR_CHARS = 2000
 SITE_HEADER = "X-Flotilla-Site"  # the site a client says it is; checked against its token
 
@@ -85,7 +92,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except Rejected as rejected:
         request.app[METRICS].rejected(rejected.reason)
-        if request.method in ("PUT", "POST"):
+        if request.method in ("PUT", "POST") and not rejected.close:
             await _drain(request, request.app[ENGINE].intake.max_body_bytes)
         log.info(
             "%s %s refused (%d %s): %s",
@@ -95,23 +102,35 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             rejected.reason,
             rejected,
         )
-        return web.json_response(
+        response = web.json_response(
             {"error": str(rejected), "reason": rejected.reason}, status=rejected.status
         )
+        if rejected.close:  # answer now, then hang up without reading the rest of the body
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
 
 
 async def _drain(request: web.Request, limit: int) -> None:
-    """Read what is left of a refused body, so the client reads our answer, not a reset."""
+    """Read what is left of a refused body, so the client reads our answer, not a reset;
+    at the uploads' pace (no round bound), so a trickling body is not waited for."""
     if (request.content_length or 0) > limit or _content_encoded(request):
         return  # reading a Content-Encoding body would decompress it: close instead
-    seen = 0
+    loop = asyncio.get_running_loop()
+    progress = Progress(
+        request.app[ENGINE].intake.pace, size=limit, started=loop.time(), until=math.inf
+    )
     with contextlib.suppress(
         OSError, aiohttp.ClientError, HttpProcessingError, web.RequestPayloadError
     ):
-        async for chunk in request.content.iter_any():
-            seen += len(chunk)
-            if seen > limit:
-                return
+        async with asyncio.timeout_at(progress.due(contended=False)[0]) as timer:
+            async for chunk in request.content.iter_any():
+                progress.got(len(chunk), now=loop.time())
+                timer.reschedule(progress.due(contended=False)[0])
+                if progress.received > limit:
+                    return
 
 
 def _site(request: web.Request) -> str:
@@ -244,8 +263,8 @@ async def _update(request: web.Request) -> web.Response:
             f"weights are sent as float32 only; this job sends "
             f"{engine.job.spec.compression.dtype} deltas",
         )
-    examples = _examples(request)
-    metrics = _metrics(request)
+    examples = examples_count(site, request.headers.get("X-Flotilla-Examples", ""))
+    metrics = _metrics(request, site)
     result = await engine.receive_update(
         site=site,
         round_number=_path_int(request, "round"),
@@ -254,6 +273,7 @@ async def _update(request: web.Request) -> web.Response:
         examples=examples,
         metrics=metrics,
         weights=kind == "weights",
+        size=request.content_length,
     )
     return web.json_response(result)
 
@@ -272,14 +292,15 @@ async def _evaluation(request: web.Request) -> web.Response:
     site = _site(request)
     version = _path_int(request, "version")
     report = await _json_object(request, "the evaluation report")
-    request.app[ENGINE].receive_evaluation(site=site, version=version, metrics=_eval_report(report))
+    metrics = checked_eval_report(site, report)
+    request.app[ENGINE].receive_evaluation(site=site, version=version, metrics=metrics)
     return web.json_response({"accepted": True})
 
 
 async def _site_report(request: web.Request) -> web.Response:
     site = _site(request)
     report = await _json_object(request, "the site report")
-    request.app[ENGINE].receive_site_report(site, _checked_site_report(report))
+    request.app[ENGINE].receive_site_report(site, _checked_site_report(site, report))
     return web.json_response({"accepted": True})
 
 
@@ -304,13 +325,13 @@ def _content_encoded(request: web.Request) -> bool:
 def _loads(raw: str | bytes, *, reason: str, what: str) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise Rejected(400, reason, f"{what} is not JSON: {error}") from None
     except RecursionError:  # "[[[[...": Python's decoder recurses per level
         raise Rejected(400, reason, f"{what} is nested too deeply") from None
 
 
-def _checked_site_report(report: Mapping[str, Any]) -> dict[str, Any]:
+def _checked_site_report(site: str, report: Mapping[str, Any]) -> dict[str, Any]:
     """{"ready": true, "data": {...}} or {"ready": false, "error": "..."}: nothing else kept."""
     ready = report.get("ready")
     if not isinstance(ready, bool):
@@ -319,69 +340,20 @@ def _checked_site_report(report: Mapping[str, Any]) -> dict[str, Any]:
         error = report.get("error")
         if not isinstance(error, str) or not error.strip():
             raise Rejected(400, "bad_report", 'a site that is not ready must say why in "error"')
-        return {"ready": False, "error": error[:MAX_ERROR_CHARS]}
-    data = report.get("data", {})
-    if not isinstance(data, dict):
-        raise Rejected(400, "bad_report", '"data" must be a JSON object')
-    return {"ready": True, "data": data}
+        # Kept, shown in /v1/status and stored in summaries: no URL credentials, whoever sent it.
+        return {"ready": False, "error": redact_urls(error)[:MAX_ERROR_CHARS]}
+    return {"ready": True, "data": checked_label_report(site, report.get("data", {}))}
 
 
-def _examples(request: web.Request) -> int:
-    raw = request.headers.get("X-Flotilla-Examples", "")
-    if not _is_count(raw) or not 0 < int(raw) <= MAX_EXAMPLES:
-        raise Rejected(
-            400,
-            "bad_examples",
-            f"X-Flotilla-Examples must be an integer in 1..{MAX_EXAMPLES}, got {raw!r}",
-        )
-    return int(raw)
-
-
-def _metrics(request: web.Request) -> dict[str, Any]:
+def _metrics(request: web.Request, site: str) -> dict[str, Any]:
     raw = request.headers.get("X-Flotilla-Metrics", "{}")
     if len(raw) > MAX_METRICS_HEADER:
-        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics is too large")
-    metrics = _loads(raw, reason="bad_metrics", what="X-Flotilla-Metrics")
-    if not isinstance(metrics, dict):
-        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics must be a JSON object")
-    train = metrics.get("train", {})
-    if not isinstance(train, dict) or not all(
-        _finite(train.get(k, 0.0)) for k in ("loss", "accuracy", "seconds")
-    ):
-        raise Rejected(400, "bad_metrics", "X-Flotilla-Metrics.train must hold finite numbers")
-    if metrics.get("eval") is not None:
-        metrics["eval"] = _eval_report(metrics["eval"]) | {
-            "modelVersion": metrics["eval"].get("modelVersion")
-        }
-    return metrics
-
-
-def _eval_report(report: Any) -> dict[str, Any]:
-    if not isinstance(report, dict):
-        raise Rejected(400, "bad_metrics", "an evaluation report must be a JSON object")
-    examples = report.get("examples")
-    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
-        raise Rejected(400, "bad_metrics", f"evaluation examples {examples!r} is not a count")
-    if examples > 0 and not _finite(report.get("loss")):
-        raise Rejected(400, "bad_metrics", f"evaluation loss {report.get('loss')!r} is not finite")
-    scores = {key: report[key] for key in SCORES if report.get(key) is not None}
-    for key, value in scores.items():
-        if not _finite(value) and examples > 0:
-            raise Rejected(400, "bad_metrics", f"evaluation {key} {value!r} is not finite")
-    if examples > 0 and not scores:
-        raise Rejected(400, "bad_metrics", f"an evaluation needs one of {', '.join(SCORES)}")
-    return {"loss": report.get("loss"), "examples": examples} | scores
+        raise Rejected(400, "bad_metrics", f"site {site!r}: X-Flotilla-Metrics is too large")
+    return checked_update_metrics(
+        site, _loads(raw, reason="bad_metrics", what="X-Flotilla-Metrics")
+    )
 
 
 def _is_count(raw: str) -> bool:
     # str.isdigit() alone takes "²" and other Unicode digits that int() refuses.
     return raw.isascii() and raw.isdigit() and len(raw) <= 20
-
-
-def _finite(value: Any) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # a JSON integer beyond float's range: no metric is that large
-        return False

@@ -39,12 +39,16 @@ from flotilla.fl.learning import Samples, learning_for
 from flotilla.fl.modelstate import bind_weights, build_job_model, load_weights, store_weights
 from flotilla.fl.wire import model_layout
 from flotilla.ml.training import TrainingConfig, select_device
+from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 
 LONG_POLL_SECONDS = 20.0
-# Refusals that mean "the round moved on without you", not "you are broken".
-STALE = frozenset({"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating"})
+# Refusals that mean "the round moved on without you", not "you are broken". `too_slow`: the
+# link was too slow for this upload (intake pace); the site is sampled again next round.
+STALE = frozenset(
+    {"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating", "too_slow"}
+)
 
 
 MAX_DATA_RETRY_SECONDS = 300.0
@@ -126,7 +130,8 @@ class FederatedClient:
                 error,
             )
             self.metrics.data_ready.set(0)
-            self.site_report = {"ready": False, "error": str(error)}
+            # A CVAT URL's credentials stay on the site: the report goes to the aggregator.
+            self.site_report = {"ready": False, "error": redact_urls(str(error))}
             self.next_data_try = time.monotonic() + self.data_retry_seconds
             self.data_retry_seconds = min(self.data_retry_seconds * 2, MAX_DATA_RETRY_SECONDS)
             return

@@ -1,0 +1,87 @@
+"""How fast an upload's body must arrive while it holds a receive buffer: pure timing rules.
+
+A body must keep moving: at most `idle_seconds` between pieces and, after `grace_seconds`,
+at least `min_bytes_per_second` on average. No upload outlives the round it is for. While
+other uploads wait for a buffer, a holder must also be on pace to arrive before its round
+closes (its share of the body at least its share of the time left): one that is not would
+hold the buffer in vain, so it yields. Nothing here reads a clock; callers pass the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    # A stalled body: no real link is silent this long mid-upload (TCP retransmits are
+    # seconds).
+    idle_seconds: float = 30.0
+    # Before the rate floor applies: TCP slow start, a link busy with the model download.
+    grace_seconds: float = 10.0
+    # 2 KiB/s (16 kbit/s): below any link worth training on (2G GPRS carries 5 KB/s), far
+    # above the 0.5 B/s of a trickle. A 1 MB int8 update takes under 9 minutes at the floor.
+    min_bytes_per_second: float = 2048.0
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Why an upload is cut off: the HTTP answer, for `Rejected`."""
+
+    status: int
+    reason: str
+    message: str
+
+
+class Progress:
+    """One upload's progress: when it must have made more, and why it is cut if not."""
+
+    def __init__(self, pace: UploadPace, *, size: int, started: float, until: float) -> None:
+        self.pace = pace
+        self.size = max(size, 1)  # the body's expected bytes
+        self.started = started
+        self.until = until  # its round's end
+        self.received = 0
+        self._last = started
+
+    def got(self, count: int, *, now: float) -> None:
+        self.received += count
+        self._last = now
+
+    def due_on_pace(self) -> float:
+        """When it falls behind the pace that lands its last byte as the round closes."""
+        window = max(self.until - self.started, 0.0)
+        return self.started + self.pace.grace_seconds + self.received * window / self.size
+
+    def due(self, *, contended: bool) -> tuple[float, str]:
+        """The moment the first rule fails if no byte arrives meanwhile, and that rule."""
+        pace = self.pace
+        rules = [
+            (self._last + pace.idle_seconds, "idle"),
+            (self.started + pace.grace_seconds + self.received / pace.min_bytes_per_second, "rate"),
+            (self.until, "round"),
+        ]
+        if contended:
+            rules.append((self.due_on_pace(), "pace"))
+        return min(rules)
+
+    def cut(self, rule: str, *, site: str, now: float) -> Cut:
+        elapsed = now - self.started
+        got = f"{self.received} of {self.size} bytes in {elapsed:.1f}s"
+        if rule == "idle":
+            return Cut(
+                408,
+                "too_slow",
+                f"site {site!r}: no body bytes for {self.pace.idle_seconds:g}s ({got})",
+            )
+        if rule == "rate":
+            floor = self.pace.min_bytes_per_second
+            return Cut(408, "too_slow", f"site {site!r}: {got} is below {floor:g} bytes/s")
+        if rule == "round":
+            return Cut(409, "round_closed", f"site {site!r}: the round closed with {got}")
+        return Cut(
+            503,
+            "yielded",
+            f"site {site!r}: {got} would not arrive before the round closes while other "
+            "uploads wait for a receive buffer; retry when the link is faster",
+        )
