@@ -13,6 +13,7 @@ from pathlib import Path
 from flotilla import __version__
 from flotilla.api import SpecError, load_job, read_job
 from flotilla.fl.client.memory import DEFAULT_MMAP_THRESHOLD
+from flotilla.redaction import install_log_redaction
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
@@ -22,6 +23,7 @@ EXIT_INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    install_log_redaction()  # every process (run, aggregator, client, operator) starts here
     logging.basicConfig(
         level=os.environ.get("FLOTILLA_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -383,6 +385,7 @@ def _tracking_flags(parser: argparse.ArgumentParser, *, default_help: str) -> No
 
 
 def _run(args: argparse.Namespace) -> int:
+    from flotilla.fl.aggregator.statelock import StateDirBusy
     from flotilla.local.runner import RunFailed, RunOptions, job_failed, run_local
 
     job = load_job(args.job)
@@ -397,9 +400,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         summary = asyncio.run(run_local(job, options))
+    except StateDirBusy as error:  # refused before anything in the directory was touched
+        print(f"flotilla: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except RunFailed as error:
         print(f"flotilla: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED if "interrupted" in str(error) else EXIT_JOB_FAILED
+    if summary.get("summaryError"):  # said last; the exit code stays the job's own
+        print(f"flotilla: {summary['summaryError']}", file=sys.stderr)
     return EXIT_JOB_FAILED if job_failed(summary) else 0
 
 

@@ -110,3 +110,28 @@ def test_an_invalid_spec_exits_2_naming_the_field(tmp_path: Path, digits_dir: Pa
 
     assert result.returncode == 2
     assert "spec.training.learningRate" in result.stderr and "-1" in result.stderr
+
+
+def test_a_second_run_on_a_locked_state_dir_exits_2_naming_the_holder(
+    tmp_path: Path, digits_dir: Path
+) -> None:
+    from flotilla.fl.aggregator.statelock import lock_state_dir
+
+    job = write_job(tmp_path / "job.yaml", data_dir=digits_dir, sites=SITES, rounds=1)
+    state = tmp_path / "state"
+    first = lock_state_dir(state)  # as the first run holds it
+    (state / "tokens.json").write_text('{"site-a": "first"}')
+
+    second = subprocess.run(
+        flotilla("run", str(job), "--state-dir", str(state)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    assert second.returncode == 2, second.stderr
+    assert f"{state} is in use by process {os.getpid()}" in second.stderr
+    assert (state / "tokens.json").read_text() == '{"site-a": "first"}'
+    assert not (state / "logs").exists()
+    first.release()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -82,3 +84,134 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="another model"):
         store.load(other)
+
+
+# -- a corrupt checkpoint falls back to the previous good one still on disk ------------------
+
+
+def _two_checkpoints(tmp_path: Path) -> tuple[CheckpointStore, Any, Path]:
+    store = CheckpointStore(tmp_path, keep=3)
+    layout, first = _model(1.0)
+    _, second = _model(2.0)
+    store.save(_snapshot(1, first))
+    store.save(_snapshot(2, second))
+    return store, layout, tmp_path / "checkpoints" / "round-000002"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"format": 1}', "completedRounds"),
+        (b'{"format": 1, "completedRounds": 2, "history": {"round": 1}}', "history"),
+        (b'{"format": 1, "completedRounds": 2, "history": [1, 2]}', "history"),
+        (b'{"format": 1, "completedRounds": 2, "evaluations": [3]}', "evaluations"),
+        (b'{"format": 1, "completedRounds": "2"}', "completedRounds"),
+        (b'{"format": 1, "completedRounds": 7}', "completedRounds"),
+        (b"\xff\xfe not json", "state.json"),
+    ],
+)
+def test_a_state_json_of_the_wrong_shape_falls_back_to_the_previous_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes, reason: str
+) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    (latest / "state.json").write_bytes(content)
+
+    with caplog.at_level(logging.WARNING):
+        loaded = store.load(layout)
+
+    assert loaded is not None and loaded[0].completed_rounds == 1
+    assert torch.equal(layout.views(loaded[1])["w"], torch.full((2, 3), 1.0))
+    warning = caplog.text
+    assert "round-000002" in warning and "state.json" in warning and reason in warning
+
+
+def test_a_garbage_optimizer_file_falls_back_to_the_previous_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    (latest / "optimizer.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!")
+
+    with caplog.at_level(logging.WARNING):
+        loaded = store.load(layout)
+
+    assert loaded is not None and loaded[0].completed_rounds == 1
+    assert "round-000002" in caplog.text and "optimizer.safetensors" in caplog.text
+
+
+@pytest.mark.parametrize("target", ["../../../etc", "/etc", "round-000002/../../..", ""])
+def test_latest_pointing_outside_the_state_directory_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, target: str
+) -> None:
+    store, layout, _ = _two_checkpoints(tmp_path)
+    (tmp_path / "checkpoints" / "LATEST").write_text(target)
+
+    with caplog.at_level(logging.WARNING):
+        loaded = store.load(layout)
+
+    # LATEST is not followed; the newest good checkpoint on disk is used instead.
+    assert loaded is not None and loaded[0].completed_rounds == 2
+    assert "LATEST" in caplog.text
+
+
+def test_a_checkpoint_file_linking_outside_the_state_directory_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    (latest / "model.safetensors").rename(outside)
+    (latest / "model.safetensors").symlink_to(outside)
+
+    with caplog.at_level(logging.WARNING):
+        loaded = store.load(layout)
+
+    assert loaded is not None and loaded[0].completed_rounds == 1
+    assert "model.safetensors" in caplog.text and "outside" in caplog.text
+
+
+def test_a_checkpoint_folder_linking_outside_is_refused(tmp_path: Path) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    latest.rename(elsewhere)
+    latest.symlink_to(elsewhere)
+
+    loaded = store.load(layout)
+
+    assert loaded is not None and loaded[0].completed_rounds == 1
+
+
+def test_no_good_checkpoint_is_an_error_naming_each_file(tmp_path: Path) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    (latest / "state.json").write_text("[]")
+    (tmp_path / "checkpoints" / "round-000001" / "model.safetensors").write_bytes(b"")
+
+    with pytest.raises(CheckpointError) as raised:
+        store.load(layout)
+
+    message = str(raised.value)
+    assert "round-000002/state.json" in message and "round-000001/model.safetensors" in message
+    assert "checkpoints" in message  # says what to move aside to start over
+
+
+def test_a_checkpoint_the_engine_refuses_falls_back_too(tmp_path: Path) -> None:
+    store, layout, _ = _two_checkpoints(tmp_path)
+    refused = []
+
+    def accept(snapshot: Snapshot) -> None:
+        if snapshot.completed_rounds == 2:
+            refused.append(2)
+            raise ValueError("optimizer state key 'x' is not 'm/<name>'")
+
+    loaded = store.load(layout, accept=accept)
+
+    assert refused == [2] and loaded is not None and loaded[0].completed_rounds == 1
+
+
+def test_a_checkpoint_missing_a_file_or_not_a_folder_is_skipped(tmp_path: Path) -> None:
+    store, layout, latest = _two_checkpoints(tmp_path)
+    (latest / "model.safetensors").unlink()
+    (tmp_path / "checkpoints" / "round-000003").write_text("not a folder")
+
+    loaded = store.load(layout)
+
+    assert loaded is not None and loaded[0].completed_rounds == 1

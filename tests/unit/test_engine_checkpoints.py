@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ import pytest
 
 from flotilla.api import load_job
 from flotilla.fl.aggregator import engine as engine_module
-from flotilla.fl.aggregator.main import AggregatorOptions, build_engine
+from flotilla.fl.aggregator.checkpoint import CheckpointError
+from flotilla.fl.aggregator.main import AggregatorOptions, build_engine, serve
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from tests.integration.harness import write_job
 
 JOB = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
 
@@ -72,3 +75,60 @@ def test_a_checkpoint_that_keeps_failing_raises(
     with pytest.raises(OSError, match="No space left"):
         asyncio.run(engine._checkpoint(0, engine.global_model))
     assert flaky.calls == engine_module.CHECKPOINT_ATTEMPTS
+
+
+def _two_rounds_on_disk(tmp_path: Path) -> None:
+    engine, _ = _engine(tmp_path, failures=0)
+    asyncio.run(engine._checkpoint(1, engine.global_model))
+    asyncio.run(engine._checkpoint(2, engine.global_model))
+
+
+def test_a_checkpoint_the_engine_cannot_restore_falls_back_to_the_previous_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _two_rounds_on_disk(tmp_path)
+    state = tmp_path / "checkpoints" / "round-000002" / "state.json"
+    # The right shape on the outside, rows the ledger cannot rebuild a round from.
+    state.write_text(json.dumps(json.loads(state.read_text()) | {"history": [{"bogus": 1}]}))
+
+    engine, _ = _engine(tmp_path, failures=0)
+
+    assert engine.completed == 1
+    assert "skipped checkpoint round-000002" in caplog.text
+
+
+def test_the_job_stops_when_no_checkpoint_is_good(tmp_path: Path) -> None:
+    _two_rounds_on_disk(tmp_path)
+    for folder in (tmp_path / "checkpoints").glob("round-*"):
+        (folder / "model.safetensors").write_bytes(b"\0" * 4)
+
+    with pytest.raises(CheckpointError, match=r"move .* aside to start over"):
+        _engine(tmp_path, failures=0)
+
+
+def test_an_aggregator_with_no_good_checkpoint_stops_saying_which_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_path = write_job(
+        tmp_path / "job.yaml",
+        data_dir=tmp_path / "data",
+        sites=["a"],
+        rounds=2,
+        overrides={"evaluation": {"testData": None}},
+    )
+    folder = tmp_path / "state" / "checkpoints" / "round-000001"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text('{"format": 1, "completedRounds": "one"}')
+    (folder.parent / "LATEST").write_text("round-000001")
+
+    code = asyncio.run(
+        serve(
+            load_job(job_path),
+            tokens={"a": "t"},
+            options=AggregatorOptions(state_dir=tmp_path / "state", tracking=False, port=0),
+            on_ready=lambda url: None,
+        )
+    )
+
+    assert code == 1
+    assert "cannot resume the job" in caplog.text and "round-000001/state.json" in caplog.text

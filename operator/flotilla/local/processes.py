@@ -45,8 +45,10 @@ async def start_child(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     stdout_pipe: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
-    """Start `python -m flotilla ARGS` with stderr (and stdout, unless piped) to `log_path`."""
+    """Start `python -m flotilla ARGS` with stderr (and stdout, unless piped) to `log_path`;
+    `pass_fds` are inherited (the state directory's lock, for the aggregator)."""
     log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it once started
     try:
         process = await asyncio.create_subprocess_exec(
@@ -59,6 +61,7 @@ async def start_child(
             stderr=log_file,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     finally:

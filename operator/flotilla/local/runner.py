@@ -3,14 +3,14 @@
 The same spec, aggregator and client code as in a cluster, on 127.0.0.1 with a
 free port. Progress comes from the aggregator's long-polled /v1/status (the
 endpoint the operator reads); the result from the summary the aggregator writes
-when the job ends. Ctrl-C, a failed aggregator or the loss of every client stops
-everything in order.
+when the job ends (outcome.py). Ctrl-C, a failed aggregator or the loss of every client
+stops everything in order. The state directory is locked for the run's life
+(statelock.py): a second run on it is refused before it writes anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -21,20 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from flotilla.api import FederatedJob
-from flotilla.fl.tls import client_context
+from flotilla.fl.aggregator.ending import exit_deadline_seconds, os_error_text, write_summary
+from flotilla.fl.aggregator.statelock import StateLock, lock_state_dir
+from flotilla.local.outcome import RunFailed, job_failed, settle_summary
 from flotilla.local.processes import Child, start_child, stop_children
 from flotilla.local.progress import Progress
+from flotilla.local.supervise import Seen, Watched, supervise
 from flotilla.local.tls import write_local_tls
+
+__all__ = ["RunFailed", "RunOptions", "job_failed", "run_local"]
 
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "FLOTILLA-READY "
 READY_TIMEOUT_SECONDS = 120.0
-# Clients exit as soon as they learn the job is done; the aggregator follows them.
-AGGREGATOR_EXIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,29 +67,56 @@ def local_tracking_args(job: FederatedJob, options: RunOptions) -> list[str]:
     return ["--tracking-uri", f"sqlite:///{store}"]
 
 
-class RunFailed(Exception):
-    """The local run could not complete; the message says which part failed and why."""
-
-
 def default_state_dir(job: FederatedJob) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(".flotilla") / "runs" / f"{job.metadata.name}-{stamp}"
 
 
 async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
-    """Run the job to its end and return the aggregator's summary (with `stateDir`)."""
+    """Run the job to its end and return the aggregator's summary (with `stateDir`).
+
+    Raises StateDirBusy, before writing anything, when another process holds the state
+    directory; RunFailed when the run could not complete."""
     job.require_local_sites()
     state_dir = (options.state_dir or default_state_dir(job)).resolve()
+    try:
+        lock = lock_state_dir(state_dir)
+    except OSError as error:
+        raise RunFailed(f"cannot lock {state_dir}: {os_error_text(error)}") from None
+    try:
+        return await _run_locked(job, options, state_dir=state_dir, lock=lock)
+    finally:
+        lock.release()
+
+
+def _prepare(job: FederatedJob, state_dir: Path) -> dict[str, str]:
+    """The run's logs folder and fresh site tokens in tokens.json (0600)."""
+    try:
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        tokens = {site.name: secrets.token_urlsafe(32) for site in job.spec.sites}
+        tokens_path = state_dir / "tokens.json"
+        tokens_path.touch(mode=0o600)
+        tokens_path.write_text(json.dumps(tokens))
+        (state_dir / "summary.json").unlink(missing_ok=True)
+    except OSError as error:
+        raise RunFailed(
+            f"could not prepare {error.filename or state_dir}: {os_error_text(error)}"
+        ) from None
+    return tokens
+
+
+async def _run_locked(
+    job: FederatedJob, options: RunOptions, *, state_dir: Path, lock: StateLock
+) -> dict[str, Any]:
     logs = state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    tokens = {site.name: secrets.token_urlsafe(32) for site in job.spec.sites}
+    tokens = _prepare(job, state_dir)
     tokens_path = state_dir / "tokens.json"
-    tokens_path.touch(mode=0o600)
-    tokens_path.write_text(json.dumps(tokens))
     progress = options.progress or Progress(job)
     progress.started(state_dir=state_dir)
     summary_path = state_dir / "summary.json"
-    summary_path.unlink(missing_ok=True)
+    tracking_args = local_tracking_args(job, options)
+    deadline = exit_deadline_seconds(job, tracking="--no-tracking" not in tracking_args)
+    seen = Seen()
     children: list[Child] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +130,8 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
             tokens_path,
             state_dir,
             logs,
-            extra=[*local_tracking_args(job, options), *(tls.aggregator_args() if tls else [])],
+            extra=[*tracking_args, *(tls.aggregator_args() if tls else [])],
+            lock=lock,
         )
         children.append(aggregator)
         progress.serving(url)
@@ -125,29 +154,42 @@ async def run_local(job: FederatedJob, options: RunOptions) -> dict[str, Any]:
                     env={"FLOTILLA_TOKEN": token, "FLOTILLA_SITE": site},
                 )
             )
-        await _supervise(
+        await supervise(
             aggregator,
             children[1:],
-            _Watched(url, tls.ca if tls else None),
+            Watched(url, tls.ca if tls else None, seen),
             progress,
             stop,
             min_clients=job.spec.clients.min_clients,
+            exit_deadline=deadline,
         )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await stop_children(children)
-    summary = _read_summary(summary_path, children)
+    summary = settle_summary(
+        summary_path, last_status=seen.status, aggregator_log=logs / "aggregator.log"
+    )
+    if summary is None:
+        tail = children[0].tail() if children else ""
+        raise RunFailed(f"the aggregator ended without a summary\n{tail}".rstrip())
     summary["stateDir"] = str(state_dir)
     if options.summary_json is not None:
-        options.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        options.summary_json.write_text(json.dumps(summary, indent=2))
+        problem = write_summary(options.summary_json, summary)
+        if problem is not None:
+            summary.setdefault("summaryError", problem)
     progress.finished(summary)
     return summary
 
 
 async def _start_aggregator(
-    options: RunOptions, tokens_path: Path, state_dir: Path, logs: Path, *, extra: list[str]
+    options: RunOptions,
+    tokens_path: Path,
+    state_dir: Path,
+    logs: Path,
+    *,
+    extra: list[str],
+    lock: StateLock,
 ) -> tuple[Child, str]:
     child = await start_child(
         "aggregator",
@@ -169,6 +211,8 @@ async def _start_aggregator(
         ],
         log_path=logs / "aggregator.log",
         stdout_pipe=True,
+        env=lock.child_env(),  # the aggregator holds the run's lock, not a second one
+        pass_fds=(lock.fd,),
     )
     assert child.process.stdout is not None
     try:
@@ -180,110 +224,3 @@ async def _start_aggregator(
         pass
     await stop_children([child])
     raise RunFailed(f"the aggregator did not start:\n{child.tail()}")
-
-
-@dataclass(frozen=True)
-class _Watched:
-    url: str
-    ca: Path | None  # the run's CA, when the aggregator serves HTTPS
-
-
-async def _supervise(
-    aggregator: Child,
-    clients: list[Child],
-    watched: _Watched,
-    progress: Progress,
-    stop: asyncio.Event,
-    *,
-    min_clients: int,
-) -> None:
-    watcher = asyncio.create_task(_watch_status(watched, progress, min_clients))
-    aggregator_done = asyncio.create_task(aggregator.process.wait())
-    clients_done = asyncio.create_task(_watch_clients(clients, progress, min_clients))
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait(
-            {aggregator_done, clients_done, stopped, watcher}, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for task in (watcher, clients_done, stopped):
-            task.cancel()
-    if stop.is_set():
-        raise RunFailed("interrupted; the state directory keeps the last completed round")
-    for task in (clients_done, watcher):
-        if task.done() and not task.cancelled() and task.exception():
-            raise task.exception()  # type: ignore[misc]
-    if not aggregator_done.done():
-        # Give the aggregator a moment to end the job itself (clients exit on "done").
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(aggregator_done), AGGREGATOR_EXIT_SECONDS)
-    if not aggregator_done.done():
-        tails = "\n".join(f"--- {c.name} ---\n{c.tail(8)}" for c in clients)
-        raise RunFailed(f"every client exited while the job was still running:\n{tails}")
-
-
-async def _watch_clients(clients: list[Child], progress: Progress, min_clients: int) -> None:
-    """Return once every client exited; fail early once too few are left to run a round."""
-    waiting = {asyncio.create_task(c.process.wait()): c for c in clients}
-    alive = len(clients)
-    while waiting:
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            child, code = waiting.pop(task), task.result()
-            alive -= 1
-            if code == 0:
-                continue
-            progress.warn(f"client {child.name} exited with code {code}:\n{child.tail(6)}")
-            if alive < min_clients:
-                raise RunFailed(
-                    f"only {alive} clients are left and the job needs minClients={min_clients}; "
-                    f"client {child.name} failed:\n{child.tail(6)}"
-                )
-
-
-async def _watch_status(watched: _Watched, progress: Progress, min_clients: int) -> None:
-    """Show progress; fail once sites that cannot read their data leave too few to train.
-
-    Locally a site's data is files on this machine, which do not fix themselves while the
-    job waits (in a cluster the aggregator does wait: someone may fix the export or CVAT).
-    """
-    seq = -1
-    timeout = aiohttp.ClientTimeout(total=60)
-    trust = client_context(ca_file=watched.ca) if watched.ca else None
-    connector = aiohttp.TCPConnector(ssl=trust) if trust else None
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        while True:
-            try:
-                async with session.get(
-                    f"{watched.url}/v1/status", params={"after": seq, "wait": 20}
-                ) as response:
-                    status = await response.json()
-            except (aiohttp.ClientError, TimeoutError):
-                await asyncio.sleep(0.5)  # the aggregator is restarting or gone
-                continue
-            seq = int(status["seq"])
-            progress.update(status)
-            errors = status.get("siteErrors") or {}
-            able = int(status["clients"]["known"]) - len(errors)
-            if errors and able < min_clients and status["phase"] not in ("done", "failed"):
-                reasons = "\n".join(f"  {error}" for error in errors.values())
-                raise RunFailed(
-                    f"only {able} of {status['clients']['known']} sites can read their data "
-                    f"and the job needs minClients={min_clients}:\n{reasons}"
-                )
-            if status["phase"] in ("done", "failed"):
-                return
-
-
-def _read_summary(path: Path, children: list[Child]) -> dict[str, Any]:
-    try:
-        summary: dict[str, Any] = json.loads(path.read_text())
-        return summary
-    except (OSError, json.JSONDecodeError):
-        aggregator = children[0] if children else None
-        detail = f"\n{aggregator.tail()}" if aggregator else ""
-        raise RunFailed(f"the aggregator ended without a summary{detail}") from None
-
-
-def job_failed(summary: dict[str, Any]) -> bool:
-    return summary.get("phase") != "done"

@@ -5,7 +5,8 @@ safetensors buffer, written as is), the server optimizer's state and a JSON
 file with the round history. Every file is fsynced, then `LATEST` is replaced
 by rename, so a crash at any point leaves either the old or the new checkpoint,
 never a mix. A restarted aggregator resumes from `LATEST`: no completed round is
-lost or repeated.
+lost or repeated. What it reads is checked first (checkpoint_checks.py); a checkpoint that
+fails is skipped for the newest good one still on disk.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from flotilla.fl.aggregator.checkpoint_checks import (
+    FORMAT_VERSION,
+    CheckpointError,
+    check_state,
+    confined,
+    folder_round,
+    read_latest,
+)
 from flotilla.fl.wire import Layout, WireError, parse_header
 
+__all__ = ["FORMAT_VERSION", "CheckpointError", "CheckpointStore", "Snapshot"]
+
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be used to resume this job; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -91,32 +97,111 @@ class CheckpointStore:
         _fsync_path(self.directory)
         return final
 
-    def load(self, layout: Layout) -> tuple[Snapshot, bytearray] | None:
-        """The latest checkpoint and its model copied into a fresh `layout` buffer, or None."""
-        latest = self.directory / "LATEST"
-        if not latest.exists():
+    def load(
+        self, layout: Layout, *, accept: Callable[[Snapshot], None] | None = None
+    ) -> tuple[Snapshot, bytearray] | None:
+        """The newest good checkpoint and its model copied into a fresh `layout` buffer, or
+        None when there is none at all.
+
+        `LATEST` first, then every other `round-NNNNNN` folder, newest first: a checkpoint
+        that fails a check (checkpoint_checks.py) or that `accept` (the engine's restore)
+        refuses is skipped with a warning naming the file and why. When checkpoints exist but
+        none is good, CheckpointError lists them all: the job stops rather than start over
+        from round 1 on top of them (and, in a cluster, log its rounds again into the same
+        MLflow run)."""
+        skipped: list[str] = []
+        for folder in self._candidates():
+            try:
+                snapshot, buffer = self._load_folder(folder, layout)
+                if accept is not None:
+                    accept(snapshot)
+            # CheckpointError from the checks; the others from `accept` meeting a shape the
+            # checks let through (a history row missing a field, an optimizer key unknown).
+            except (CheckpointError, ValueError, KeyError, TypeError, AttributeError) as error:
+                log.warning("skipped checkpoint %s: %s", folder.name, error)
+                skipped.append(str(error))
+                continue
+            if skipped:
+                log.warning(
+                    "resuming from checkpoint %s, the newest good one (%d newer skipped)",
+                    folder.name,
+                    len(skipped),
+                )
+            return snapshot, buffer
+        if not skipped:
             return None
-        folder = self.directory / latest.read_text().strip()
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be used: {'; '.join(skipped)}. "
+            f"The job stops rather than start over on top of them: move {self.directory} "
+            "aside to start over from round 1"
+        )
+
+    def _candidates(self) -> list[Path]:
+        """Checkpoint folders to try, best first: `LATEST`'s, then the others newest first."""
+        if not self.directory.is_dir():
+            return []
+        names = sorted(
+            (p.name for p in self.directory.iterdir() if folder_round(p.name) is not None),
+            reverse=True,
+        )
+        latest = self._latest_name()
+        if latest in names:
+            names.remove(latest)
+            names.insert(0, latest)
+        return [self.directory / name for name in names]
+
+    def _latest_name(self) -> str | None:
+        path = self.directory / "LATEST"
         try:
-            state = json.loads((folder / "state.json").read_text())
-            raw = _read_into_bytearray(folder / "model.safetensors")
-            optimizer_path = folder / "optimizer.safetensors"
-            optimizer = load_file(str(optimizer_path)) if optimizer_path.exists() else {}
+            name = read_latest(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, CheckpointError) as error:
+            log.warning("%s is unreadable (%s): not followed", path, error)
+            return None
+        if folder_round(name) is None:
+            log.warning(
+                "%s names %r, not a round-NNNNNN folder of that directory: not followed",
+                path,
+                name[:80],
+            )
+            return None
+        if not (self.directory / name).is_dir():
+            log.warning("%s names %s, which is not on disk", path, name)
+        return name
+
+    def _load_folder(self, folder: Path, layout: Layout) -> tuple[Snapshot, bytearray]:
+        root = self.directory.resolve()
+        if folder.is_symlink() or folder.resolve().parent != root:
+            raise CheckpointError(f"{folder.name} links to {folder.resolve()}, outside {root}")
+        inside = folder.resolve()
+        round_number = folder_round(folder.name)
+        assert round_number is not None
+        state_path = confined(folder / "state.json", root=inside)
+        try:
+            state = check_state(
+                json.loads(state_path.read_bytes()), folder=folder.name, round_number=round_number
+            )
         except (OSError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {folder} is unreadable: {error}") from None
-        if state.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint {folder} has format {state.get('format')!r}")
+            raise CheckpointError(f"{folder.name}/state.json is unreadable: {error}") from None
+        model_path = confined(folder / "model.safetensors", root=inside)
+        try:
+            raw = _read_into_bytearray(model_path)
+        except OSError as error:
+            raise CheckpointError(
+                f"{folder.name}/model.safetensors is unreadable: {error}"
+            ) from None
         buffer = _model_into_layout(raw, layout, folder)
+        optimizer = _read_optimizer(folder / "optimizer.safetensors", root=inside)
         snapshot = Snapshot(
-            completed_rounds=int(state["completedRounds"]),
-            model=buffer,
-            optimizer_state=optimizer,
-            state=state,
+            completed_rounds=round_number, model=buffer, optimizer_state=optimizer, state=state
         )
         return snapshot, buffer
 
     def _prune(self, *, keep_name: str) -> None:
-        rounds = sorted(p for p in self.directory.glob("round-*") if p.is_dir())
+        rounds = sorted(
+            p for p in self.directory.iterdir() if folder_round(p.name) is not None and p.is_dir()
+        )
         for old in rounds[: -self._keep]:
             if old.name != keep_name and not self.retain(int(old.name.removeprefix("round-"))):
                 shutil.rmtree(old, ignore_errors=True)
@@ -130,18 +215,35 @@ def _read_into_bytearray(path: Path) -> bytearray:
     return data
 
 
+def _read_optimizer(path: Path, *, root: Path) -> dict[str, torch.Tensor]:
+    if not path.exists() and not path.is_symlink():
+        return {}  # a stateless server optimizer (plain FedAvg) writes none
+    try:
+        return load_file(str(confined(path, root=root)))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path.parent.name}/{path.name} is unreadable: {error}") from None
+
+
 def _model_into_layout(raw: bytearray, layout: Layout, folder: Path) -> bytearray:
     if len(raw) < 8:
-        raise CheckpointError(f"checkpoint {folder}: model file is truncated")
+        raise CheckpointError(f"{folder.name}/model.safetensors is truncated")
     size = int.from_bytes(raw[:8], "little")
+    header = bytes(raw[8 : 8 + size])
     try:
-        offsets = parse_header(bytes(raw[8 : 8 + size]), layout)
+        if size > len(raw) - 8 or not isinstance(json.loads(header), dict):
+            raise ValueError("no JSON object where its header should be")
+    except ValueError:
+        raise CheckpointError(
+            f"{folder.name}/model.safetensors is not a safetensors file (garbage or truncated)"
+        ) from None
+    try:
+        offsets = parse_header(header, layout)
     except WireError as error:
         raise CheckpointError(
-            f"checkpoint {folder} holds another model than this job's spec: {error}"
+            f"{folder.name}/model.safetensors holds another model than this job's spec: {error}"
         ) from None
     if len(raw) != 8 + size + layout.data_size:
-        raise CheckpointError(f"checkpoint {folder}: model file is truncated")
+        raise CheckpointError(f"{folder.name}/model.safetensors is truncated")
     source = layout.views(raw, offsets=offsets, base=8 + size)
     buffer = layout.allocate()
     for name, view in layout.views(buffer).items():

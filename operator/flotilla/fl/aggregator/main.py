@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import Callable, Mapping
@@ -15,11 +14,18 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from flotilla.api import FederatedJob
-from flotilla.fl.aggregator.checkpoint import CheckpointStore
+from flotilla.fl.aggregator.checkpoint import CheckpointError, CheckpointStore
+from flotilla.fl.aggregator.ending import (
+    RELEASE_CLIENTS_SECONDS,
+    SHUTDOWN_SECONDS,
+    os_error_text,
+    write_summary,
+)
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.aggregator.statelock import StateDirBusy, lock_state_dir
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
 from flotilla.fl.aggregator.tracked import attach_exporter, recover_state, run_exporter
 from flotilla.fl.modelstate import initial_global_model
@@ -29,8 +35,7 @@ from flotilla.tracking.exporter import TrackingExporter
 
 log = logging.getLogger(__name__)
 
-RELEASE_CLIENTS_SECONDS = 5.0
-SHUTDOWN_SECONDS = 5.0
+EXIT_STATE_DIR_BUSY = 2
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,9 @@ def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOpti
         store=store,
         evaluator=evaluator,
     )
-    loaded = store.load(layout)
-    if loaded is not None:
-        engine.restore(loaded[0])
+    # The engine's restore is the last check: a checkpoint it refuses is skipped like a
+    # corrupt one. None good at all raises CheckpointError: the job stops (checkpoint.py).
+    store.load(layout, accept=engine.restore)
     return engine
 
 
@@ -91,19 +96,50 @@ async def serve(
     on_ready: Callable[[str], None],
     tokens_file: Path | None = None,
 ) -> int:
-    """Run the job to its end (or forever, unless exit_when_done). Returns the exit code.
+    """Run the job to its end (or forever, unless exit_when_done). Returns the exit code:
+    the job's own (0 done, 1 failed, 143 stopped before its end), or 2 when another process
+    holds the state directory (statelock.py).
 
     With `tokens_file` (where `tokens` came from), sites join and leave as the file changes."""
     check_transport(job, options)
-    book = TokenBook(tokens)
-    await asyncio.to_thread(
-        recover_state,
-        job,
-        state_dir=options.state_dir,
-        uri_override=options.tracking_uri,
-        enabled=options.tracking,
-    )
-    engine = build_engine(job, sites=book.sites, options=options)
+    try:
+        lock = lock_state_dir(options.state_dir)
+    except StateDirBusy as error:
+        log.error("%s", error)
+        return EXIT_STATE_DIR_BUSY
+    except OSError as error:  # a read-only or full volume: no checkpoint could be written
+        log.error("cannot lock the state directory %s: %s", options.state_dir, os_error_text(error))
+        return 1
+    try:
+        book = TokenBook(tokens)
+        await asyncio.to_thread(
+            recover_state,
+            job,
+            state_dir=options.state_dir,
+            uri_override=options.tracking_uri,
+            enabled=options.tracking,
+        )
+        try:
+            engine = build_engine(job, sites=book.sites, options=options)
+        except CheckpointError as error:
+            log.error("cannot resume the job: %s", error)
+            return 1
+        return await _serve_engine(
+            engine, book=book, options=options, on_ready=on_ready, tokens_file=tokens_file
+        )
+    finally:
+        lock.release()
+
+
+async def _serve_engine(
+    engine: RoundEngine,
+    *,
+    book: TokenBook,
+    options: AggregatorOptions,
+    on_ready: Callable[[str], None],
+    tokens_file: Path | None,
+) -> int:
+    job = engine.job
     watcher = (
         TokenFileWatcher(tokens_file, book, on_change=engine.set_sites) if tokens_file else None
     )
@@ -143,8 +179,13 @@ async def serve(
     tracking_task = asyncio.create_task(run_exporter(exporter, engine)) if exporter else None
     watch_task = asyncio.create_task(watcher.run()) if watcher else None
     stopper = asyncio.create_task(stop.wait())
+    summary_path = options.state_dir / "summary.json"
     try:
         await asyncio.wait({engine_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if engine_task.done():
+            # The outcome is on disk before MLflow is flushed: an aggregator stopped or
+            # killed during the final registration still leaves a summary saying "done".
+            write_summary(summary_path, engine.summary())
         if engine_task.done() and options.exit_when_done:
             await engine.wait_released(timeout=RELEASE_CLIENTS_SECONDS)
             if exporter is not None:
@@ -161,7 +202,7 @@ async def serve(
         await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
-        _write_summary(options.state_dir / "summary.json", engine.summary())
+        write_summary(summary_path, engine.summary())  # logs a failure; never masks the outcome
     if stop.is_set() and engine.phase not in (Phase.DONE, Phase.FAILED):
         log.info("stopped by signal at round %d", engine.current_round)
         return 143
@@ -187,16 +228,10 @@ async def _flush_tracking(exporter: TrackingExporter, stop: asyncio.Event, timeo
     if not drained.done() or not drained.result():
         drained.cancel()
         status = exporter.status()
+        cut = "was stopped by a signal" if stop.is_set() else f"took more than {timeout:.0f}s"
         log.warning(
-            "MLflow did not take the job's last records in %.0fs (%s); run the job again "
-            "with the same state dir to send them",
-            timeout,
+            "the job is done, but sending its last records to MLflow %s (%s); run the job "
+            "again with the same state dir to send them",
+            cut,
             status["lastError"] or status["state"],
         )
-
-
-def _write_summary(path: Path, summary: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(summary, indent=2))
-    temporary.replace(path)
