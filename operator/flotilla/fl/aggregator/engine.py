@@ -136,10 +136,12 @@ class RoundEngine(ClientDesk):
         grace_end = self.clock() + self.job.spec.clients.join_grace_seconds
         while True:
             present = self.present()
+            # A site that reported it cannot read its data is not waited for: the grace is
+            # for sites on their way, and it would be spent in full on every round. It
+            # counts again the moment it reports ready.
+            awaited = set(self.sites) - set(self.site_problems())
             # Fewer sites than needed (nodes still joining): wait for more, never fail for it.
-            if len(present) >= needed and (
-                len(present) == len(self.sites) or self.clock() >= grace_end
-            ):
+            if len(present) >= needed and (awaited <= set(present) or self.clock() >= grace_end):
                 return present
             self.message = (
                 f"waiting for clients: {len(present)} of {len(self.sites)} present, {needed} needed"
