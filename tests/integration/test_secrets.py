@@ -47,7 +47,7 @@ def _get(url: str) -> str:
 def test_no_secret_reaches_logs_status_summary_mlflow_or_metrics(
     tmp_path: Path, digits_dir: Path, tracking_server: TrackingServer
 ) -> None:
-    cvat = CvatDouble(users={"alice": CVAT_PASSWORD}, tokens={CVAT_ACCESS_TOKEN})
+    cvat = CvatDouble(users={"alice": CVAT_PASSWORD}, keys={CVAT_ACCESS_TOKEN: "alice"})
     cvat.tasks[7] = FakeTask(id=7, labels=[(1, "3")], frames=[], tags=[])
     cvat.start()
     credentials = tmp_path / "cvat-credentials.env"

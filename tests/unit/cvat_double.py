@@ -1,54 +1,80 @@
-"""An HTTP double of the CVAT 2.x REST API, for the endpoints cvat-sdk calls to read a task.
+"""An HTTP double of the CVAT REST API, for the endpoints cvat-sdk calls to read a task.
 
-It answers with the JSON shapes a real server gives (``/api/server/about``,
-``/api/auth/login`` with session and CSRF cookies, bearer access tokens, ``/api/users/self``,
-``/api/tasks/{id}``, ``/api/tasks?project_id=``, ``/api/projects/{id}``, ``/api/labels``,
-``/api/tasks/{id}/data/meta``, ``/api/tasks/{id}/data/?type=chunk``,
-``/api/tasks/{id}/annotations/``, paths as the SDK writes them), so tests run the real SDK
-code. ``version`` plays an older server; an old ``About`` lacks ``logo_url`` and
-``subtitle``, as CVAT 2.2x's did.
+It answers as a real server does (checked against CVAT 2.23.1), so tests run the real
+SDK code: JSON as ``application/vnd.cvat+json``; lists (``/api/tasks``, ``/api/labels``)
+paged as ``{"count", "next", "previous", "results"}`` with ``next`` a full URL with
+``page=N`` (``page_size`` items a page, 10 by default, as on real servers); errors as
+``{"detail": "..."}``; chunk zips whose entries restart at ``000000`` per chunk; a
+task readable only by its owner (403 for anyone else, on the task and on its data);
+project labels carrying ``project_id`` and no ``task_id``. Shapes are in
+``cvat_double_shapes``.
+
+``version`` picks the server generation. A 2.2x server has no personal access tokens:
+an API key is accepted only as ``Authorization: Token <key>``, ``Bearer`` is refused
+(401) and ``/api/auth/access_tokens`` is 404; its ``About`` lacks ``logo_url`` and
+``subtitle``. A current server takes its access tokens as ``Bearer`` only.
 Runs aiohttp on 127.0.0.1 in its own thread (the SDK is blocking).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from aiohttp import web
-from PIL import Image
 
-DATE = "2024-05-01T10:00:00.000000Z"
-SESSION, CSRF = "session-123", "csrf-456"
+from tests.unit.cvat_double_shapes import (
+    DATE,
+    FakeTask,
+    annotations_json,
+    chunk_zip,
+    label_json,
+    meta_json,
+    project_json,
+    self_json,
+    task_json,
+)
+
+__all__ = ["CvatDouble", "FakeTask"]
+JSON = "application/vnd.cvat+json"
+CSRF = "csrf-456"
+ACCESS_TOKENS_SINCE = (2, 30)  # the double's line; 2.2x servers (2.23.1 checked) have none
+PUBLIC = ("/api/server/about", "/api/auth/login")
+USER = web.RequestKey("user", str)
 
 
-@dataclass
-class FakeTask:
-    id: int
-    labels: list[tuple[int, str]]  # (label id, name)
-    frames: list[np.ndarray]  # uint8 (H, W, 3)
-    tags: list[tuple[int, int]] = field(default_factory=list)  # (frame, label id)
-    boxes: list[tuple[int, int, list[float]]] = field(default_factory=list)  # frame, label, xyxy
-    subset: str = ""
-    project_id: int | None = None
-    chunk_size: int = 2
-    updated: str = DATE
+def _answer(data: Any, status: int = 200) -> web.Response:
+    # bytes, not text: aiohttp would add "; charset=utf-8", which CVAT does not send
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type=JSON)
+
+
+class _Refused(Exception):
+    """An error answer, ``{"detail": ...}`` as Django REST framework writes it."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 @dataclass
 class CvatDouble:
     version: str = "2.40.1"
-    users: dict[str, str] = field(default_factory=lambda: {"alice": "s3cret"})
-    tokens: set[str] = field(default_factory=lambda: {"tok-789"})
+    users: dict[str, str] = field(default_factory=lambda: {"alice": "s3cret", "bob": "b0b"})
+    # key -> user: API keys on a 2.2x server (Token), access tokens on a current one (Bearer)
+    keys: dict[str, str] = field(default_factory=lambda: {"tok-789": "alice"})
     tasks: dict[int, FakeTask] = field(default_factory=dict)
+    page_size: int = 10
     requests: list[str] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)  # scheme a request used, or ""
     url: str = ""
+
+    @property
+    def has_access_tokens(self) -> bool:
+        major, minor = (int(part) for part in self.version.split(".")[:2])
+        return (major, minor) >= ACCESS_TOKENS_SINCE
 
     def start(self) -> None:
         ready = threading.Event()
@@ -74,33 +100,56 @@ class CvatDouble:
         self._thread.join(10)
 
     def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._record])
-        app.router.add_get("/api/server/about", self._about)
+        app = web.Application(middlewares=[self._gate])
+        routes = {
+            "/api/server/about": self._about,
+            "/api/auth/access_tokens": self._access_tokens,
+            "/api/users/self": self._self,
+            "/api/tasks": self._task_list,
+            "/api/tasks/{id}": self._task,
+            "/api/projects/{id}": self._project,
+            "/api/labels": self._labels,
+            "/api/tasks/{id}/data/meta": self._meta,
+            "/api/tasks/{id}/data/": self._chunk,
+            "/api/tasks/{id}/annotations/": self._annotations,
+        }
+        for path, handler in routes.items():
+            app.router.add_get(path, handler)
         app.router.add_post("/api/auth/login", self._login)
-        app.router.add_get("/api/users/self", self._self)
-        app.router.add_get("/api/tasks", self._task_list)
-        app.router.add_get("/api/tasks/{id}", self._task)
-        app.router.add_get("/api/projects/{id}", self._project)
-        app.router.add_get("/api/labels", self._labels)
-        app.router.add_get("/api/tasks/{id}/data/meta", self._meta)
-        app.router.add_get("/api/tasks/{id}/data/", self._chunk)
-        app.router.add_get("/api/tasks/{id}/annotations/", self._annotations)
         return app
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path_qs}")
-        public = request.path in ("/api/server/about", "/api/auth/login")
-        if not public and not self._authorized(request):
-            return web.json_response(
-                {"detail": "Authentication credentials were not provided."}, status=401
-            )
-        response: web.StreamResponse = await handler(request)
+        scheme = request.headers.get("Authorization", "").partition(" ")[0]
+        self.authorizations.append(scheme)
+        try:
+            if request.path.startswith("/api/auth/access_tokens") and not self.has_access_tokens:
+                raise _Refused(404, "Not found.")  # no such route: 404 before any sign-in
+            if request.path not in PUBLIC:
+                request[USER] = self._user(request)
+            response: web.StreamResponse = await handler(request)
+        except _Refused as refused:
+            return _answer({"detail": refused.detail}, status=refused.status)
+        except web.HTTPException as error:  # aiohttp's own 404 and 405
+            return _answer({"detail": error.reason}, status=error.status)
         return response
 
-    def _authorized(self, request: web.Request) -> bool:
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return bearer in self.tokens or request.cookies.get("sessionid") == SESSION
+    def _user(self, request: web.Request) -> str:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        # Django tries each authenticator; one that does not know the scheme passes.
+        accepted = "Bearer" if self.has_access_tokens else "Token"
+        if scheme == accepted:
+            if key not in self.keys:
+                raise _Refused(401, "Invalid token.")
+            return self.keys[key]
+        session = request.cookies.get("sessionid", "").removeprefix("session-")
+        if session in self.users:
+            return session
+        raise _Refused(401, "Authentication credentials were not provided.")
+
+    def _user_id(self, username: str) -> int:
+        return list(self.users).index(username) + 1
 
     async def _about(self, request: web.Request) -> web.Response:
         about = {
@@ -108,224 +157,119 @@ class CvatDouble:
             "description": "CVAT",
             "version": self.version,
         }
-        if not self.version.startswith("2.2"):
+        if self.has_access_tokens:
             about |= {"logo_url": "/static/logo.svg", "subtitle": "Open Data Annotation Platform"}
-        return web.json_response(about)
+        return _answer(about)
 
     async def _login(self, request: web.Request) -> web.Response:
         body = await request.json()
-        if self.users.get(body.get("username", "")) != body.get("password"):
+        username = body.get("username", "")
+        if username not in self.users or self.users[username] != body.get("password"):
             errors = {"non_field_errors": ["Unable to log in with provided credentials."]}
-            return web.json_response(errors, status=400)
-        response = web.json_response({"key": "legacy-token"})
-        response.set_cookie("sessionid", SESSION, path="/", httponly=True)
+            return _answer(errors, status=400)
+        response = _answer({"key": f"login-key-{username}"})
+        response.set_cookie("sessionid", f"session-{username}", path="/", httponly=True)
         response.set_cookie("csrftoken", CSRF, path="/")
         return response
 
-    async def _self(self, request: web.Request) -> web.Response:
-        user = {
-            "url": f"{self.url}/api/users/1",
-            "id": 1,
-            "username": "alice",
-            "first_name": "",
-            "last_name": "",
-            "email": "alice@example.org",
-            "groups": ["user"],
-            "is_staff": False,
-            "is_superuser": False,
-            "is_active": True,
-            "last_login": DATE,
-            "date_joined": DATE,
-            "has_analytics_access": False,
-        }
-        return web.json_response(user)
+    async def _access_tokens(self, request: web.Request) -> web.Response:
+        mine = [key for key, user in self.keys.items() if user == request[USER]]
+        tokens = [
+            {"id": n, "name": f"token-{n}", "created_date": DATE, "read_only": True}
+            for n, _ in enumerate(mine, 1)
+        ]  # never the key itself
+        return self._page(request, tokens)
 
-    def _fake(self, request: web.Request) -> FakeTask:
-        task = self.tasks.get(int(request.match_info["id"]))
+    async def _self(self, request: web.Request) -> web.Response:
+        user = request[USER]
+        return _answer(self_json(f"{self.url}/api", self._user_id(user), user))
+
+    def _readable(self, request: web.Request, task_id: int) -> FakeTask:
+        task = self.tasks.get(task_id)
         if task is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"detail": "Not found."}), content_type="application/json"
-            )
+            raise _Refused(404, "Not found.")
+        if task.owner != request[USER]:
+            raise _Refused(403, "You do not have permission to perform this action.")
         return task
 
+    def _fake(self, request: web.Request) -> FakeTask:
+        return self._readable(request, int(request.match_info["id"]))
+
     def _task_json(self, task: FakeTask) -> dict[str, Any]:
-        base = f"{self.url}/api"
-        return {
-            "url": f"{base}/tasks/{task.id}",
-            "id": task.id,
-            "name": f"task-{task.id}",
-            "project_id": task.project_id,
-            "mode": "annotation",
-            "owner": {
-                "url": f"{base}/users/1",
-                "id": 1,
-                "username": "alice",
-                "first_name": "",
-                "last_name": "",
-            },
-            "assignee": None,
-            "bug_tracker": "",
-            "created_date": DATE,
-            "updated_date": task.updated,
-            "overlap": None,
-            "segment_size": len(task.frames),
-            "status": "annotation",
-            "data_chunk_size": task.chunk_size,
-            "data_compressed_chunk_type": "imageset",
-            "data_original_chunk_type": "imageset",
-            "guide_id": None,
-            "size": len(task.frames),
-            "image_quality": 70,
-            "data": task.id,
-            "dimension": "2d",
-            "subset": task.subset,
-            "organization": None,
-            "target_storage": None,
-            "source_storage": None,
-            "jobs": {
-                "count": 1,
-                "completed": 0,
-                "validation": 0,
-                "url": f"{base}/jobs?task_id={task.id}",
-            },
-            "labels": {"url": f"{base}/labels?task_id={task.id}"},
-        }
+        return task_json(f"{self.url}/api", task, self._user_id(task.owner))
+
+    def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.Response:
+        size = int(request.query.get("page_size", self.page_size))
+        number = int(request.query.get("page", "1"))
+        last = max(1, -(-len(items) // size))
+        if not 1 <= number <= last:
+            raise _Refused(404, "Invalid page.")
+
+        def link(page: int) -> str:
+            query = {k: v for k, v in request.query.items() if k != "page"}
+            if page > 1:  # as Django REST framework: page 1's link has no page=
+                query["page"] = str(page)
+            return str(request.url.with_query(query))
+
+        return _answer(
+            {
+                "count": len(items),
+                "next": link(number + 1) if number < last else None,
+                "previous": link(number - 1) if number > 1 else None,
+                "results": items[(number - 1) * size : number * size],
+            }
+        )
 
     async def _task(self, request: web.Request) -> web.Response:
-        return web.json_response(self._task_json(self._fake(request)))
+        return _answer(self._task_json(self._fake(request)))
 
     async def _task_list(self, request: web.Request) -> web.Response:
-        project = int(request.query.get("project_id", "0"))
-        found = [self._task_json(t) for t in self.tasks.values() if t.project_id == project]
-        return web.json_response(
-            {"count": len(found), "next": None, "previous": None, "results": found}
-        )
+        project = request.query.get("project_id")
+        found = [
+            self._task_json(t)
+            for t in sorted(self.tasks.values(), key=lambda t: -t.id)  # newest first
+            if t.owner == request[USER] and (project is None or t.project_id == int(project))
+        ]
+        return self._page(request, found)
+
+    def _project_tasks(self, request: web.Request, project: int) -> list[FakeTask]:
+        tasks = [t for t in self.tasks.values() if t.project_id == project]
+        if not tasks:
+            raise _Refused(404, "Not found.")
+        if all(t.owner != request[USER] for t in tasks):
+            raise _Refused(403, "You do not have permission to perform this action.")
+        return tasks
 
     async def _project(self, request: web.Request) -> web.Response:
         project = int(request.match_info["id"])
-        count = sum(t.project_id == project for t in self.tasks.values())
-        if not count:
-            raise web.HTTPNotFound(text='{"detail": "Not found."}', content_type="application/json")
-        return web.json_response(
-            {
-                "url": f"{self.url}/api/projects/{project}",
-                "id": project,
-                "name": "p",
-                "owner": None,
-                "assignee": None,
-                "guide_id": None,
-                "bug_tracker": "",
-                "task_subsets": [],
-                "created_date": DATE,
-                "updated_date": DATE,
-                "status": "annotation",
-                "dimension": "2d",
-                "organization": None,
-                "target_storage": None,
-                "source_storage": None,
-                "tasks": {"count": count, "url": f"{self.url}/api/tasks?project_id={project}"},
-                "labels": {"url": f"{self.url}/api/labels?project_id={project}"},
-            }
-        )
+        count = len(self._project_tasks(request, project))
+        return _answer(project_json(f"{self.url}/api", project, count))
 
     async def _labels(self, request: web.Request) -> web.Response:
         if "project_id" in request.query:
-            project = int(request.query["project_id"])
-            tasks = [t for t in self.tasks.values() if t.project_id == project]
-            owner: dict[str, int | None] = {"project_id": project, "task_id": None}
+            project: int | None = int(request.query["project_id"])
         else:
-            tasks = [self.tasks[int(request.query["task_id"])]]
-            owner = {"project_id": None, "task_id": tasks[0].id}
+            task = self._readable(request, int(request.query["task_id"]))
+            project = task.project_id
+        if project is None:
+            tasks, owner = [task], {"task_id": task.id}
+        else:  # a task in a project has the project's labels
+            tasks, owner = self._project_tasks(request, project), {"project_id": project}
         named = {i: name for task in tasks for i, name in task.labels}
-        results = [
-            {
-                "id": i,
-                "name": name,
-                "color": "#ff0000",
-                "attributes": [],
-                "type": "any",
-                "svg": "",
-                "sublabels": [],
-                "parent_id": None,
-                "has_parent": False,
-            }
-            | owner
-            for i, name in named.items()
-        ]
-        page = {"count": len(results), "next": None, "previous": None, "results": results}
-        return web.json_response(page)
+        results = [label_json(i, name, owner=owner) for i, name in sorted(named.items())]
+        return self._page(request, results)
 
     async def _meta(self, request: web.Request) -> web.Response:
-        task = self._fake(request)
-        frames = [
-            {
-                "width": f.shape[1],
-                "height": f.shape[0],
-                "name": f"frame_{i:06d}.png",
-                "related_files": 0,
-                "has_related_context": False,
-            }
-            for i, f in enumerate(task.frames)
-        ]
-        return web.json_response(
-            {
-                "chunk_size": task.chunk_size,
-                "size": len(task.frames),
-                "image_quality": 70,
-                "start_frame": 0,
-                "stop_frame": len(task.frames) - 1,
-                "frame_filter": "",
-                "frames": frames,
-                "deleted_frames": [],
-                "included_frames": None,
-                "chunks_updated_date": DATE,
-                "storage": "local",
-                "cloud_storage_id": None,
-            }
-        )
+        return _answer(meta_json(self._fake(request)))
 
     async def _chunk(self, request: web.Request) -> web.Response:
         task = self._fake(request)
         assert request.query["type"] == "chunk", request.query
-        number = int(request.query["number"])
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as chunk:
-            start = number * task.chunk_size
-            for i, pixels in enumerate(task.frames[start : start + task.chunk_size], start):
-                png = io.BytesIO()
-                Image.fromarray(pixels).save(png, format="PNG")
-                chunk.writestr(f"{i:06d}.png", png.getvalue())
-        return web.Response(body=buffer.getvalue(), content_type="application/zip")
+        original = request.query.get("quality", "compressed") == "original"
+        body = chunk_zip(task, int(request.query["number"]), original=original)
+        if body is None:
+            raise _Refused(404, "Not found.")
+        return web.Response(body=body, content_type="application/zip")
 
     async def _annotations(self, request: web.Request) -> web.Response:
-        task = self._fake(request)
-        tags = [
-            {
-                "id": n,
-                "frame": f,
-                "label_id": label,
-                "group": 0,
-                "source": "manual",
-                "attributes": [],
-            }
-            for n, (f, label) in enumerate(task.tags, 1)
-        ]
-        shapes = [
-            {
-                "type": "rectangle",
-                "occluded": False,
-                "outside": False,
-                "z_order": 0,
-                "rotation": 0.0,
-                "points": points,
-                "id": n,
-                "frame": f,
-                "label_id": label,
-                "group": 0,
-                "source": "manual",
-                "attributes": [],
-                "elements": [],
-            }
-            for n, (f, label, points) in enumerate(task.boxes, 1)
-        ]
-        return web.json_response({"version": 0, "tags": tags, "shapes": shapes, "tracks": []})
+        return _answer(annotations_json(self._fake(request)))

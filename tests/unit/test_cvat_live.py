@@ -36,7 +36,7 @@ def cvat() -> Iterator[CvatDouble]:
         subset="Validation",
         project_id=3,
     )
-    double.tasks[8] = FakeTask(id=8, labels=[(21, "cat")], frames=_frames(2), project_id=3)
+    double.tasks[8] = FakeTask(id=8, labels=[(11, "cat")], frames=_frames(2), project_id=3)
     double.start()
     yield double
     double.stop()

@@ -4,10 +4,11 @@ Framework-free: ``cvat_sdk.datasets.TaskDataset`` (``cvat_sdk.pytorch`` needs to
 Its on-disk cache lives under ``cacheDir`` and is refreshed only when the server says a
 task changed (``updatePolicy: ifStale``); ``never`` reads the cache alone, without a
 network. Sites run whatever CVAT they have: the SDK's server version check is off on
-purpose (it refuses servers older than itself); the server's version is logged, and a
-missing endpoint fails with a message that says so. Every SDK or network error becomes a
-``DataSourceError`` naming the server, the task and what went wrong; credentials never
-appear in a message or a log line.
+purpose (it refuses servers older than itself); the server's version is logged, a
+missing endpoint fails with a message that says so, and ``cvat_signin`` signs in to
+either server generation. Every SDK or network error becomes a ``DataSourceError``
+naming the server, the task and what went wrong; credentials never appear in a message
+or a log line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from flotilla.api.data import CvatServerSource
 from flotilla.data.cvat_credentials import CvatCredentials, find_credentials
+from flotilla.data.cvat_signin import server_version, sign_in
 from flotilla.data.errors import DataSourceError
 from flotilla.data.frames import RawBox, RawFrame
 from flotilla.redaction import redact_urls
@@ -63,7 +65,6 @@ def read_cvat_frames(
 @contextlib.contextmanager
 def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> Iterator[Any]:
     from cvat_sdk import Client, Config
-    from cvat_sdk.core.client import AccessTokenCredentials, PasswordCredentials
 
     # check_server_version=False on purpose: the SDK refuses servers older than itself.
     client = Client(
@@ -77,12 +78,7 @@ def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> 
             shown = redact_urls(credentials.url)
             _log_server_version(client, shown)
             with _translated(f"CVAT {shown}, signing in as {credentials.kind}"):
-                if credentials.access_token:
-                    client.login(AccessTokenCredentials(credentials.access_token))
-                else:
-                    assert credentials.username and credentials.password
-                    client.login(PasswordCredentials(credentials.username, credentials.password))
-                client.users.retrieve_current_user()  # a token is only checked on use
+                sign_in(client, credentials)
         yield client
     finally:
         client.close()
@@ -90,15 +86,10 @@ def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> 
 
 def _log_server_version(client: Any, url: str) -> None:
     """Log the server's version; an old or proxied server that hides it is not an error."""
-    import json
-
     from cvat_sdk.version import VERSION
 
     try:
-        # The raw answer, not the SDK's model: CVAT 2.2x's About lacks fields today's SDK
-        # requires (logo_url, subtitle), and only the version matters here.
-        _, response = client.api_client.server_api.retrieve_about(_parse_response=False)
-        version = json.loads(response.data).get("version", "unknown")
+        version = server_version(client)
     except Exception as error:
         log.warning("CVAT %s does not report its version (%s); going on", url, _brief(error))
         return
@@ -138,7 +129,7 @@ def _task_frames(client: Any, task_id: int, policy: Any) -> list[RawFrame]:
 
 _STATUS = {
     401: "the credentials were refused (401)",
-    403: "access denied (403): the user may not read it",
+    403: "forbidden (403): this user may not read it",
     404: "not found (404)",
 }
 
