@@ -112,8 +112,12 @@ def test_an_alias_maps_a_site_label_to_the_jobs(tmp_path: Path) -> None:
 
 
 def test_an_alias_to_an_unknown_job_label_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(DataSourceError, match=r"site site-a: labelAliases\['x'\] maps to 'fish'"):
-        _load(_coco(tmp_path / "coco"), aliases={"x": "fish"})
+    export = _coco(tmp_path / "coco")
+
+    with pytest.raises(
+        DataSourceError, match=rf"site site-a: CVAT export {export}: labelAliases\['x'\] maps to"
+    ):
+        _load(export, aliases={"x": "fish"})
 
 
 def test_coco_annotations_without_a_bbox_are_tags(tmp_path: Path) -> None:
@@ -174,8 +178,8 @@ def test_malformed_exports_fail_naming_the_site_the_file_and_the_problem(tmp_pat
     _fails(missing, r"image 'c.png' is listed but its file is missing")
     _fails(
         _coco(tmp_path / "untagged"),
-        r"no annotated frames \(tags\) with the job's labels "
-        r"among 3 frames",
+        r"no annotated frames \(tags\) with the job's labels among 3 frames of CVAT export "
+        r".*untagged; .* \(the frames hold rectangles, which a classification job does not use\)",
         task="classification",
     )
     broken = _cvat_xml(tmp_path / "xml", '<image id="0" name="a.png"><box label="cat"/></image>')

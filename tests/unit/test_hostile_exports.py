@@ -159,6 +159,19 @@ def test_an_image_name_outside_the_export_is_refused_and_never_opened(
     assert not any("secret" in path for path in opened)
 
 
+def test_a_project_images_subset_that_climbs_out_of_the_export_is_refused_and_never_opened(
+    tmp_path: Path, secret: Path, opened: list[str]
+) -> None:
+    # A project export reads images/<subset>/<name>: the subset is part of the path too.
+    image = '<image id="0" name="secret.png" subset="../.."><tag label="cat"/></image>'
+    export = _folder(tmp_path / "export", {"annotations.xml": _xml(image)})
+
+    message = _refused(export, "leaves the export", task="classification")
+
+    assert "'images/../../secret.png'" in message
+    assert not any("secret" in path for path in opened)
+
+
 def test_a_symlink_out_of_the_export_is_refused_and_never_opened(
     tmp_path: Path, secret: Path, opened: list[str]
 ) -> None:

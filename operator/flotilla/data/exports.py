@@ -1,10 +1,15 @@
 """Read a CVAT export on the node, "CVAT for images 1.1" (XML) or "COCO 1.0" (JSON), as frames.
 
 Both come as a folder or as the zip CVAT produces. CVAT for images 1.1 holds tags and
-rectangles per ``<image>`` (its ``subset`` attribute says Train / Validation); COCO 1.0
-holds one ``annotations/instances_<subset>.json`` per subset, images under
-``images/<subset>/`` (or ``images/``). A COCO annotation without a ``bbox`` is read as a
-tag (datumaro's label-only annotations). Polygons, points and tracks are not used.
+rectangles per ``<image>``. A task (or job) export names its one subset in
+``<meta><task><subset>`` and keeps its images in ``images/``; a project export puts
+``subset`` on every ``<image>`` and its images in ``images/<subset>/``, where two tasks
+may each hold a file of the same name. COCO 1.0 holds one
+``annotations/instances_<subset>.json`` per subset, images under ``images/<subset>/`` (or
+``images/``). CVAT's COCO 1.0 never carries tags, so a tag task's COCO export, all images
+and no annotations, is refused with what to export instead; a COCO annotation without a
+``bbox``, as other tools write, is still read as a tag. CVAT's subset ``default`` means
+none. Polygons, points and tracks are not used.
 
 The export is untrusted: every file is read through ``ExportFiles``, which confines and
 bounds it, and every box through ``box_numbers``, which checks its numbers.
@@ -26,6 +31,8 @@ from flotilla.data.frames import RawBox, RawFrame
 
 Format = Literal["auto", "cvat-images-1.1", "coco-1.0"]
 _COCO_LISTS = ("images", "annotations", "categories")
+# CVAT's name for "no subset": a task's <meta> and a project's images and folders use it.
+_NO_SUBSET = "default"
 
 
 def read_export(source: Path, *, format: Format = "auto") -> list[RawFrame]:
@@ -56,12 +63,32 @@ def _loader(
     return load
 
 
-def _image_path(files: ExportFiles, name: str, folders: Sequence[str]) -> str:
+def _image_path(files: ExportFiles, name: str, *, subset: str | None) -> str:
+    """``images/<subset>/<name>`` (a project's layout), then ``images/<name>``, then ``<name>``."""
     files.confine(name)  # a name that leaves the export is refused, not looked for
-    for candidate in (*(f"{folder}/{name}" for folder in folders), name):
+    folders = (f"images/{subset}", "images") if subset else ("images",)
+    candidates = (*(f"{folder}/{name}" for folder in folders), name)
+    for candidate in candidates:
         if files.exists(candidate):
             return candidate
-    raise DataSourceError(f"{files.source}: image {shown(name)} is listed but its file is missing")
+    raise DataSourceError(
+        f"{files.source}: image {shown(name)} is listed but its file is missing "
+        f"(looked for {', '.join(map(shown, candidates))})"
+    )
+
+
+def _subset(name: str | None) -> str | None:
+    """The frame's subset: CVAT's ``default`` and an empty name are none."""
+    name = (name or "").strip()
+    return name if name and name != _NO_SUBSET else None
+
+
+def _meta_subset(root: ElementTree.Element) -> str | None:
+    """A task or job export's subset: CVAT writes it once in <meta>, never on its images."""
+    for kind in ("task", "job"):
+        if subset := _subset(root.findtext(f"meta/{kind}/subset")):
+            return subset
+    return None
 
 
 def _annotations(files: ExportFiles) -> ElementTree.Element:
@@ -79,8 +106,10 @@ def _annotations(files: ExportFiles) -> ElementTree.Element:
 
 def _read_cvat_xml(files: ExportFiles) -> list[RawFrame]:
     where = f"{files.source}/{ANNOTATIONS}"
+    root = _annotations(files)
+    task_subset = _meta_subset(root)
     frames: list[RawFrame] = []
-    for image in _annotations(files).iter("image"):
+    for image in root.iter("image"):
         name = image.get("name")
         if not name:
             raise DataSourceError(f"{where}: an <image> (id {shown(image.get('id'))}) has no name")
@@ -93,13 +122,14 @@ def _read_cvat_xml(files: ExportFiles) -> list[RawFrame]:
             )
             for box in image.iter("box")
         )
+        subset = image.get("subset")  # a project export's, per image
         load = _loader(
             files,
-            _image_path(files, name, ("images",)),
+            _image_path(files, name, subset=subset),
             boxes=boxes,
             where=f"{where}: image {shown(name)}",
         )
-        frames.append(RawFrame(name, image.get("subset") or None, tags, boxes, load))
+        frames.append(RawFrame(name, _subset(subset) or task_subset, tags, boxes, load))
     return frames
 
 
@@ -115,6 +145,13 @@ def _read_coco(files: ExportFiles) -> list[RawFrame]:
     for name in names:
         subset = name.removesuffix(".json").split("_", 1)[-1] if "_" in name else None
         frames += _coco_subset(files, f"{COCO_DIR}/{name}", subset)
+    if frames and not any(frame.annotated for frame in frames):
+        raise DataSourceError(
+            f"COCO export {files.source} ({', '.join(f'{COCO_DIR}/{n}' for n in names)}) lists "
+            f"{len(frames)} images and no annotations. CVAT's COCO 1.0 export carries no tags, "
+            "so a tag (classification) task comes out empty: export the task as "
+            "'CVAT for images 1.1'"
+        )
     return frames
 
 
@@ -156,16 +193,15 @@ def _coco_subset(files: ExportFiles, path: str, subset: str | None) -> list[RawF
             boxes.setdefault(image_id, []).append(
                 coco_box(bbox, label=categories[category], where=named)
             )
-    folders = (f"images/{subset}", "images") if subset else ("images",)
     return [
         RawFrame(
             name,
-            subset if subset and subset != "default" else None,
+            _subset(subset),
             tuple(tags.get(image_id, ())),
             tuple(boxes.get(image_id, ())),
             _loader(
                 files,
-                _image_path(files, name, folders),
+                _image_path(files, name, subset=subset),
                 boxes=boxes.get(image_id, []),
                 where=f"{where}: image {shown(name)}",
             ),

@@ -3,13 +3,15 @@
 The one entry point for a client is ``load_site_data``: it reads the site's source, maps
 label names through the site's aliases to the job's indices, keeps only annotated frames,
 loads pixels at the model's input size (boxes scaled with them) and returns the samples
-with a ``LabelReport``. Every failure is a ``DataSourceError`` that names the site.
+with a ``LabelReport``. Every failure is a ``DataSourceError`` that names the site and the
+source: the readers name their file or server, and mapping errors name the source through
+``describe_source``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,11 +26,13 @@ from flotilla.data.errors import DataSourceError
 from flotilla.data.exports import read_export
 from flotilla.data.frames import RawFrame
 from flotilla.data.labels import LabelMap, LabelReport
+from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 
 Task = Literal["classification", "detection"]
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+Chosen = list[tuple[RawFrame, list[int], np.ndarray]]  # frame, job indices, box corners
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,11 @@ def load_site_data(
     cache_dir: Path | None = None,
 ) -> SiteData:
     """Read, map and load a site's data; ``DataSourceError`` names the site on any failure."""
+    where = describe_source(source)
     try:
         frames = _frames(site=site, source=source, cache_dir=cache_dir)
-        label_map = LabelMap(labels=labels, aliases=source.label_aliases)
-        data = _build(frames, task=task, label_map=label_map, shape=shape)
+        label_map = _label_map(labels=labels, aliases=source.label_aliases, where=where)
+        data = _build(frames, task=task, label_map=label_map, shape=shape, where=where)
     except DataSourceError as error:
         raise DataSourceError(f"site {site}: {error}") from None
     if data.report.ignored:
@@ -69,6 +74,27 @@ def load_site_data(
     if data.report.missing:
         log.info("site %s: no annotations for the job's labels %s", site, data.report.missing)
     return data
+
+
+def describe_source(source: DataSource) -> str:
+    """How a message names a source: the export's path, or the CVAT server and its tasks."""
+    if source.cvat_export is not None:
+        return f"CVAT export {source.cvat_export.path}"
+    assert source.cvat is not None  # DataSource's validator: exactly one source
+    cvat = source.cvat
+    # Without url in the spec the client reads it from the credentials, which stay unread here.
+    server = redact_urls(cvat.url) if cvat.url else "(URL from the credentials)"
+    if cvat.project_id is not None:
+        return f"CVAT {server}, project {cvat.project_id}"
+    ids = ", ".join(str(task_id) for task_id in cvat.task_ids)
+    return f"CVAT {server}, task{'s' if len(cvat.task_ids) > 1 else ''} {ids}"
+
+
+def _label_map(*, labels: Sequence[str], aliases: Mapping[str, str], where: str) -> LabelMap:
+    try:
+        return LabelMap(labels=labels, aliases=aliases)
+    except DataSourceError as error:
+        raise DataSourceError(f"{where}: {error}") from None
 
 
 def _frames(*, site: str, source: DataSource, cache_dir: Path | None) -> list[RawFrame]:
@@ -81,18 +107,43 @@ def _frames(*, site: str, source: DataSource, cache_dir: Path | None) -> list[Ra
 
 
 def build_samples(
-    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, shape: ImageShape
+    frames: Sequence[RawFrame],
+    *,
+    task: Task,
+    label_map: LabelMap,
+    shape: ImageShape,
+    where: str = "the frames given",
 ) -> SiteData:
-    """Map and load frames that were already read (used by tests and by other readers)."""
-    return _build(frames, task=task, label_map=label_map, shape=shape)
+    """Map and load frames that were already read (used by tests and by other readers);
+    ``where`` names their source in errors, as ``describe_source`` does."""
+    return _build(frames, task=task, label_map=label_map, shape=shape, where=where)
 
 
 def _build(
-    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, shape: ImageShape
+    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, shape: ImageShape, where: str
 ) -> SiteData:
     if shape.channels not in _MODES:
-        raise DataSourceError(f"images with {shape.channels} channels are not supported (1, 3, 4)")
-    chosen: list[tuple[RawFrame, list[int], np.ndarray]] = []
+        raise DataSourceError(
+            f"{where}: images with {shape.channels} channels are not supported (1, 3, 4)"
+        )
+    chosen, ambiguous = _choose(frames, task=task, label_map=label_map)
+    if not chosen:
+        raise DataSourceError(_nothing_usable(frames, task=task, label_map=label_map, where=where))
+    for _, indices, _ in chosen:
+        for index in indices:
+            label_map.seen(index)
+    report = label_map.report(
+        frames=len(frames),
+        used=len(chosen),
+        unannotated=len(frames) - len(chosen) - ambiguous,
+        ambiguous=ambiguous,
+    )
+    return SiteData(_tensors(chosen, task=task, shape=shape), report)
+
+
+def _choose(frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap) -> tuple[Chosen, int]:
+    """The frames with a usable annotation for the task, and how many were ambiguous."""
+    chosen: Chosen = []
     ambiguous = 0
     for frame in frames:
         if task == "classification":
@@ -106,28 +157,26 @@ def _build(
             if kept:
                 corners = np.array([[b.xtl, b.ytl, b.xbr, b.ybr] for b, _ in kept], np.float32)
                 chosen.append((frame, [i for _, i in kept], corners))
-    if not chosen:
-        kind = "tags" if task == "classification" else "rectangles"
-        raise DataSourceError(
-            f"no annotated frames ({kind}) with the job's labels among {len(frames)} frames; "
-            f"expected some of {list(label_map.labels)}, found others: "
-            f"{sorted(label_map.report(frames=0, used=0, unannotated=0, ambiguous=0).ignored)}"
-        )
-    for _, indices, _ in chosen:
-        for index in indices:
-            label_map.seen(index)
-    report = label_map.report(
-        frames=len(frames),
-        used=len(chosen),
-        unannotated=len(frames) - len(chosen) - ambiguous,
-        ambiguous=ambiguous,
+    return chosen, ambiguous
+
+
+def _nothing_usable(
+    frames: Sequence[RawFrame], *, task: Task, label_map: LabelMap, where: str
+) -> str:
+    kind, other = ("tags", "rectangles") if task == "classification" else ("rectangles", "tags")
+    others = sorted(label_map.report(frames=0, used=0, unannotated=0, ambiguous=0).ignored)
+    message = (
+        f"no annotated frames ({kind}) with the job's labels among {len(frames)} frames of "
+        f"{where}; expected some of {list(label_map.labels)}, found others: {others}"
     )
-    return SiteData(_tensors(chosen, task=task, shape=shape), report)
+    # The other kind of annotation is not counted above: a detection export given to a
+    # classification job (or the reverse) would otherwise read as an empty one.
+    if any(f.boxes if task == "classification" else f.tags for f in frames):
+        message += f" (the frames hold {other}, which a {task} job does not use)"
+    return message
 
 
-def _tensors(
-    chosen: Sequence[tuple[RawFrame, list[int], np.ndarray]], *, task: Task, shape: ImageShape
-) -> LabelledImages | DetectionImages:
+def _tensors(chosen: Chosen, *, task: Task, shape: ImageShape) -> LabelledImages | DetectionImages:
     images = np.empty((len(chosen), shape.channels, shape.height, shape.width), np.float32)
     boxes: list[torch.Tensor] = []
     for row, (frame, _, corners) in enumerate(chosen):
