@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -272,6 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=_operator)
 
     _serve_parser(commands)
+    _data_parser(commands)
 
     crd = commands.add_parser("crd", help="print the FederatedJob CustomResourceDefinition")
     crd.set_defaults(handler=_crd)
@@ -321,6 +323,76 @@ def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     serve.add_argument("--port", type=_port, default=5001, help="default: %(default)s")
     serve.set_defaults(handler=_serve)
+
+
+_INSPECT_DESCRIPTION = """\
+Read a site's data exactly as its client will, before the site joins a job, and print
+what the client would train on: frames per CVAT subset and per label, the train /
+hold-out split, the site's labels against the job's, and every problem with its file or
+CVAT task.
+
+PATH_OR_SITE is an export (a folder or CVAT's zip) when it exists on disk; with --job it
+may instead be a site's name, whose source the job gives (spec.sites[].data, else
+spec.data): an export, or a live CVAT's tasks or project read with the job's credentials
+settings.
+
+With --job the client's settings are the job's: spec.task, spec.labels, the site's
+labelAliases, spec.model.input (every image is loaded at that size), spec.seed and
+spec.training.validationFraction. The hold-out is the export's Validation subset when it
+has one, else a seeded split.
+
+Without --job, what is assumed: the labels are the label names found in the export
+(sorted); the task is --task, else classification if any frame has a tag, else
+detection; no label aliases; images are decoded at 3x32x32; the split uses the
+defaults (validationFraction 0.1, seed 0)."""
+
+_INSPECT_EPILOG = """\
+exit status: 0 the client could train on it; 1 it could not (the data cannot be read,
+no usable frames, nothing left to train on); 2 bad arguments (no such PATH, a site name
+without --job, a site the job does not know, an invalid job file)."""
+
+
+def _data_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    data = commands.add_parser("data", help="check a site's data before it joins a job")
+    actions = data.add_subparsers(required=True, metavar="ACTION")
+    inspect = actions.add_parser(
+        "inspect",
+        help="read a site's export or CVAT as its client will and say what it would train on",
+        description=_INSPECT_DESCRIPTION,
+        epilog=_INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument(
+        "target",
+        metavar="PATH_OR_SITE",
+        help="a CVAT export (folder or zip), or with --job the name of one of the job's sites",
+    )
+    inspect.add_argument(
+        "--job", type=Path, metavar="FILE", help="FederatedJob YAML file the site would join"
+    )
+    inspect.add_argument(
+        "--site",
+        metavar="NAME",
+        help="with --job and a PATH: read PATH as this site's client would with "
+        "`flotilla client --data PATH` (the site's labelAliases and export format; "
+        "default: spec.data's)",
+    )
+    inspect.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        help="without --job: the task to read the export for (default: classification if "
+        "any frame has a tag, else detection)",
+    )
+    inspect.add_argument(
+        "--format",
+        choices=["auto", "cvat-images-1.1", "coco-1.0"],
+        help="a PATH's export format (default: the site's cvatExport.format with --site, "
+        "else auto: annotations.xml is CVAT for images 1.1, annotations/*.json COCO 1.0)",
+    )
+    inspect.add_argument(
+        "--json", action="store_true", help="print the same facts as one JSON object"
+    )
+    inspect.set_defaults(handler=_data_inspect)
 
 
 def _port(text: str) -> int:
@@ -596,6 +668,27 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("flotilla").info("serving %s on %s:%d", args.model_uri, args.host, args.port)
     exec_serve(command)
     return 0  # not reached: the scoring server replaced this process
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from flotilla.data.inspection import inspect_site
+    from flotilla.data.inspection_report import as_json, as_text
+    from flotilla.data.inspection_target import TargetError, choose_target
+
+    job = load_job(args.job) if args.job is not None else None
+    try:
+        target = choose_target(
+            args.target, job=job, site=args.site, task=args.task, format=args.format
+        )
+    except TargetError as error:
+        print(f"flotilla data inspect: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    inspection = inspect_site(target)
+    if args.json:
+        print(json.dumps(as_json(inspection), indent=2))
+    else:
+        sys.stdout.write(as_text(inspection))
+    return 0 if inspection.ready else EXIT_JOB_FAILED
 
 
 def _crd(args: argparse.Namespace) -> int:
