@@ -6,8 +6,13 @@ paged as ``{"count", "next", "previous", "results"}`` with ``next`` a full URL w
 ``page=N`` (``page_size`` items a page, 10 by default, as on real servers); errors as
 ``{"detail": "..."}``; chunk zips whose entries restart at ``000000`` per chunk; a
 task readable only by its owner (403 for anyone else, on the task and on its data);
-project labels carrying ``project_id`` and no ``task_id``. Shapes are in
-``cvat_double_shapes``.
+project labels carrying ``project_id`` and no ``task_id``; a POST signed in by session
+refused (403) without the ``X-CSRFToken`` header, as Django does. Exports run as
+background requests: POST ``.../dataset/export`` answers 202 with a request id, GET
+``/api/requests/{rq_id}`` reads ``queued`` and ``started`` (``export_polls`` answers in
+all) before ``finished`` (or ``failed`` with ``export_failure``), and the ``result_url``
+(on ``result_host`` when set: a server behind a proxy names an address of its own) hands
+out the zip. Shapes are in ``cvat_double_shapes`` and ``cvat_double_exports``.
 
 ``version`` picks the server generation. A 2.2x server has no personal access tokens:
 an API key is accepted only as ``Authorization: Token <key>``, ``Bearer`` is refused
@@ -23,9 +28,17 @@ import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
+from tests.unit.cvat_double_exports import (
+    EXPORT_FORMATS,
+    ExportRequest,
+    export_zip,
+    request_id,
+    request_json,
+)
 from tests.unit.cvat_double_shapes import (
     DATE,
     FakeTask,
@@ -70,6 +83,10 @@ class CvatDouble:
     requests: list[str] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)  # scheme a request used, or ""
     url: str = ""
+    exports: dict[str, ExportRequest] = field(default_factory=dict)
+    export_polls: int = 3  # answers before the last: queued, started, started...
+    export_failure: str = ""  # the message of a failed export; "" for one that finishes
+    result_host: str = ""  # the base of result_url; "" for the address it was asked at
 
     @property
     def has_access_tokens(self) -> bool:
@@ -115,6 +132,10 @@ class CvatDouble:
         }
         for path, handler in routes.items():
             app.router.add_get(path, handler)
+        app.router.add_get("/api/requests/{rq_id}", self._request)
+        for kind in ("tasks", "projects"):
+            app.router.add_post(f"/api/{kind}/{{id}}/dataset/export", self._export)
+            app.router.add_get(f"/api/{kind}/{{id}}/dataset/download", self._download)
         app.router.add_post("/api/auth/login", self._login)
         return app
 
@@ -145,6 +166,8 @@ class CvatDouble:
             return self.keys[key]
         session = request.cookies.get("sessionid", "").removeprefix("session-")
         if session in self.users:
+            if request.method == "POST" and request.headers.get("X-CSRFToken") != CSRF:
+                raise _Refused(403, "CSRF Failed: CSRF token missing.")
             return session
         raise _Refused(401, "Authentication credentials were not provided.")
 
@@ -273,3 +296,65 @@ class CvatDouble:
 
     async def _annotations(self, request: web.Request) -> web.Response:
         return _answer(annotations_json(self._fake(request)))
+
+    def _targets(self, request: web.Request) -> tuple[str, int, list[FakeTask]]:
+        kind = request.path.split("/")[2].removesuffix("s")  # "task" or "project"
+        target_id = int(request.match_info["id"])
+        if kind == "task":
+            return kind, target_id, [self._readable(request, target_id)]
+        tasks = sorted(self._project_tasks(request, target_id), key=lambda t: t.id)
+        return kind, target_id, tasks
+
+    async def _export(self, request: web.Request) -> web.Response:
+        kind, target_id, _ = self._targets(request)
+        format = request.query.get("format", "")
+        if format not in EXPORT_FORMATS:
+            return _answer(["Unknown format specified for the request"], status=400)
+        user = request[USER]
+        rq_id = request_id(
+            target=kind, target_id=target_id, format=format, user_id=self._user_id(user)
+        )
+        running = self.exports.get(rq_id)
+        if running is not None and running.polls < self.export_polls:
+            if self.has_access_tokens:
+                return _answer({"rq_id": rq_id}, status=409)
+            return _answer("Export request is being processed", status=409)
+        self.exports[rq_id] = ExportRequest(
+            rq_id, kind, target_id, format, user, self._user_id(user)
+        )
+        return _answer({"rq_id": rq_id}, status=202)
+
+    def _export_request(self, request: web.Request, rq_id: str) -> ExportRequest:
+        export = self.exports.get(rq_id)
+        if export is None or export.owner != request[USER]:
+            raise _Refused(404, "Not found.")
+        return export
+
+    async def _request(self, request: web.Request) -> web.Response:
+        export = self._export_request(request, request.match_info["rq_id"])
+        export.polls += 1
+        if export.polls < self.export_polls:
+            status = "queued" if export.polls == 1 else "started"
+            return _answer(request_json(export, status=status, message="", result_url=None))
+        if self.export_failure:
+            answer = request_json(
+                export, status="failed", message=self.export_failure, result_url=None
+            )
+            return _answer(answer)
+        base = self.result_host or f"{request.scheme}://{request.host}"
+        url = f"{base}/api/{export.target}s/{export.target_id}/dataset/download"
+        url += f"?rq_id={quote(export.id)}"
+        return _answer(request_json(export, status="finished", message="", result_url=url))
+
+    async def _download(self, request: web.Request) -> web.Response:
+        kind, target_id, tasks = self._targets(request)
+        export = self._export_request(request, request.query.get("rq_id", ""))
+        if (export.target, export.target_id) != (kind, target_id):
+            raise _Refused(400, "Unknown export request id")
+        if export.polls < self.export_polls or self.export_failure:
+            raise _Refused(400, "The export process is not finished")
+        project = target_id if kind == "project" else None
+        body = export_zip(tasks, project_id=project, format=export.format)
+        name = f"{kind}_{target_id}_dataset_2024_05_01_10_00_00_{export.format}.zip"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return web.Response(body=body, content_type="application/zip", headers=headers)
