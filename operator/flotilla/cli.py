@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, "
         "else a SQLite store in ./mlruns",
     )
+    _init_flag(run)
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a FederatedJob file and exit")
@@ -158,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         aggregator,
         default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, else none",
     )
+    _init_flag(aggregator)
     aggregator.set_defaults(handler=_aggregator)
 
     client = commands.add_parser("client", help="train on this site's data for a job")
@@ -522,11 +524,23 @@ def _tracking_flags(parser: argparse.ArgumentParser, *, default_help: str) -> No
     )
 
 
+def _init_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--init",
+        metavar="URI",
+        help="start from these weights instead of the seed's: models:/NAME@ALIAS, "
+        "models:/NAME/VERSION or runs:/RUN_ID, read from the job's MLflow server "
+        "(overrides spec.model.init; a job resumed from its checkpoint ignores both)",
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from flotilla.fl.aggregator.statelock import StateDirBusy
     from flotilla.local.runner import RunFailed, RunOptions, job_failed, run_local
 
     job = load_job(args.job)
+    if args.init is not None:
+        job = job.with_model_init(args.init)
     options = RunOptions(
         job_path=args.job.resolve(),
         state_dir=args.state_dir,
@@ -535,6 +549,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         tracking=args.tracking,
         tracking_uri=args.tracking_uri,
+        init=args.init,
     )
     try:
         summary = asyncio.run(run_local(job, options))
@@ -589,6 +604,8 @@ def _aggregator(args: argparse.Namespace) -> int:
     from flotilla.fl.tls import TlsConfigError, server_context
 
     job = load_job(args.job)
+    if args.init is not None:
+        job = job.with_model_init(args.init)
     options = AggregatorOptions(
         state_dir=args.state_dir,
         host=args.host,

@@ -17,6 +17,7 @@ from flotilla.api.base import MAX_CLIENTS, MAX_SECONDS, MAX_SEED, ApiModel, DnsL
 from flotilla.api.cluster import RuntimeSpec, ServingSpec
 from flotilla.api.data import DataSource, ExportDataSource
 from flotilla.api.errors import FieldProblem, SpecError, problem_line, problems_from, raise_problems
+from flotilla.api.model_init import InitUri, parse_init_flag
 from flotilla.api.privacy import PrivacySpec
 from flotilla.api.security import SecuritySpec
 from flotilla.api.status import FederatedJobStatus
@@ -61,6 +62,9 @@ class ModelSpec(ApiModel):
     name: Literal["cnn-small", "mlp", "centernet-tiny"] | None = None
     entrypoint: Entrypoint | None = None
     input: InputSpec
+    # Round 0 from weights a job recorded in MLflow (api/model_init.py) instead of the
+    # seed's; unset, the seed alone decides the initial weights.
+    init: InitUri | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelSpec:
@@ -285,6 +289,13 @@ class FederatedJob(ApiModel):
     def to_dict(self) -> dict[str, Any]:
         """The JSON-safe camelCase form, unset optional fields left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def with_model_init(self, uri: str) -> FederatedJob:
+        """A copy whose ``spec.model.init`` is ``uri`` (a command line's ``--init``); a
+        SpecError naming the flag if ``uri`` is not one of the accepted forms."""
+        parse_init_flag(uri)
+        model = self.spec.model.model_copy(update={"init": uri})
+        return self.model_copy(update={"spec": self.spec.model_copy(update={"model": model})})
 
     def resolve_paths(self, base_dir: Path) -> FederatedJob:
         """A copy with every relative ``cvatExport.path`` made absolute against ``base_dir``."""

@@ -48,6 +48,7 @@ class RunOptions:
     progress: Progress | None = None
     tracking: bool = True
     tracking_uri: str | None = None
+    init: str | None = None  # overrides spec.model.init (the aggregator's --init)
 
 
 LOCAL_MLFLOW_DIR = Path("mlruns")
@@ -115,6 +116,7 @@ async def _run_locked(
     progress.started(state_dir=state_dir)
     summary_path = state_dir / "summary.json"
     tracking_args = local_tracking_args(job, options)
+    init_args = ["--init", options.init] if options.init is not None else []
     deadline = exit_deadline_seconds(job, tracking="--no-tracking" not in tracking_args)
     seen = Seen()
     children: list[Child] = []
@@ -130,7 +132,7 @@ async def _run_locked(
             tokens_path,
             state_dir,
             logs,
-            extra=[*tracking_args, *(tls.aggregator_args() if tls else [])],
+            extra=[*tracking_args, *init_args, *(tls.aggregator_args() if tls else [])],
             lock=lock,
         )
         children.append(aggregator)

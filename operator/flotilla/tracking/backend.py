@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from flotilla.redaction import redact_urls
 from flotilla.tracking.plan import Metric, split_credentials
 from flotilla.tracking.served_model import ServedModel
+from flotilla.tracking.weights import WEIGHTS_ARTIFACT, weights_file
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ _MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     # Clusters that hold private data are often air-gapped: no phoning home by default.
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # A progress bar per download is noise in an aggregator's log.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -279,6 +283,7 @@ class MlflowBackend:
         import mlflow
         import mlflow.pytorch
 
+        self._log_weights(run_id, model, round_number=round_number)
         # log_model attaches to the active run. Leaving the block marks the run FINISHED,
         # which the exporter then sets to the job's real outcome.
         with mlflow.start_run(run_id=run_id):
@@ -298,6 +303,16 @@ class MlflowBackend:
         )
         log.info("registered %s version %s (round %d)", name, registered.version, round_number)
         return str(registered.version)
+
+    def _log_weights(self, run_id: str, model: ServedModel, *, round_number: int) -> None:
+        """The weights as safetensors, before the version exists: every version a job
+        registers has them (a warm start reads only these, tracking/weights.py)."""
+        if not model.weights:
+            return
+        with tempfile.TemporaryDirectory(prefix="flotilla-weights-") as folder:
+            path = Path(folder) / weights_file(round_number)
+            path.write_bytes(model.weights_bytes())
+            self.client.log_artifact(run_id, str(path), WEIGHTS_ARTIFACT)
 
 
 def _local_artifacts(uri: str) -> str | None:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional
 
 from flotilla.ml.centernet import STRIDE, ServedDetections
+from flotilla.tracking.weights import encode_weights
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class ServedModel:
     info: Mapping[str, Any] = field(default_factory=dict)
     output_shape: tuple[int, ...] | None = None  # per image; default: one value per label
     serialization_format: str = "pt2"
+    # The network's own state (no serving wrapper), logged as safetensors beside the model:
+    # what a warm start reads (tracking/weights.py). Empty: nothing logged.
+    weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    task: str = "classification"
 
     def signature(self) -> Any:
         from mlflow.models import ModelSignature
@@ -66,6 +71,9 @@ class ServedModel:
     def metadata(self) -> dict[str, Any]:
         return {"labels": list(self.labels), **self.info}
 
+    def weights_bytes(self) -> bytes:
+        return encode_weights(self.weights, labels=self.labels, task=self.task, info=self.info)
+
 
 def served_model(
     network: nn.Module,
@@ -86,7 +94,13 @@ def served_model(
     else:
         module = Probabilities(network).eval()
     model = ServedModel(
-        module=module, input_shape=input_shape, labels=labels, info=info, output_shape=output_shape
+        module=module,
+        input_shape=input_shape,
+        labels=labels,
+        info=info,
+        output_shape=output_shape,
+        weights=network.state_dict(),
+        task=task,
     )
     try:
         example = torch.zeros(2, *input_shape)

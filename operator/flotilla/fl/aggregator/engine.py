@@ -61,7 +61,10 @@ class RoundEngine(ClientDesk):
 
     def identity(self) -> dict[str, Any]:
         spec = self.job.to_dict()["spec"]
-        return {k: spec.get(k) for k in ("model", "labels", "strategy", "task")}
+        identity = {k: spec.get(k) for k in ("model", "labels", "strategy", "task")}
+        # Where round 0 came from is no part of it: a resumed job ignores model.init.
+        identity["model"] = {k: v for k, v in spec["model"].items() if k != "init"}
+        return identity
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -27,7 +27,13 @@ from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.statelock import StateDirBusy, lock_state_dir
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
-from flotilla.fl.aggregator.tracked import attach_exporter, recover_state, run_exporter
+from flotilla.fl.aggregator.tracked import (
+    attach_exporter,
+    recover_state,
+    resolve_tracking_uri,
+    run_exporter,
+)
+from flotilla.fl.aggregator.warm_start import WarmStartError, forget_lineage, warm_start
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
 from flotilla.fl.tls import server_context
@@ -84,7 +90,20 @@ def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOpti
     )
     # The engine's restore is the last check: a checkpoint it refuses is skipped like a
     # corrupt one. None good at all raises CheckpointError: the job stops (checkpoint.py).
-    store.load(layout, accept=engine.restore)
+    resumed = store.load(layout, accept=engine.restore) is not None
+    init = job.spec.model.init
+    if resumed and init is not None:
+        log.info("resuming from the checkpoint: spec.model.init %r is not read again", init)
+    elif init is not None:  # WarmStartError stops the job before its MLflow run exists
+        warm_start(
+            job,
+            layout=layout,
+            model=model,
+            state_dir=options.state_dir,
+            tracking_uri=resolve_tracking_uri(job, override=options.tracking_uri),
+        )
+    elif not resumed:
+        forget_lineage(options.state_dir)  # a start over without init has no parent
     return engine
 
 
@@ -123,6 +142,9 @@ async def serve(
             engine = build_engine(job, sites=book.sites, options=options)
         except CheckpointError as error:
             log.error("cannot resume the job: %s", error)
+            return 1
+        except WarmStartError as error:
+            log.error("cannot start the job: %s", error)
             return 1
         return await _serve_engine(
             engine, book=book, options=options, on_ready=on_ready, tokens_file=tokens_file

@@ -12,10 +12,12 @@ from flotilla.api import FederatedJob
 from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV, TRACKING_URI_ENV
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.recovery import Recovered, needs_recovery, recover
+from flotilla.fl.aggregator.warm_start import saved_lineage
 from flotilla.fl.modelstate import build_job_model, load_weights
 from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import MlflowBackend
 from flotilla.tracking.exporter import JobView, TrackingExporter, TrackingSettings
+from flotilla.tracking.parent import Lineage
 from flotilla.tracking.plan import job_params
 from flotilla.tracking.served_model import ServedModel, served_model
 
@@ -34,13 +36,20 @@ def resolve_tracking_uri(job: FederatedJob, *, override: str | None) -> str | No
     )
 
 
-def tracking_settings(job: FederatedJob, uri: str) -> TrackingSettings:
+def tracking_settings(
+    job: FederatedJob, uri: str, *, lineage: Lineage | None = None
+) -> TrackingSettings:
+    """`lineage`: the parent a warm start began from (warm_start.py), recorded on the run."""
     tracking, meta = job.spec.tracking, job.metadata
     tags = {
         "flotilla.job": meta.name,
         "mlflow.source.name": "flotilla",
         "mlflow.source.type": "JOB",
     }
+    params = job_params(job.to_dict())
+    if lineage is not None:
+        tags |= lineage.tags()
+        params |= lineage.params()
     if meta.namespace:
         tags["flotilla.namespace"] = meta.namespace
     if meta.uid:
@@ -52,7 +61,7 @@ def tracking_settings(job: FederatedJob, uri: str) -> TrackingSettings:
         alias=tracking.alias,
         checkpoint_every=tracking.checkpoint_every_rounds,
         run_name=meta.name,
-        params=job_params(job.to_dict()),
+        params=params,
         tags=tags,
         run_key=f"job-{meta.uid}" if meta.uid else None,
     )
@@ -89,9 +98,8 @@ def attach_exporter(
         log.warning("MLflow tracking off: %s", reason)
         engine.tracking_status = lambda: {"enabled": False, "reason": reason}
         return None
-    exporter = TrackingExporter(
-        tracking_settings(job, uri), backend=lambda: MlflowBackend(uri), state_dir=state_dir
-    )
+    settings = tracking_settings(job, uri, lineage=saved_lineage(state_dir))
+    exporter = TrackingExporter(settings, backend=lambda: MlflowBackend(uri), state_dir=state_dir)
     engine.tracking_status = lambda: exporter.status(persisted=engine.persisted)
     engine.store.retain = exporter.wants_checkpoint
     log.info("recording the job in MLflow at %s", redact_urls(uri))
