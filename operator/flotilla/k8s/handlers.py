@@ -217,7 +217,8 @@ async def _resync_forever(
 
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(kick.wait(), timeout=interval)
+            async with asyncio.timeout(interval):  # wait_for may swallow a cancellation (3.11)
+                await kick.wait()
         kick.clear()
         due = [
             resync(key, body)

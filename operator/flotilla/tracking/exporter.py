@@ -120,7 +120,8 @@ class TrackingExporter:
     async def drain(self, timeout: float) -> bool:
         """Wait until the finished job is all in MLflow; False if that took too long."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for may swallow a cancellation (3.11)
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -231,5 +231,8 @@ class EngineState:
         changed.set()
 
     async def _wait_changed(self, timeout: float) -> None:
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+        # event is set, and the engine then ran on to its round deadline instead of stopping.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
