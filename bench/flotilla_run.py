@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,20 @@ def get_json(url: str, timeout: float = 60) -> Any:
 
 
 def run_flotilla(
-    *, job: Path, sites: list[str], env: dict[str, str], scratch: Path, profile: Path | None = None
+    *,
+    job: Path,
+    sites: list[str],
+    env: dict[str, str],
+    scratch: Path,
+    profile: Path | None = None,
+    dial: Callable[[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """Run the job to its end; returns rounds in the bench's common shape and the memory.
 
     With `profile`, the aggregator runs under py-spy (a speedscope file there, all threads,
     idle frames left out); its memory figures are then py-spy's, not the aggregator's.
+    `dial(site, url)`: the URL that site's client dials instead of the aggregator's (a
+    proxy that shapes its link, slow_links.py).
     """
     tokens = {site: f"bench-token-{site}-0123456789" for site in sites}
     (scratch / "tokens.json").write_text(json.dumps(tokens))
@@ -73,7 +82,16 @@ def run_flotilla(
     baseline = status_kib(aggregator.pid, "VmRSS")
     workers = [
         subprocess.Popen(
-            [*flotilla, "client", "--aggregator", url, "--threads", "1", "--device", "cpu"],
+            [
+                *flotilla,
+                "client",
+                "--aggregator",
+                dial(site, url) if dial else url,
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(scratch / f"{site}.log", "wb"),  # noqa: SIM115
             env={**env, "FLOTILLA_TOKEN": token},
@@ -109,6 +127,7 @@ def run_flotilla(
             "started": r["started_at"],
             "duration": r["duration_seconds"],
             "slowestTrain": max(c["trainSeconds"] for c in r["clients"].values()),
+            "answered": len(r["clients"]),
             "bytes": r["bytes_received"],
             "accuracy": r.get("accuracy"),
         }
