@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from flotilla.api import FederatedJob
@@ -126,6 +127,17 @@ class Aggregator:
         return {k: v.clone() for k, v in self.engine.layout.views(self.engine.global_model).items()}
 
 
+STOP_SECONDS = 5.0
+
+
+class _Served(TestServer):
+    """As the aggregator serves (main.py): a client that hangs up does not cancel its
+    handler (aiohttp's test server would), so a broken upload is seen as the product sees it."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return web.AppRunner(self.app, **(kwargs | {"handler_cancellation": False}))
+
+
 @contextlib.asynccontextmanager
 async def aggregator(
     job: FederatedJob, state_dir: Path, *, run: bool = True
@@ -137,7 +149,7 @@ async def aggregator(
     )
     metrics = AggregatorMetrics(engine, tracking_failures=lambda: 0)
     app = build_app(engine, tokens=TokenBook(tokens), metrics=metrics)
-    client = TestClient(TestServer(app))
+    client = TestClient(_Served(app))
     await client.start_server()
     task = asyncio.get_running_loop().create_task(engine.run()) if run else None
     try:
@@ -145,6 +157,9 @@ async def aggregator(
     finally:
         if task is not None:
             task.cancel()
+            # A stopped aggregator's engine must stop, not run on to its round's deadline.
+            done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
+            assert done, f"the round engine did not stop within {STOP_SECONDS}s of its cancel"
             with contextlib.suppress(BaseException):
-                await task
+                task.result()
         await client.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import zstandard
 
+from flotilla.fl.resume import ZSTD_FRAME_BYTES, Restarts
 from flotilla.fl.wire import SCALE_SUFFIX, Buffer, Layout, WireDtype, WireError, update_layout
 
 # float32 values per piece of a weights upload's norm: 1 MiB, which stays in cache
@@ -40,11 +41,22 @@ class DecodedUpdate:
 class UpdateEncoder:
     """Client side: turns a float32 delta into the job's wire encoding, reusing one buffer."""
 
-    def __init__(self, model: Layout, *, dtype: WireDtype, zstd_level: int | None) -> None:
+    def __init__(
+        self,
+        model: Layout,
+        *,
+        dtype: WireDtype,
+        zstd_level: int | None,
+        frame_bytes: int = ZSTD_FRAME_BYTES,
+    ) -> None:
+        """`frame_bytes`: zstd bodies are independent frames of this many payload bytes, so
+        a broken upload resumes at a frame (see flotilla.fl.resume)."""
         self.layout = update_layout(model, dtype)
         self._dtype = dtype
         self._zstd = zstandard.ZstdCompressor(level=zstd_level) if zstd_level else None
+        self._frame_bytes = frame_bytes
         self._buffer: bytearray | None = None
+        self.restarts = Restarts()  # where the last encoded body may restart
 
     @property
     def compression(self) -> str | None:
@@ -68,8 +80,17 @@ class UpdateEncoder:
                     out[name + SCALE_SUFFIX].fill_(_quantize_int8(tensor, out[name]))
             body = memoryview(self._buffer)
         if self._zstd is not None:
-            return memoryview(self._zstd.compress(body))
+            return self._compress(body)
         return body
+
+    def _compress(self, body: memoryview) -> memoryview:
+        assert self._zstd is not None
+        out, starts = bytearray(), []
+        for start in range(0, len(body), self._frame_bytes):
+            starts.append(len(out))
+            out += self._zstd.compress(body[start : start + self._frame_bytes])
+        self.restarts = Restarts(frame_bytes=self._frame_bytes, frame_starts=tuple(starts))
+        return memoryview(out)
 
 
 def _quantize_int8(tensor: torch.Tensor, out: torch.Tensor) -> float:

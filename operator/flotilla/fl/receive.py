@@ -4,6 +4,10 @@ The header is checked against the job's layout before any data is read, data
 goes into a preallocated (pooled) buffer with one copy from the socket's chunk,
 and a payload that is too long, too short or compressed into a bomb is stopped
 at the byte where it goes wrong. Nothing here touches the aggregate.
+
+A receiver can hand out the payload it holds (`prefix`) and a new one can be given it
+back (`restore`) before the rest of the wire arrives: that is how a broken upload
+resumes (see flotilla.fl.resume).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class SafetensorsReceiver:
         self._layout = layout
         self._into = into
         self._head = bytearray()
+        self._header_raw = bytearray()  # the payload's header bytes as received so far
         self._header_size: int | None = None
         self._offsets: dict[str, tuple[int, int]] | None = None
         self._filled = 0
@@ -51,9 +56,33 @@ class SafetensorsReceiver:
         except zstandard.ZstdError as error:
             raise WireError(f"the zstd stream is corrupt: {error}") from None
 
+    @property
+    def payload_bytes(self) -> int:
+        """Payload bytes (the safetensors body, decompressed) received so far."""
+        return len(self._header_raw) + self._filled
+
+    def resume_point(self, frame_bytes: int) -> int:
+        """The payload bytes a resumed body may build on: all of a plain body's; a zstd
+        body's up to the last frame start (`frame_bytes` apart; 0: not framed, none)."""
+        if self._decompressor is None:
+            return self.payload_bytes
+        return self.payload_bytes // frame_bytes * frame_bytes if frame_bytes else 0
+
+    def prefix(self, size: int) -> list[memoryview]:
+        """The first `size` payload bytes received (views, valid while the buffer is held)."""
+        head = memoryview(self._header_raw)[:size]
+        return [head, self._into[: max(size - len(head), 0)]]
+
+    def restore(self, piece: bytes | bytearray | memoryview) -> None:
+        """Payload bytes a broken upload had delivered, in order, before any new wire byte;
+        checked as they were the first time."""
+        self._consume(memoryview(piece))
+
     def _consume(self, view: memoryview) -> None:
         if self._offsets is None:
-            view = self._read_header(view)
+            rest = self._read_header(view)
+            self._header_raw += view[: len(view) - len(rest)]
+            view = rest
             if self._offsets is None:
                 return
         if not view:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected, UploadTerms
+from flotilla.fl.aggregator.intake import ReceivedUpdate, Rejected, Resumable, UploadTerms
 from flotilla.fl.aggregator.records import ClientReport
 from flotilla.fl.aggregator.state import EngineState, Phase
 
@@ -102,18 +102,32 @@ class ClientDesk(EngineState):
         metrics: Mapping[str, Any],
         weights: bool = False,
         size: int | None = None,
+        resumable: Resumable | None = None,
     ) -> dict[str, Any]:
         """Fold one upload: a delta, or (`weights`) trained weights, from which the round's
-        global model is subtracted on arrival. `size`: the body's announced bytes."""
+        global model is subtracted on arrival. `size`: the body's announced bytes.
+        `resumable`: its id, and where it resumes a broken one."""
         self._check_open(site, round_number)
         minus = self._global_views if weights else None  # this round's, even if it ends meanwhile
         # The upload may not outlive its round: past the deadline it holds a buffer in vain.
-        terms = UploadTerms(site=site, size=size or 0, seconds_left=self._deadline - self.clock())
+        terms = UploadTerms(
+            site=site,
+            size=size or 0,
+            seconds_left=self._deadline - self.clock(),
+            round_number=round_number,
+            weights=weights,
+            resumable=resumable,
+        )
         receiving = self.intake.receive(body, terms=terms, zstd=zstd, minus=minus)
         async with receiving as received, self._fold_lock:
             self._check_open(site, round_number)  # the round may have closed meanwhile
             await self._fold(site, received, examples, metrics)
         return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}
+
+    async def upload_held(self, *, site: str, round_number: int, upload_id: str) -> int:
+        """The payload bytes of the site's broken upload that its resume builds on."""
+        self._check_open(site, round_number)
+        return await self.intake.held(site, upload_id, round_number)
 
     async def _fold(
         self, site: str, received: ReceivedUpdate, examples: int, metrics: Mapping[str, Any]

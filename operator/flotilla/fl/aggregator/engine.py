@@ -161,6 +161,7 @@ class RoundEngine(ClientDesk):
         self._sampled = set(chooser.sample(sorted(present), min(per_round, len(present))))
         self._sampled_last = set(self._sampled)
         self._reports = {}
+        self.intake.open_round(self.current_round)
         self._accumulator, self._accumulator_zeroing = self.spare.take()
         self._aggregate = self.strategy.rule.begin(self.layout.views(self._accumulator))
         self.attempt = attempt
@@ -179,6 +180,7 @@ class RoundEngine(ClientDesk):
             await self._wait_changed(remaining)
 
     def _close_round(self) -> None:
+        self.intake.close_round()  # broken uploads parked for it go
         self._sampled = set()
         self._aggregate = None
         self._accumulator = None

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
+from flotilla.fl.aggregator.links import LinkHealth
 
 ROUND_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -122,6 +123,7 @@ class LedgerCollector(Collector):
         yield _privacy_epsilon(job, history)
         yield from _client_metrics(job, history)
         yield _site_readiness(job, engine.site_reports)
+        yield from _link_metrics(job, engine.intake.links)
         yield _counter(
             "flotilla_checkpoint_failures",
             "Failed attempts to write a checkpoint (retried; the job fails after 5 in a row)",
@@ -263,3 +265,29 @@ def _client_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]
     for site, count in sorted(updates.items()):
         counter.add_metric([job, site], count)
     yield counter
+
+
+def _link_metrics(job: str, links: LinkHealth) -> Iterable[Metric]:
+    """Each site's link: broken transfers, what resuming saved, its latest upload rate."""
+    resets = CounterMetricFamily(
+        "flotilla_site_transfer_resets",
+        "Uploads and model downloads whose connection broke off mid-body, per site",
+        labels=["flotilla_job", "site", "direction"],
+    )
+    resumed = CounterMetricFamily(
+        "flotilla_site_resumed_bytes",
+        "Bytes not sent again because a broken transfer resumed, per site",
+        labels=["flotilla_job", "site"],
+    )
+    rate = GaugeMetricFamily(
+        "flotilla_site_upload_bytes_per_second",
+        "Wire rate of the site's latest whole upload body (one connection)",
+        labels=["flotilla_job", "site"],
+    )
+    for site, link in sorted(links.sites.items()):
+        resets.add_metric([job, site, "up"], link.upload_resets)
+        resets.add_metric([job, site, "down"], link.download_resets)
+        resumed.add_metric([job, site], link.resumed_bytes)
+        if link.upload_bytes_per_second is not None:
+            rate.add_metric([job, site], link.upload_bytes_per_second)
+    yield from (resets, resumed, rate)

@@ -36,13 +36,24 @@ class Cut:
 class Progress:
     """One upload's progress: when it must have made more, and why it is cut if not."""
 
-    def __init__(self, pace: UploadPace, *, size: int, started: float, until: float) -> None:
+    def __init__(
+        self,
+        pace: UploadPace,
+        *,
+        size: int,
+        started: float,
+        until: float,
+        received: int = 0,
+        now: float | None = None,
+    ) -> None:
+        """A resumed upload carries its pace over: `started` is when it first began and
+        `received` what it kept, so breaking off and reconnecting buys no new grace."""
         self.pace = pace
         self.size = max(size, 1)  # the body's expected bytes
         self.started = started
         self.until = until  # its round's end
-        self.received = 0
-        self._last = started
+        self.received = received
+        self._last = started if now is None else now
 
     def got(self, count: int, *, now: float) -> None:
         self.received += count

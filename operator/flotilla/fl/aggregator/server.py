@@ -9,8 +9,10 @@ client knows it, `X-Flotilla-Site: <its site>`; a site that is not the token's i
     GET  /v1/history                   every completed round's record
     GET  /v1/job                       the job's spec, as the client needs it
     GET  /v1/task?wait=S               the caller's next action; long-polls
-    GET  /v1/model/VERSION             the global model, safetensors
-    PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors, maybe zstd
+    GET  /v1/model/VERSION             the global model, safetensors (Range: bytes=N-, the rest)
+    PUT  /v1/rounds/ROUND/update       the caller's delta, safetensors, maybe zstd; with
+                                       X-Flotilla-Upload-Id and Content-Range, a broken one's rest
+    GET  /v1/rounds/ROUND/update?upload=ID   how much of the caller's broken upload ID is held
     POST /v1/evaluations/VERSION       the caller's evaluation of the final model
     POST /v1/site-report               the caller's data: ready (label report) or its error
 """
@@ -31,7 +33,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from flotilla.fl.aggregator.engine import RoundEngine
-from flotilla.fl.aggregator.intake import Rejected
+from flotilla.fl.aggregator.intake import Rejected, Resumable
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.pace import Progress
 from flotilla.fl.aggregator.reports import (
@@ -41,6 +43,17 @@ from flotilla.fl.aggregator.reports import (
     examples_count,
 )
 from flotilla.fl.aggregator.tokens import TokenBook
+from flotilla.fl.resume import (
+    FRAME_BYTES_HEADER,
+    RESUME_FROM_HEADER,
+    UPLOAD_ID_HEADER,
+    ContentRange,
+    RangeError,
+    checked_frame_bytes,
+    checked_upload_id,
+    parse_content_range,
+    parse_range,
+)
 from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
@@ -81,6 +94,7 @@ def build_app(
     app.router.add_get("/v1/task", _task)
     app.router.add_get("/v1/model/{version}", _model)
     app.router.add_put("/v1/rounds/{round}/update", _update)
+    app.router.add_get("/v1/rounds/{round}/update", _upload_held)
     app.router.add_post("/v1/evaluations/{version}", _evaluation)
     app.router.add_post("/v1/site-report", _site_report)
     return app
@@ -213,25 +227,48 @@ async def _task(request: web.Request) -> web.Response:
 
 
 async def _model(request: web.Request) -> web.StreamResponse:
-    _site(request)
+    site = _site(request)
     engine = request.app[ENGINE]
     version = _path_int(request, "version")
     payload = memoryview(engine.model_payload(version))
+    start = _range_start(request, len(payload))
     response = web.StreamResponse(
+        status=206 if start else 200,
         headers={
             "Content-Type": "application/octet-stream",
             "X-Flotilla-Model-Version": str(version),
-        }
+            "Accept-Ranges": "bytes",
+        },
     )
-    response.content_length = len(payload)
+    if start:
+        response.headers["Content-Range"] = ContentRange(start, len(payload)).header()
+        link = engine.intake.links.of(site)
+        link.resumed_downloads += 1
+        link.resumed_bytes += start
+    response.content_length = len(payload) - start
     await response.prepare(request)
     # Bounded pieces: a slow reader holds at most one piece in its transport
     # buffer, not a whole model copy per client.
-    for start in range(0, len(payload), SEND_CHUNK):
-        await response.write(payload[start : start + SEND_CHUNK])
-    await response.write_eof()
-    request.app[METRICS].sent(len(payload))
+    try:
+        for piece in range(start, len(payload), SEND_CHUNK):
+            await response.write(payload[piece : piece + SEND_CHUNK])
+        await response.write_eof()
+    except (OSError, aiohttp.ClientError):
+        engine.intake.links.of(site).download_resets += 1
+        raise
+    request.app[METRICS].sent(len(payload) - start)
     return response
+
+
+def _range_start(request: web.Request, size: int) -> int:
+    """Where a download resumes (`Range: bytes=N-`); 0 without a Range."""
+    raw = request.headers.get("Range")
+    if raw is None:
+        return 0
+    try:
+        return parse_range(raw, size)
+    except RangeError as error:
+        raise Rejected(416, "bad_range", str(error)) from None
 
 
 async def _update(request: web.Request) -> web.Response:
@@ -265,6 +302,11 @@ async def _update(request: web.Request) -> web.Response:
         )
     examples = examples_count(site, request.headers.get("X-Flotilla-Examples", ""))
     metrics = _metrics(request, site)
+    resumable = _resumable(request, zstd=encoding == "zstd")
+    if resumable and resumable.resume and resumable.resume.total > limit:
+        raise Rejected(
+            413, "too_large", f"the upload has {resumable.resume.total} bytes; at most {limit}"
+        )
     result = await engine.receive_update(
         site=site,
         round_number=_path_int(request, "round"),
@@ -274,8 +316,53 @@ async def _update(request: web.Request) -> web.Response:
         metrics=metrics,
         weights=kind == "weights",
         size=request.content_length,
+        resumable=resumable,
     )
     return web.json_response(result)
+
+
+async def _upload_held(request: web.Request) -> web.Response:
+    site = _site(request)
+    round_number = _path_int(request, "round")
+    try:
+        upload_id = checked_upload_id(request.query.get("upload", ""))
+    except RangeError as error:
+        raise Rejected(400, "bad_upload_id", str(error)) from None
+    held = await request.app[ENGINE].upload_held(
+        site=site, round_number=round_number, upload_id=upload_id
+    )
+    return web.json_response({"upload": upload_id, "round": round_number, "received": held})
+
+
+def _resumable(request: web.Request, *, zstd: bool) -> Resumable | None:
+    """The upload's id, how a zstd body restarts, and where a resumed one starts."""
+    headers = request.headers
+    raw_range = headers.get("Content-Range")
+    if UPLOAD_ID_HEADER not in headers:
+        if raw_range is not None:
+            message = f"Content-Range needs the {UPLOAD_ID_HEADER} of the upload it resumes"
+            raise Rejected(400, "bad_range", message)
+        return None
+    try:
+        upload_id = checked_upload_id(headers[UPLOAD_ID_HEADER])
+    except RangeError as error:
+        raise Rejected(400, "bad_upload_id", str(error)) from None
+    try:
+        raw_frames = headers.get(FRAME_BYTES_HEADER)
+        frame_bytes = checked_frame_bytes(raw_frames) if zstd and raw_frames else 0
+        resume = parse_content_range(raw_range) if raw_range is not None else None
+        raw_from = headers.get(RESUME_FROM_HEADER)
+        if raw_from is not None and not _is_count(raw_from):
+            raise RangeError(f"{RESUME_FROM_HEADER} {raw_from[:40]!r} is not a byte count")
+    except RangeError as error:
+        raise Rejected(416, "bad_range", str(error)) from None
+    start = resume.start if resume else 0
+    return Resumable(
+        upload_id=upload_id,
+        frame_bytes=frame_bytes,
+        resume=resume,
+        resume_from=int(raw_from) if raw_from is not None else start,
+    )
 
 
 async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

@@ -100,7 +100,11 @@ class EngineState:
             if privacy is not None
             else None
         )
-        self.intake = UpdateIntake(self.update_layout, max_norm=job.spec.limits.max_update_norm)
+        self.intake = UpdateIntake(
+            self.update_layout,
+            max_norm=job.spec.limits.max_update_norm,
+            parking=store.directory.parent / "uploads",  # broken uploads, until resumed
+        )
         self._changed = asyncio.Event()
         self._fold_lock = asyncio.Lock()
         self._persist: asyncio.Task[None] | None = None
@@ -211,6 +215,7 @@ class EngineState:
             "siteErrors": self.site_problems(),
             "labelMismatches": self.label_mismatches(),
             "privacy": self.privacy.status() if self.privacy is not None else None,
+            "links": self.intake.links.json(),
         }
 
     # -- plumbing --------------------------------------------------------------------------

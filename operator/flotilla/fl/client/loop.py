@@ -275,7 +275,9 @@ class FederatedClient:
             headers["X-Flotilla-Compression"] = self.encoder.compression
         if global_copy is None:
             headers["X-Flotilla-Update"] = "weights"
-        answer = self.conn.upload(f"/v1/rounds/{round_number}/update", body, headers)
+        answer = self.conn.upload(
+            f"/v1/rounds/{round_number}/update", body, headers, restarts=self.encoder.restarts
+        )
         self.metrics.trained(result, sent_bytes=len(body))
         log.info(
             "site %s: round %d sent (%d examples, loss %.4f, norm %.3g)",

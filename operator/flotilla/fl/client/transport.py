@@ -4,7 +4,9 @@ A client has one thing to do at a time (wait, download, train, upload), so a
 plain `http.client` connection fits: no event loop on edge nodes, the model is
 read with `readinto` straight into a buffer allocated once, and the update is
 sent from the client's own buffer without a copy. The client always dials
-(edge nodes sit behind NAT); a lost connection is re-dialled with backoff.
+(edge nodes sit behind NAT); a lost connection is re-dialled with backoff, and a
+transfer it broke resumes where it stopped (flotilla.fl.resume): a download with a
+byte range, an upload from what the aggregator says it holds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from flotilla.fl.resume import (
+    RESUME_FROM_HEADER,
+    RESUME_REFUSALS,
+    UPLOAD_ID_HEADER,
+    ContentRange,
+    RangeError,
+    Restarts,
+    new_upload_id,
+    parse_content_range,
+)
 
 if TYPE_CHECKING:
     from flotilla.fl.wire import Buffer
@@ -29,6 +42,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SITE_HEADER = "X-Flotilla-Site"
+# A download is read in pieces: a reset loses at most the piece being read (a buffered
+# readinto fills its whole target or raises, so one model-sized read would lose it all).
+READ_PIECE = 16 << 10
 RETRYABLE = (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, OSError)
 
 
@@ -48,6 +64,14 @@ class AggregatorRefused(Exception):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
+
+
+@dataclass
+class TransferStats:
+    """What broke and what resuming saved, by direction ("up": uploads, "down": downloads)."""
+
+    resets: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    resumed_bytes: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,7 @@ class AggregatorConnection:
         self._ssl = ssl_context
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self.stats = TransferStats()
 
     def set_site(self, site: str) -> None:
         self._headers[SITE_HEADER] = site
@@ -125,35 +150,120 @@ class AggregatorConnection:
         return self._with_retries(attempt)
 
     def download_into(self, path: str, buffer: Buffer) -> None:
-        """Read a body of exactly len(buffer) bytes into `buffer`."""
+        """Read a body of exactly len(buffer) bytes into `buffer`; a broken download goes on
+        from the bytes it has (`Range`), unless the aggregator answers with the whole body."""
+        view, size, got = memoryview(buffer), len(buffer), 0
 
         def attempt() -> None:
-            response = self._request("GET", path)
-            if response.status != 200:
-                _json_body(response)  # raises with the server's reason
-            if response.length != len(buffer):
-                response.close()
-                raise AggregatorRefused(
-                    502,
-                    "bad_size",
-                    f"model body has {response.length} bytes, expected "
-                    f"{len(buffer)}: the aggregator serves another model",
-                )
-            view, got = memoryview(buffer), 0
-            while got < len(buffer):
-                n = response.readinto(view[got:])
+            nonlocal got
+            if got:
+                self.stats.resets["down"] += 1
+            ranged = {"Range": f"bytes={got}-"} if got else None
+            response = self._request("GET", path, headers=ranged)
+            got = self._download_start(response, size, asked=got)
+            while got < size:
+                n = response.readinto(view[got : got + READ_PIECE])
                 if not n:
-                    raise ConnectionError("the model download ended early")
+                    raise ConnectionError(f"the model download ended after {got} of {size} bytes")
                 got += n
 
         self._with_retries(attempt)
 
-    def upload(self, path: str, body: memoryview, headers: Mapping[str, str]) -> dict[str, Any]:
+    def _download_start(self, response: http.client.HTTPResponse, size: int, *, asked: int) -> int:
+        """Where this response's body starts in the whole model; checks it is that model."""
+        if response.status == 416:  # the range was refused: start over
+            response.read()
+            raise ConnectionError(f"the aggregator refused to resume at byte {asked}")
+        if response.status not in (200, 206):
+            _json_body(response)  # raises with the server's reason
+        start, total = 0, response.length
+        if response.status == 206:
+            try:
+                answered = parse_content_range(response.getheader("Content-Range") or "")
+            except RangeError as error:
+                response.close()
+                raise AggregatorRefused(502, "bad_range", str(error)) from None
+            start, total = answered.start, answered.total
+        if total != size or start != (asked if response.status == 206 else 0):
+            response.close()
+            raise AggregatorRefused(
+                502,
+                "bad_size",
+                f"model body has {total} bytes from byte {start}, expected {size} from "
+                f"{asked}: the aggregator serves another model",
+            )
+        if start:
+            self.stats.resumed_bytes["down"] += start
+            log.info("resuming the model download at byte %d of %d", start, size)
+        return start
+
+    def upload(
+        self,
+        path: str,
+        body: memoryview,
+        headers: Mapping[str, str],
+        *,
+        restarts: Restarts | None = None,
+    ) -> dict[str, Any]:
+        """PUT `body`; after a broken connection, ask how much the aggregator holds and send
+        the rest. `restarts`: where the body may restart (a zstd body: at its frames)."""
+        restarts = restarts or Restarts()
+        upload_id = new_upload_id()
+        fixed = dict(headers) | {UPLOAD_ID_HEADER: upload_id} | restarts.headers()
+        tries = 0
+
         def attempt() -> dict[str, Any]:
-            response = self._request("PUT", path, body=body, headers=dict(headers))
+            nonlocal tries
+            tries += 1
+            held = self._upload_held(path, upload_id) if tries > 1 else 0
+            if held:
+                try:
+                    return self._put_rest(path, body, fixed, held=held, restarts=restarts)
+                except AggregatorRefused as refused:
+                    if refused.reason not in RESUME_REFUSALS:
+                        raise
+                    log.info("the aggregator cannot resume this upload (%s): from byte 0", refused)
+            response = self._request("PUT", path, body=body, headers=fixed)
             return _json_body(response)
 
         return self._with_retries(attempt)
+
+    def _upload_held(self, path: str, upload_id: str) -> int:
+        """The payload bytes of the broken upload the aggregator holds (0: none)."""
+        self.stats.resets["up"] += 1
+        query = urllib.parse.urlencode({"upload": upload_id})
+        try:
+            return int(_json_body(self._request("GET", f"{path}?{query}"))["received"])
+        except AggregatorRefused as refused:
+            if refused.reason not in RESUME_REFUSALS:
+                raise
+        except (KeyError, ValueError, TypeError) as error:
+            log.warning("the aggregator's answer on the broken upload is unusable: %s", error)
+        return 0
+
+    def _put_rest(
+        self,
+        path: str,
+        body: memoryview,
+        headers: Mapping[str, str],
+        *,
+        held: int,
+        restarts: Restarts,
+    ) -> dict[str, Any]:
+        """The rest of `body` after the `held` payload bytes the aggregator holds."""
+        try:
+            start = restarts.wire_offset(held)
+        except RangeError as error:
+            raise AggregatorRefused(416, "bad_range", str(error)) from None
+        resumed = dict(headers) | {
+            "Content-Range": ContentRange(start, len(body)).header(),
+            RESUME_FROM_HEADER: str(held),
+        }
+        log.info("resuming the upload at byte %d of %d", start, len(body))
+        response = self._request("PUT", path, body=body[start:], headers=resumed)
+        answer = _json_body(response)
+        self.stats.resumed_bytes["up"] += start
+        return answer
 
     def _request(
         self,
