@@ -157,6 +157,29 @@ def test_a_dashboard_is_well_formed(path: Path) -> None:
     assert job["datasource"]["uid"] == "${datasource}"
 
 
+def test_the_job_dashboard_shows_each_sites_link_with_units() -> None:
+    """The Links row: resets by site and direction, resumed bytes and upload rate by site."""
+    panels = load_dashboard(CHART / "dashboards" / "flotilla-job.json")["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and "Links" in p["title"])
+    row = []
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        row.append(panel)
+    selected = {
+        metric: used_labels(target["expr"])
+        for panel in row
+        for target in panel["targets"]
+        for metric in selected_metrics(target["expr"])
+    }
+    assert selected == {
+        "flotilla_site_transfer_resets_total": {"flotilla_job", "site", "direction"},
+        "flotilla_site_resumed_bytes_total": {"flotilla_job", "site"},
+        "flotilla_site_upload_bytes_per_second": {"flotilla_job", "site"},
+    }
+    assert all(panel["fieldConfig"]["defaults"]["unit"] != "short" for panel in row)
+
+
 def test_the_dashboards_are_what_the_generator_writes(tmp_path: Path) -> None:
     if importlib.util.find_spec("grafana_foundation_sdk") is None:
         pytest.skip("grafana-foundation-sdk is not installed (the dev extra has it)")

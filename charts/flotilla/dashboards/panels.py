@@ -254,6 +254,46 @@ JOB_ROWS = (
             ),
         ),
     ),
+    Row(
+        "Links (as the aggregator sees each site's transfers)",
+        (
+            Panel(
+                "Transfer resets per site",
+                "Uploads (up) and model downloads (down) whose connection broke off mid-body, "
+                "per minute: a lossy or flapping link.",
+                (
+                    Query(
+                        "60 * sum by (site, direction) "
+                        f"(rate(flotilla_site_transfer_resets_total{{{ONE_JOB}}}[{RATE}]))",
+                        "{{site}} {{direction}}",
+                    ),
+                ),
+                unit="cpm",
+                min=0,
+            ),
+            Panel(
+                "Resumed bytes per site",
+                "Bytes not sent again because a broken upload or download resumed where it "
+                "broke off, per second (both directions).",
+                (
+                    Query(
+                        f"sum by (site) (rate(flotilla_site_resumed_bytes_total{{{ONE_JOB}}}"
+                        f"[{RATE}]))",
+                        "{{site}}",
+                    ),
+                ),
+                unit="Bps",
+                min=0,
+            ),
+            Panel(
+                "Upload throughput per site",
+                "Wire rate of each site's latest whole upload body, on one connection.",
+                per_site("flotilla_site_upload_bytes_per_second"),
+                unit="Bps",
+                min=0,
+            ),
+        ),
+    ),
 )
 
 OVERVIEW_ROWS = (

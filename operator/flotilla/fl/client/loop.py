@@ -203,7 +203,10 @@ class FederatedClient:
         if self.cached_version == version:
             return
         self.cached_version = None
-        self.conn.download_into(f"/v1/model/{version}", self.weights)
+        try:
+            self.conn.download_into(f"/v1/model/{version}", self.weights)
+        finally:  # a download that gave up broke too
+            self.metrics.transfers(self.conn.stats)
         self.metrics.received.inc(len(self.weights))
         if self.weights[: len(self.layout.header)] != self.layout.header:
             raise RuntimeError("the aggregator sent a model with another layout")
@@ -275,9 +278,12 @@ class FederatedClient:
             headers["X-Flotilla-Compression"] = self.encoder.compression
         if global_copy is None:
             headers["X-Flotilla-Update"] = "weights"
-        answer = self.conn.upload(
-            f"/v1/rounds/{round_number}/update", body, headers, restarts=self.encoder.restarts
-        )
+        try:
+            answer = self.conn.upload(
+                f"/v1/rounds/{round_number}/update", body, headers, restarts=self.encoder.restarts
+            )
+        finally:
+            self.metrics.transfers(self.conn.stats)
         self.metrics.trained(result, sent_bytes=len(body))
         log.info(
             "site %s: round %d sent (%d examples, loss %.4f, norm %.3g)",

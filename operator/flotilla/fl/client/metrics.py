@@ -2,13 +2,15 @@
 
 The aggregator exports what every client reports (`flotilla_client_*{site}`); these are
 the same numbers measured where they happen, plus what only the site sees: model bytes
-received, refusals, hold-out metrics before training.
+received, refusals, hold-out metrics before training, and the link's broken and resumed
+transfers in both directions (from the transport's counts).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flotilla.fl.client.transport import TransferStats
 from flotilla.fl.learning import LocalEvaluation, LocalTraining
 
 TRAIN_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
@@ -60,6 +62,22 @@ class ClientMetrics:
             registry=self.registry,
         )
         self._labels = labels
+        self._resets = Counter(
+            "flotilla_local_transfer_resets",
+            "Uploads (up) and model downloads (down) whose connection broke off mid-body",
+            [*names, "direction"],
+            registry=self.registry,
+        )
+        self._resumed = Counter(
+            "flotilla_local_resumed_bytes",
+            "Bytes not sent again because a broken transfer resumed, by direction",
+            [*names, "direction"],
+            registry=self.registry,
+        )
+        self._seen = TransferStats()
+        for direction in ("up", "down"):  # both series from the start, at 0
+            self._resets.labels(**labels, direction=direction)
+            self._resumed.labels(**labels, direction=direction)
 
     def trained(self, result: LocalTraining, *, sent_bytes: int) -> None:
         self.rounds.inc()
@@ -75,6 +93,21 @@ class ClientMetrics:
         for score, gauge in (("accuracy", self.holdout_accuracy), ("map50", self.holdout_map50)):
             if score in result.scores:
                 gauge.set(result.scores[score])
+
+    def transfers(self, stats: TransferStats) -> None:
+        """Add what the transport counted since the last call, so that calling this after
+        every transfer (or twice after one) counts each reset and resumed byte once."""
+        self._follow(self._resets, stats.resets, self._seen.resets)
+        self._follow(self._resumed, stats.resumed_bytes, self._seen.resumed_bytes)
+
+    def _follow(self, counter: Counter, totals: dict[str, int], seen: dict[str, int]) -> None:
+        for direction, total in totals.items():
+            before = seen.get(direction, 0)
+            # Totals that went down come from fresh stats (a new connection): all of it is new.
+            new = total - before if total >= before else total
+            if new:
+                counter.labels(**self._labels, direction=direction).inc(new)
+            seen[direction] = total
 
     def refused(self, reason: str) -> None:
         self._refusals.labels(**self._labels, reason=reason).inc()
