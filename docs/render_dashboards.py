@@ -206,6 +206,8 @@ UNITS = {
     "s": lambda v: f"{v:.3g} s",
     "reqps": lambda v: f"{v:.2g}/s",
     "ops": lambda v: f"{v:.2g}/s",
+    "Bps": lambda v: f"{human_bytes(v)}/s",
+    "cpm": lambda v: f"{v:.2g}/min",
 }
 
 
