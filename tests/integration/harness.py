@@ -150,18 +150,30 @@ class Cluster:
     ) -> dict[str, Any]:
         """Long-poll /v1/status until `predicate` holds; no fixed sleeps."""
         end = time.monotonic() + timeout
-        seq = -1
+        seq, last = -1, None
         while time.monotonic() < end:
             status = self.status(after=seq, wait=min(10.0, max(end - time.monotonic(), 0.1)))
             if status is None:
                 if self.aggregator is not None and self.aggregator.poll() is not None:
+                    # An --exit-when-done aggregator may end between two polls: its last word
+                    # is the summary it wrote, which may be what the predicate waits for.
+                    final = self._final_status(last)
+                    if final is not None and predicate(final):
+                        return final
                     raise AssertionError(f"aggregator exited:\n{self.log('aggregator')}")
                 time.sleep(0.1)  # not listening yet: nothing to wait on but the port
                 continue
             if predicate(status):
                 return status
-            seq = int(status["seq"])
+            seq, last = int(status["seq"]), status
         raise AssertionError(f"timed out; last status {status}\n{self.log('aggregator')}")
+
+    def _final_status(self, last: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The last status seen, with the phase and rounds of the summary the aggregator left."""
+        if last is None or not (self.state_dir / "summary.json").exists():
+            return None
+        summary = self.summary()
+        return last | {"phase": summary["phase"], "completedRounds": len(summary["history"])}
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

@@ -53,6 +53,20 @@ ALLOWED_HEADERS = {
     "x-flotilla-compression",
     "x-flotilla-update",  # "weights" (float32) or "delta": what the body's tensors hold
     "x-flotilla-site",  # the site's own name, checked against its token (docs/security.md)
+    # Resumable transfers (docs/round-engine.md): a random id and byte counts, nothing else.
+    "x-flotilla-upload-id",
+    "x-flotilla-zstd-frame-bytes",
+    "x-flotilla-resume-from",
+    "content-range",
+    "range",
+}
+# What those may hold: a random id (secrets.token_urlsafe), numbers and byte ranges.
+RESUME_VALUES = {
+    "x-flotilla-upload-id": r"[A-Za-z0-9_-]{8,64}",
+    "x-flotilla-zstd-frame-bytes": r"\d+",
+    "x-flotilla-resume-from": r"\d+",
+    "content-range": r"bytes \d+-\d+/\d+",
+    "range": r"bytes=\d+-",
 }
 
 
@@ -197,6 +211,9 @@ def test_no_image_or_annotation_crosses_the_wire(tmp_path: Path, digits_dir: Pat
             assert set(request.headers) <= ALLOWED_HEADERS, request.headers
             assert request.headers.get("x-flotilla-site", SITES[0]) in SITES
             assert request.headers.get("x-flotilla-update", "delta") in ("delta", "weights")
+            for name, form in RESUME_VALUES.items():
+                value = request.headers.get(name)
+                assert value is None or re.fullmatch(form, value), (name, value)
             if "x-flotilla-metrics" in request.headers:
                 _numbers_and_labels(
                     json.loads(request.headers["x-flotilla-metrics"]), labels, "metrics"
