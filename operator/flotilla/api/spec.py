@@ -176,6 +176,7 @@ class FederatedJobSpec(ApiModel):
         problems += _privacy_fits_strategy(self.privacy, self.strategy)
         problems += _model_fits_task(self.model, self.task)
         problems += _serving_needs_tracking(self.serving, self.tracking)
+        problems += _promotion_fits(self.tracking, self.evaluation, self.task)
         raise_problems(problems)
         return self
 
@@ -254,6 +255,41 @@ def _serving_needs_tracking(serving: ServingSpec, tracking: TrackingSpec) -> lis
         "in MLflow"
     )
     return [FieldProblem(("serving", "enabled"), message, True)]
+
+
+# The score each task's evaluation measures (fl/learning.py SCORE_OF_TASK says the same).
+_TASK_SCORES = {"classification": "accuracy", "detection": "map50"}
+
+
+def _promotion_fits(
+    tracking: TrackingSpec, evaluation: EvaluationSpec, task: str
+) -> list[FieldProblem]:
+    promotion = tracking.promotion
+    if promotion is None:
+        return []
+    where = ("tracking", "promotion")
+    problems: list[FieldProblem] = []
+    if evaluation.test_data is None:
+        message = (
+            "needs spec.evaluation.testData: the new version and the champion are compared "
+            "on the aggregator's test data, and without it there is nothing to compare"
+        )
+        problems.append(FieldProblem(where, message))
+    if not tracking.enabled:
+        message = "needs spec.tracking.enabled: the champion is an alias in MLflow"
+        problems.append(FieldProblem(where, message))
+    if promotion.alias == tracking.alias:
+        message = (
+            f"must differ from spec.tracking.alias ({tracking.alias!r}), which every "
+            "registered version gets whatever it scores"
+        )
+        problems.append(FieldProblem((*where, "alias"), message, promotion.alias))
+    if promotion.metric is not None and promotion.metric != _TASK_SCORES[task]:
+        message = (
+            f"a {task} job's test data measures {_TASK_SCORES[task]!r}, not {promotion.metric!r}"
+        )
+        problems.append(FieldProblem((*where, "metric"), message, promotion.metric))
+    return problems
 
 
 def _privacy_fits_strategy(

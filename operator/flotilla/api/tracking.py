@@ -6,7 +6,7 @@ No credentials here: MLflow's own environment variables (``MLFLOW_TRACKING_TOKEN
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -23,6 +23,17 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=250, patte
 Alias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")]
 
 
+class PromotionSpec(ApiModel):
+    """A second alias, moved only to a version that beats the one it points at on the test data."""
+
+    alias: Alias = "champion"
+    # Unset: the task's score (accuracy for classification, map50 for detection); higher is
+    # better. Only the task's score is measured on the test data, so only it may be named.
+    metric: Literal["accuracy", "map50"] | None = None
+    # By how much (absolute, on a 0..1 score) the new version must beat the champion.
+    min_improvement: float = Field(default=0.0, ge=0, le=1)
+
+
 class TrackingSpec(ApiModel):
     """One MLflow run per job; the final model registered under ``registeredModel``."""
 
@@ -31,6 +42,8 @@ class TrackingSpec(ApiModel):
     tracking_uri: str | None = Field(default=None, min_length=1)
     experiment: str | None = Field(default=None, min_length=1, max_length=500)  # job name if unset
     registered_model: ModelName | None = None  # job name if unset
-    alias: Alias = "candidate"
+    alias: Alias = "candidate"  # moved to every version a job registers
+    # Unset: no gate, and no alias but `alias` is moved (tracking/promotion.py).
+    promotion: PromotionSpec | None = None
     checkpoint_every_rounds: int = Field(default=5, ge=0, le=100_000)  # 0: no checkpoints
     flush_timeout_seconds: float = Field(default=60.0, ge=0, le=MAX_SECONDS)

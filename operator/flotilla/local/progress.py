@@ -138,6 +138,9 @@ def _tracking_lines(tracking: dict[str, Any]) -> list[str]:
             f"  model registered: models:/{model['name']}@{model['alias']} "
             f"(version {model['version']})"
         )
+    promotion = tracking.get("promotion")
+    if promotion:
+        lines.append(f"  promotion: {promotion['outcome']}: {promotion['message']}")
     if tracking.get("state") != "synced":
         lines.append(
             f"  MLflow is behind ({tracking.get('pendingRounds')} rounds not sent: "

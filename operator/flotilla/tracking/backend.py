@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from flotilla.redaction import redact_urls
+from flotilla.tracking.champion import AliasHolder
 from flotilla.tracking.plan import Metric, split_credentials
 from flotilla.tracking.served_model import ServedModel
-from flotilla.tracking.weights import WEIGHTS_ARTIFACT, weights_file
+from flotilla.tracking.weights import WEIGHTS_ARTIFACT, weights_file, weights_round
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,38 @@ class MlflowBackend:
         )
         log.info("registered %s version %s (round %d)", name, registered.version, round_number)
         return str(registered.version)
+
+    # -- the promotion gate's registry (champion.py) -----------------------------------------
+
+    def alias_holder(self, name: str, alias: str) -> AliasHolder | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as error:  # no such alias, or no such model yet
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        tags = version.tags or {}
+        round_text = tags.get("flotilla.round", "")
+        return AliasHolder(
+            version=str(version.version),
+            run_id=tags.get("flotilla.run_id"),
+            round=int(round_text) if round_text.isdigit() else None,
+        )
+
+    def download_weights(self, run_id: str, round_number: int, into: Path) -> Path | None:
+        entries = self.client.list_artifacts(run_id, WEIGHTS_ARTIFACT)
+        if not any(weights_round(entry.path) == round_number for entry in entries):
+            return None
+        path = f"{WEIGHTS_ARTIFACT}/{weights_file(round_number)}"
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
 
     def _log_weights(self, run_id: str, model: ServedModel, *, round_number: int) -> None:
         """The weights as safetensors, before the version exists: every version a job

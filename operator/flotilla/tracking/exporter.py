@@ -23,9 +23,11 @@ from typing import Any
 
 from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import CHECKPOINTS_ARTIFACT, RunGone, TrackingBackend
+from flotilla.tracking.champion import Candidate
 from flotilla.tracking.journal import FILE_NAME as JOURNAL_FILE
 from flotilla.tracking.journal import Journal, load_journal, save_journal
-from flotilla.tracking.plan import Metric, federated_metrics, round_metrics
+from flotilla.tracking.plan import Metric, federated_metrics, round_end_ms, round_metrics
+from flotilla.tracking.promotion import Decision, PromotionSettings
 from flotilla.tracking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class TrackingSettings:
     # The run's key when the job has one of its own (a cluster's job: from its uid), so a new
     # aggregator with an empty state directory finds the same run; else a random one.
     run_key: str | None = None
+    promotion: PromotionSettings | None = None  # the gate before a second alias (promotion.py)
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,12 @@ class TrackingExporter:
         *,
         backend: Callable[[], TrackingBackend],
         state_dir: Path,
+        gate: Callable[[Candidate], Decision] | None = None,
     ) -> None:
+        """`gate`: decides and records the promotion once the model is registered (champion.py);
+        None: no promotion."""
         self.settings = settings
+        self._gate = gate if settings.promotion is not None else None
         self._make_backend = backend
         self._backend: TrackingBackend | None = None
         self._state_dir = state_dir
@@ -257,6 +264,8 @@ class TrackingExporter:
                 "round": view.persisted,
             }
             save_journal(self._state_dir, self.journal)
+        if self._promotion_due(view):
+            self._promote(run_id, view)
         status = _FINISHED[view.phase]
         if self.journal.run_status != status:
             backend.set_run_status(run_id, status)
@@ -271,6 +280,35 @@ class TrackingExporter:
             and (registered is None or registered.get("round") != view.persisted)
         )
 
+    def _promotion_due(self, view: JobView) -> bool:
+        registered, done = self.journal.registered, self.journal.promotion
+        return (
+            self._gate is not None
+            and view.phase == "done"
+            and registered is not None
+            and registered.get("round") == view.persisted
+            and (done is None or done.get("round") != view.persisted)
+        )
+
+    def _promote(self, run_id: str, view: JobView) -> None:
+        assert self._gate is not None and self.settings.promotion is not None
+        assert self.journal.registered is not None
+        metric = self.settings.promotion.metric
+        last = view.history[-1] if view.history else {}
+        score = (last.get("central") or {}).get(metric)
+        decision = self._gate(
+            Candidate(
+                run_id=run_id,
+                name=str(self.journal.registered["name"]),
+                version=str(self.journal.registered["version"]),
+                round=view.persisted,
+                score=float(score) if isinstance(score, int | float) else None,
+                timestamp_ms=round_end_ms(last) if last else int(time.time() * 1000),
+            )
+        )
+        self.journal.promotion = {"round": view.persisted, **decision.to_json()}
+        save_journal(self._state_dir, self.journal)
+
     def _behind(self, view: JobView) -> bool:
         journal = self.journal
         if not self._run_checked or journal.rounds_logged < view.persisted:
@@ -282,6 +320,7 @@ class TrackingExporter:
         return (
             journal.history_logged_at != view.persisted
             or self._registration_due(view)
+            or self._promotion_due(view)
             or journal.run_status != _FINISHED[view.phase]
         )
 
@@ -329,6 +368,7 @@ class TrackingExporter:
             "lastError": self._last_error,
             "failingSince": self._failing_since,
             "registeredModel": self.journal.registered,
+            "promotion": self.journal.promotion,
         }
 
 

@@ -28,6 +28,7 @@ class Journal:
     history_logged_at: int | None = None  # rounds completed when history.json was written
     registered: dict[str, Any] | None = None  # {"name", "version", "round"}
     run_status: str | None = None  # the terminal status last set on the run
+    promotion: dict[str, Any] | None = None  # the gate's decision: {"round", promotion.Decision}
 
     def forget_run(self) -> None:
         """The run is gone (another server, a deleted run): start over in a new one."""

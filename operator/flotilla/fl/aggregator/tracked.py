@@ -11,11 +11,13 @@ from pathlib import Path
 from flotilla.api import FederatedJob
 from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV, TRACKING_URI_ENV
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
+from flotilla.fl.aggregator.promotion import champion_scorer, promotion_settings
 from flotilla.fl.aggregator.recovery import Recovered, needs_recovery, recover
 from flotilla.fl.aggregator.warm_start import saved_lineage
 from flotilla.fl.modelstate import build_job_model, load_weights
 from flotilla.redaction import redact_urls
 from flotilla.tracking.backend import MlflowBackend
+from flotilla.tracking.champion import PromotionGate
 from flotilla.tracking.exporter import JobView, TrackingExporter, TrackingSettings
 from flotilla.tracking.parent import Lineage
 from flotilla.tracking.plan import job_params
@@ -64,6 +66,7 @@ def tracking_settings(
         params=params,
         tags=tags,
         run_key=f"job-{meta.uid}" if meta.uid else None,
+        promotion=promotion_settings(job),
     )
 
 
@@ -99,11 +102,30 @@ def attach_exporter(
         engine.tracking_status = lambda: {"enabled": False, "reason": reason}
         return None
     settings = tracking_settings(job, uri, lineage=saved_lineage(state_dir))
-    exporter = TrackingExporter(settings, backend=lambda: MlflowBackend(uri), state_dir=state_dir)
+    exporter = TrackingExporter(
+        settings,
+        backend=lambda: MlflowBackend(uri),
+        state_dir=state_dir,
+        gate=_gate(engine, settings, uri),
+    )
     engine.tracking_status = lambda: exporter.status(persisted=engine.persisted)
     engine.store.retain = exporter.wants_checkpoint
     log.info("recording the job in MLflow at %s", redact_urls(uri))
     return exporter
+
+
+def _gate(engine: RoundEngine, settings: TrackingSettings, uri: str) -> PromotionGate | None:
+    """The promotion gate, scoring the champion with the engine's own central evaluator."""
+    promotion = settings.promotion
+    if promotion is None or engine.evaluator is None:  # the spec requires testData with it
+        return None
+    score = champion_scorer(
+        engine.job,
+        evaluator=engine.evaluator,
+        shapes=lambda: engine.layout.views(engine.global_model),  # names and shapes only
+        metric=promotion.metric,
+    )
+    return PromotionGate(promotion, registry=lambda: MlflowBackend(uri), score=score)
 
 
 async def run_exporter(exporter: TrackingExporter, engine: RoundEngine) -> None:
