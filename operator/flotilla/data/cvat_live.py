@@ -50,7 +50,7 @@ def read_cvat_frames(
     policy = UpdatePolicy.NEVER if offline else UpdatePolicy.IF_MISSING_OR_STALE
     folder = Path(source.cache_dir) if source.cache_dir else cache_dir or DEFAULT_CACHE_DIR
     where = f"CVAT {redact_urls(credentials.url)}"
-    with _translated(where), _client(credentials, folder, offline=offline) as client:
+    with _translated(where), cvat_client(credentials, cache_dir=folder, offline=offline) as client:
         task_ids = list(source.task_ids)
         if source.project_id is not None:
             with _translated(f"{where}, project {source.project_id}", cache_dir=folder):
@@ -63,14 +63,18 @@ def read_cvat_frames(
 
 
 @contextlib.contextmanager
-def _client(credentials: CvatCredentials, cache_dir: Path, *, offline: bool) -> Iterator[Any]:
+def cvat_client(
+    credentials: CvatCredentials, *, cache_dir: Path | None = None, offline: bool = False
+) -> Iterator[Any]:
+    """A cvat-sdk client signed in with `credentials` (unless `offline`: the cache only),
+    closed on exit; sign-in failures are a DataSourceError naming the server."""
     from cvat_sdk import Client, Config
 
     # check_server_version=False on purpose: the SDK refuses servers older than itself.
     client = Client(
         credentials.url,
         logger=_sdk_log,
-        config=Config(cache_dir=cache_dir),
+        config=Config(cache_dir=cache_dir) if cache_dir is not None else Config(),
         check_server_version=False,
     )
     try:
@@ -91,7 +95,7 @@ def _log_server_version(client: Any, url: str) -> None:
     try:
         version = server_version(client)
     except Exception as error:
-        log.warning("CVAT %s does not report its version (%s); going on", url, _brief(error))
+        log.warning("CVAT %s does not report its version (%s); going on", url, brief_error(error))
         return
     log.info("CVAT %s runs server version %s (cvat-sdk %s)", url, version, VERSION)
 
@@ -161,11 +165,11 @@ def _translated(where: str, *, cache_dir: Path | None = None) -> Iterator[None]:
             "cache: run once with updatePolicy ifStale)"
         ) from None
     except urllib3.exceptions.HTTPError as error:
-        raise DataSourceError(f"{where}: unreachable ({_brief(error)})") from None
+        raise DataSourceError(f"{where}: unreachable ({brief_error(error)})") from None
     except (CvatSdkException, OpenApiException) as error:
-        raise DataSourceError(f"{where}: {_brief(error)}") from None
+        raise DataSourceError(f"{where}: {brief_error(error)}") from None
 
 
-def _brief(error: BaseException) -> str:
+def brief_error(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return redact_urls(text)[:200]  # the SDK's errors may quote the URL it was given

@@ -42,12 +42,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from flotilla.data.cvat_credentials import CvatCredentials
-from flotilla.data.cvat_signin import sign_in
+from flotilla.data.cvat_live import brief_error, cvat_client
 from flotilla.data.errors import DataSourceError
 from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
-_sdk_log = logging.getLogger(__name__ + ".sdk")
 # Flotilla's names for the formats it reads (as cvatExport.format spells them) -> CVAT's.
 FORMATS = {"cvat-images-1.1": "CVAT for images 1.1", "coco-1.0": "COCO 1.0"}
 DEFAULT_TIMEOUT = 600.0
@@ -95,7 +94,7 @@ def save_export(
 ) -> SavedExport:
     """Ask the server for ``target``'s export in ``format`` (a key of ``FORMATS``), save it."""
     where = f"CVAT {redact_urls(credentials.url)}, {target}"
-    with _translated(where), _signed_in(credentials) as client:
+    with _translated(where), cvat_client(credentials) as client:
         if format == "coco-1.0":
             _warn_of_tags(client, target)
         request_id = _start(client, target, FORMATS[format])
@@ -103,21 +102,6 @@ def save_export(
             result_url = _wait(client, request_id, timeout=timeout)
             size = _download(client, _on_our_server(client, result_url), out, force=force)
     return SavedExport(out, size, request_id)
-
-
-@contextlib.contextmanager
-def _signed_in(credentials: CvatCredentials) -> Iterator[Any]:
-    from cvat_sdk import Client
-
-    # check_server_version=False on purpose: the SDK refuses servers older than itself.
-    client = Client(credentials.url, logger=_sdk_log, check_server_version=False)
-    try:
-        shown = redact_urls(credentials.url)
-        with _translated(f"CVAT {shown}, signing in as {credentials.kind}"):
-            sign_in(client, credentials)
-        yield client
-    finally:
-        client.close()
 
 
 def _warn_of_tags(client: Any, target: ExportTarget) -> None:
@@ -215,7 +199,7 @@ def _download(client: Any, url: str, out: Path, *, force: bool) -> int:
     try:
         return _write_atomically(out, response.stream(_CHUNK), force=force)
     except urllib3.exceptions.HTTPError as error:
-        raise DataSourceError(f"the download broke off: {_brief(error)}") from None
+        raise DataSourceError(f"the download broke off: {brief_error(error)}") from None
     finally:
         response.release_conn()
 
@@ -305,13 +289,8 @@ def _translated(where: str) -> Iterator[None]:
             reason = f"the credentials were refused ({status})"
         raise DataSourceError(f"{where}: {reason}") from None
     except urllib3.exceptions.HTTPError as error:
-        raise DataSourceError(f"{where}: unreachable ({_brief(error)})") from None
+        raise DataSourceError(f"{where}: unreachable ({brief_error(error)})") from None
     except (CvatSdkException, OpenApiException) as error:
-        raise DataSourceError(f"{where}: {_brief(error)}") from None
+        raise DataSourceError(f"{where}: {brief_error(error)}") from None
     except OSError as error:  # the target's folder: full, read-only, gone
         raise DataSourceError(f"{where}: cannot write the zip: {error}") from None
-
-
-def _brief(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return redact_urls(text)[:200]  # the SDK's errors may quote the URL it was given
