@@ -70,6 +70,33 @@ def flotilla(*args: str) -> list[str]:
     return [sys.executable, "-m", "flotilla", *args]
 
 
+def run_tracked(
+    root: Path, job: Path, tracking_uri: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`flotilla run JOB` with its state and summary under `root`, recording in MLflow at
+    `tracking_uri`; asserts it succeeded. Returns the process and its summary."""
+    result = subprocess.run(
+        flotilla(
+            "run",
+            str(job),
+            "--state-dir",
+            str(root / "state"),
+            "--summary-json",
+            str(root / "summary.json"),
+            "--tracking-uri",
+            tracking_uri,
+            *extra,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary: dict[str, Any] = json.loads((root / "summary.json").read_text())
+    return result, summary
+
+
 def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "FLOTILLA_LOG_LEVEL": "INFO", **extra}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from flotilla.api import load_job
 from flotilla.k8s import serving
 from flotilla.k8s.objects import ClusterDefaults
 from tests.exports import load_classification
-from tests.integration.harness import cluster, flotilla, write_job
+from tests.integration.harness import cluster, run_tracked, write_job
 from tests.integration.mlflow_processes import ServingContainer, TrackingServer
 
 pytestmark = pytest.mark.integration
@@ -73,24 +72,7 @@ def test_a_run_records_every_round_and_registers_a_servable_model(
     tmp_path: Path, digits_dir: Path, tracking_server: TrackingServer
 ) -> None:
     job = _tracked_job(tmp_path, digits_dir, name="served", rounds=3)
-    result = subprocess.run(
-        flotilla(
-            "run",
-            str(job),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--summary-json",
-            str(tmp_path / "summary.json"),
-            "--tracking-uri",
-            tracking_server.url,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    _, summary = run_tracked(tmp_path, job, tracking_server.url)
     run_id = summary["mlflowRunId"]
     client = MlflowClient(tracking_server.url)
 

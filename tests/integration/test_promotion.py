@@ -8,8 +8,6 @@ One server for the module; the jobs of the first test build on each other (digit
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.harness import flotilla, write_job
+from tests.integration.harness import run_tracked, write_job
 from tests.integration.mlflow_processes import TrackingServer
 
 pytestmark = pytest.mark.integration
@@ -54,25 +52,7 @@ def _run(
         rounds=spec.pop("rounds", 1),
         overrides={"tracking": tracking} | spec,
     )
-    result = subprocess.run(
-        flotilla(
-            "run",
-            str(job),
-            "--state-dir",
-            str(root / "state"),
-            "--summary-json",
-            str(root / "summary.json"),
-            "--tracking-uri",
-            server.url,
-            *extra,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary: dict[str, Any] = json.loads((root / "summary.json").read_text())
+    result, summary = run_tracked(root, job, server.url, *extra)
     promotion = summary["tracking"]["promotion"]
     assert f"  promotion: {promotion['outcome']}: {promotion['message']}" in result.stdout
     return summary

@@ -23,7 +23,7 @@ from safetensors.torch import load
 from flotilla.api import load_job
 from flotilla.fl.modelstate import build_job_model
 from flotilla.tracking.weights import read_weights
-from tests.integration.harness import cluster, flotilla, write_job
+from tests.integration.harness import cluster, flotilla, run_tracked, write_job
 from tests.integration.mlflow_processes import TrackingServer
 
 pytestmark = pytest.mark.integration
@@ -63,26 +63,7 @@ def _job(root: Path, digits_dir: Path, *, name: str, rounds: int, **spec: Any) -
 
 
 def _run(root: Path, job: Path, server: TrackingServer, *extra: str) -> dict[str, Any]:
-    result = subprocess.run(
-        flotilla(
-            "run",
-            str(job),
-            "--state-dir",
-            str(root / "state"),
-            "--summary-json",
-            str(root / "summary.json"),
-            "--tracking-uri",
-            server.url,
-            *extra,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary: dict[str, Any] = json.loads((root / "summary.json").read_text())
-    return summary
+    return run_tracked(root, job, server.url, *extra)[1]
 
 
 @pytest.fixture(scope="module")
