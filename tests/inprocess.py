@@ -118,7 +118,7 @@ class Aggregator:
         while not predicate(self.engine):
             remaining = end - self.engine.clock()
             assert remaining > 0, f"timed out: {self.engine.status()}"
-            await self.engine._wait_changed(remaining)
+            await self.engine.wait_changed(remaining)
 
     async def training(self, number: int) -> None:
         await self.until(lambda e: e.phase.value == "training" and e.current_round == number)

@@ -38,14 +38,14 @@ def test_a_site_that_cannot_read_its_data_is_not_waited_for(tmp_path: Path) -> N
             poll = asyncio.create_task(running.request("GET", "/v1/task?wait=30", site="site-c"))
             await running.training(1)
             opened_after = running.engine.clock() - started
-            first = sorted(running.engine._sampled)
+            first = sorted(running.engine.state.sampled)
+            # Fixed: it reports ready and counts again, so round 2 samples it. (Reported
+            # while round 1 trains: once round 1's answers are in, round 2 opens at once.)
+            await _report(running, "site-c", {"ready": True})
             for site in first:
                 assert await running.upload(site, running.delta(0.01)) == 200
-
-            # Fixed: it reports ready and counts again, so round 2 samples it.
-            await _report(running, "site-c", {"ready": True})
             await running.training(2)
-            second = sorted(running.engine._sampled)
+            second = sorted(running.engine.state.sampled)
             poll.cancel()
             return opened_after, first, second
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from flotilla.fl.aggregator.intake import Rejected
+from flotilla.fl.aggregator.errors import BadExamples, BadMetrics, BadReport
+from flotilla.fl.aggregator.http_errors import answer_for
 from flotilla.fl.aggregator.reports import (
     MAX_EXAMPLES,
     checked_label_report,
@@ -79,10 +80,10 @@ def test_an_evaluation_claiming_10_to_the_400_examples_is_refused_and_history_an
 def test_every_reported_number_is_bounded_naming_the_field_and_site(
     metrics: dict[str, Any], field: str
 ) -> None:
-    with pytest.raises(Rejected) as refused:
+    with pytest.raises(BadMetrics) as refused:
         checked_update_metrics("site-q", metrics)
 
-    assert (refused.value.status, refused.value.reason) == (400, "bad_metrics")
+    assert answer_for(refused.value) == (400, "bad_metrics")
     assert field in str(refused.value) and "site-q" in str(refused.value)
 
 
@@ -107,7 +108,7 @@ def test_honest_metrics_pass_as_the_client_sends_them() -> None:
 
 @pytest.mark.parametrize("raw", ["0", "-3", "1.5", "", "²", str(MAX_EXAMPLES + 1), "9" * 400])
 def test_an_examples_header_out_of_bounds_is_refused(raw: str) -> None:
-    with pytest.raises(Rejected, match=r"site-q.*X-Flotilla-Examples"):
+    with pytest.raises(BadExamples, match=r"site-q.*X-Flotilla-Examples"):
         examples_count("site-q", raw)
 
 
@@ -144,10 +145,10 @@ def _label_report(**change: Any) -> dict[str, Any]:
     ],
 )
 def test_a_site_report_must_follow_the_label_report_schema(data: Any, field: str) -> None:
-    with pytest.raises(Rejected) as refused:
+    with pytest.raises(BadReport) as refused:
         checked_label_report("site-q", data)
 
-    assert (refused.value.status, refused.value.reason) == (400, "bad_report")
+    assert answer_for(refused.value) == (400, "bad_report")
     assert field in str(refused.value) and "site-q" in str(refused.value)
 
 
@@ -167,7 +168,7 @@ def test_a_site_report_of_arbitrary_json_is_refused_over_http(tmp_path: Path) ->
             status, body = await running.request(
                 "POST", "/v1/site-report", site="site-a", data=junk.encode()
             )
-            return status, body, running.engine.site_reports
+            return status, body, dict(running.engine.roster.site_reports)
 
     status, body, kept = asyncio.run(play())
     assert status == 400 and json.loads(body)["reason"] == "bad_report"

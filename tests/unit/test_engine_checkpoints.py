@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flotilla.api import load_job
-from flotilla.fl.aggregator import engine as engine_module
+from flotilla.fl.aggregator import persist
 from flotilla.fl.aggregator.checkpoint import CheckpointError
 from flotilla.fl.aggregator.main import AggregatorOptions, build_engine, serve
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
@@ -44,20 +44,20 @@ def _engine(tmp_path: Path, failures: int) -> tuple[Any, FlakyStore]:
     engine = build_engine(
         job, sites=["site-a"], options=AggregatorOptions(state_dir=tmp_path, tracking=False)
     )
-    flaky = FlakyStore(engine.store, failures)
-    engine.store = flaky
+    flaky = FlakyStore(engine.persister.store, failures)
+    engine.persister.store = flaky
     return engine, flaky
 
 
 def test_a_failed_checkpoint_write_is_retried_and_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "CHECKPOINT_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(persist, "CHECKPOINT_RETRY_SECONDS", 0.001)
     engine, flaky = _engine(tmp_path, failures=2)
 
-    asyncio.run(engine._checkpoint(0, engine.global_model))
+    asyncio.run(engine.persister.checkpoint(0, engine.global_model))
 
-    assert flaky.calls == 3 and engine.checkpoint_failures == 2
+    assert flaky.calls == 3 and engine.persister.failures == 2
     assert any(tmp_path.rglob("LATEST"))  # the third attempt wrote it
     scraped = {
         m.name: m for m in AggregatorMetrics(engine, tracking_failures=lambda: 0).registry.collect()
@@ -69,18 +69,18 @@ def test_a_failed_checkpoint_write_is_retried_and_counted(
 def test_a_checkpoint_that_keeps_failing_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "CHECKPOINT_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(persist, "CHECKPOINT_RETRY_SECONDS", 0.001)
     engine, flaky = _engine(tmp_path, failures=99)
 
     with pytest.raises(OSError, match="No space left"):
-        asyncio.run(engine._checkpoint(0, engine.global_model))
-    assert flaky.calls == engine_module.CHECKPOINT_ATTEMPTS
+        asyncio.run(engine.persister.checkpoint(0, engine.global_model))
+    assert flaky.calls == persist.CHECKPOINT_ATTEMPTS
 
 
 def _two_rounds_on_disk(tmp_path: Path) -> None:
     engine, _ = _engine(tmp_path, failures=0)
-    asyncio.run(engine._checkpoint(1, engine.global_model))
-    asyncio.run(engine._checkpoint(2, engine.global_model))
+    asyncio.run(engine.persister.checkpoint(1, engine.global_model))
+    asyncio.run(engine.persister.checkpoint(2, engine.global_model))
 
 
 def test_a_checkpoint_the_engine_cannot_restore_falls_back_to_the_previous_one(
@@ -93,7 +93,7 @@ def test_a_checkpoint_the_engine_cannot_restore_falls_back_to_the_previous_one(
 
     engine, _ = _engine(tmp_path, failures=0)
 
-    assert engine.completed == 1
+    assert engine.state.completed == 1
     assert "skipped checkpoint round-000002" in caplog.text
 
 

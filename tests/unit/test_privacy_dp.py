@@ -137,8 +137,11 @@ def test_epsilon_is_reported_everywhere_and_the_job_stops_at_its_target(tmp_path
             return running.engine
 
     engine = asyncio.run(play())
-    assert engine.phase.value == "done" and engine.completed == 2
-    assert "round 3 would spend epsilon" in engine.message and "targetEpsilon" in engine.message
+    assert engine.phase.value == "done" and engine.state.completed == 2
+    assert (
+        "round 3 would spend epsilon" in engine.state.message
+        and "targetEpsilon" in engine.state.message
+    )
     expected = _epsilon_after(2, sample_rate=1.0)
     rows = engine.ledger.history_json()
     assert [r["privacy"]["epsilon"] for r in rows] == pytest.approx(
@@ -159,9 +162,9 @@ def test_epsilon_is_reported_everywhere_and_the_job_stops_at_its_target(tmp_path
             return running.engine
 
     resumed = asyncio.run(resume())
-    assert resumed.completed == 2
+    assert resumed.state.completed == 2
     assert resumed.privacy.epsilon == pytest.approx(expected)
-    assert resumed._privacy_exhausted() is not None  # still no budget for round 3
+    assert resumed.privacy_exhausted() is not None  # still no budget for round 3
 
 
 def _epsilon_after(rounds: int, *, sample_rate: float) -> float:

@@ -59,7 +59,7 @@ async def _break_off(running: Aggregator, site: str, body: bytes, cut: int, **he
 
 async def _parked(running: Aggregator, site: str) -> None:
     async with asyncio.timeout(5):
-        while site not in running.engine.intake.parking._parked:
+        while not running.engine.intake.parking.holds(site):
             await asyncio.sleep(0.01)
 
 

@@ -282,7 +282,7 @@ def test_a_job_resumed_from_its_checkpoint_never_reads_init(
     caplog.set_level(logging.INFO, logger="flotilla.fl.aggregator.main")
     options = AggregatorOptions(state_dir=tmp_path, tracking=False)
     first = build_engine(job, sites=["site-a"], options=options)
-    asyncio.run(first._checkpoint(0, first.global_model))
+    asyncio.run(first.persister.checkpoint(0, first.global_model))
 
     # No MLflow at all: reading init would stop the job. The checkpoint, written by the
     # job without init, is accepted as the same job's.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 
@@ -12,6 +13,12 @@ from flotilla.data import ImageShape, load_site_data
 from flotilla.fl.learning import learning_for
 from flotilla.fl.modelstate import build_job_model, load_weights
 from flotilla.ml.training import select_device
+
+
+class Evaluator(Protocol):
+    """Scores weights on a test split; the engine and the promotion gate call it."""
+
+    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
 
 
 class CentralEvaluator:

@@ -90,7 +90,7 @@ def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOpti
     )
     # The engine's restore is the last check: a checkpoint it refuses is skipped like a
     # corrupt one. None good at all raises CheckpointError: the job stops (checkpoint.py).
-    resumed = store.load(layout, accept=engine.restore) is not None
+    resumed = store.load(layout, accept=engine.persister.restore) is not None
     init = job.spec.model.init
     if resumed and init is not None:
         log.info("resuming from the checkpoint: spec.model.init %r is not read again", init)
@@ -209,7 +209,7 @@ async def _serve_engine(
             # killed during the final registration still leaves a summary saying "done".
             write_summary(summary_path, engine.summary())
         if engine_task.done() and options.exit_when_done:
-            await engine.wait_released(timeout=RELEASE_CLIENTS_SECONDS)
+            await engine.desk.wait_released(timeout=RELEASE_CLIENTS_SECONDS)
             if exporter is not None:
                 await _flush_tracking(exporter, stop, job.spec.tracking.flush_timeout_seconds)
         elif engine_task.done():

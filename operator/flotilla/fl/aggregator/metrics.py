@@ -79,7 +79,7 @@ class LedgerCollector(Collector):
         job = engine.job.metadata.name
         history = engine.ledger.history_json()
         yield _gauge("flotilla_round_current", "The round being played", job, engine.current_round)
-        yield _gauge("flotilla_rounds_planned", "Rounds the job asks for", job, engine.rounds)
+        yield _gauge("flotilla_rounds_planned", "Rounds the job asks for", job, engine.state.rounds)
         clients = engine.job.spec.clients
         yield _gauge(
             "flotilla_clients_min",
@@ -101,7 +101,7 @@ class LedgerCollector(Collector):
             float(last["started_at"]) + float(last["duration_seconds"]) if last else self.started,
         )
         yield _gauge(
-            "flotilla_clients_present", "Clients connected now", job, len(engine.present())
+            "flotilla_clients_present", "Clients connected now", job, len(engine.roster.present())
         )
         yield _phase(job, engine.phase)
         yield from _round_counters(job, history)
@@ -122,13 +122,13 @@ class LedgerCollector(Collector):
         yield from _global_metrics(job, history)
         yield _privacy_epsilon(job, history)
         yield from _client_metrics(job, history)
-        yield _site_readiness(job, engine.site_reports)
+        yield _site_readiness(job, engine.roster.site_reports)
         yield from _link_metrics(job, engine.intake.links)
         yield _counter(
             "flotilla_checkpoint_failures",
             "Failed attempts to write a checkpoint (retried; the job fails after 5 in a row)",
             job,
-            engine.checkpoint_failures,
+            engine.persister.failures,
         )
         yield _counter(
             "flotilla_tracking_failures",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flotilla.fl.aggregator.errors import Refused, RoundClosed, TooSlow, Yielded
+
 
 @dataclass(frozen=True)
 class UploadPace:
@@ -22,15 +24,6 @@ class UploadPace:
     # 2 KiB/s (16 kbit/s): below any link worth training on (2G GPRS carries 5 KB/s), far
     # above the 0.5 B/s of a trickle. A 1 MB int8 update takes under 9 minutes at the floor.
     min_bytes_per_second: float = 2048.0
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Why an upload is cut off: the HTTP answer, for `Rejected`."""
-
-    status: int
-    reason: str
-    message: str
 
 
 class Progress:
@@ -76,23 +69,20 @@ class Progress:
             rules.append((self.due_on_pace(), "pace"))
         return min(rules)
 
-    def cut(self, rule: str, *, site: str, now: float) -> Cut:
+    def cut(self, rule: str, *, site: str, now: float) -> Refused:
+        """Why the upload is cut off by `rule`: the refusal to answer it with."""
         elapsed = now - self.started
         got = f"{self.received} of {self.size} bytes in {elapsed:.1f}s"
         if rule == "idle":
-            return Cut(
-                408,
-                "too_slow",
-                f"site {site!r}: no body bytes for {self.pace.idle_seconds:g}s ({got})",
-            )
+            idle = self.pace.idle_seconds
+            return TooSlow(f"site {site!r}: no body bytes for {idle:g}s ({got})", cut=True)
         if rule == "rate":
             floor = self.pace.min_bytes_per_second
-            return Cut(408, "too_slow", f"site {site!r}: {got} is below {floor:g} bytes/s")
+            return TooSlow(f"site {site!r}: {got} is below {floor:g} bytes/s", cut=True)
         if rule == "round":
-            return Cut(409, "round_closed", f"site {site!r}: the round closed with {got}")
-        return Cut(
-            503,
-            "yielded",
+            return RoundClosed(f"site {site!r}: the round closed with {got}", cut=True)
+        return Yielded(
             f"site {site!r}: {got} would not arrive before the round closes while other "
             "uploads wait for a receive buffer; retry when the link is faster",
+            cut=True,
         )

@@ -65,6 +65,10 @@ class ParkingLot:
         name = hashlib.sha256(site.encode()).hexdigest()[:24]
         return self._directory / f"{name}-{self._files}.part"
 
+    def holds(self, site: str) -> bool:
+        """Whether the site has a parked upload now."""
+        return site in self._parked
+
     def find(self, site: str, upload_id: str, round_number: int) -> Parked | None:
         parked = self._parked.get(site)
         if parked is None or (parked.upload_id, parked.round_number) != (upload_id, round_number):

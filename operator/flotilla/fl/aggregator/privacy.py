@@ -80,6 +80,22 @@ class DifferentialPrivacy:
         )
         return self._epsilon_of(preview)
 
+    def stop_reason(self, *, completed: int, rounds: int, sampled: int) -> str | None:
+        """Why the job stops before round `completed + 1`: with `sampled` clients (the most
+        it can sample: the preview never underestimates) it would pass targetEpsilon."""
+        target = self.spec.target_epsilon
+        if target is None:
+            return None
+        after = self.epsilon_after_next(sampled=sampled)
+        if after is not None and after <= target:
+            return None
+        message = (
+            f"stopped after {completed} of {rounds} rounds: round {completed + 1} would "
+            f"spend epsilon {after:.3g} > targetEpsilon {target:g} (delta {self.spec.delta:g})"
+        )
+        log.warning("privacy budget: %s", message)
+        return message
+
     def restore(self, history: Iterable[Mapping[str, Any]]) -> None:
         """Replay the accountant from the rounds already released (a resumed job)."""
         self._accountant = self._accountant_type()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from flotilla.api import FederatedJob
-from flotilla.fl.aggregator.state import Evaluator
+from flotilla.fl.aggregator.evaluation import Evaluator
 from flotilla.fl.aggregator.warm_fit import WeightsMismatch, fit_weights
 from flotilla.fl.learning import SCORE_OF_TASK
 from flotilla.tracking.champion import Scorer

@@ -1,9 +1,9 @@
 """What clients report, parsed and bounded: example counts, training and evaluation metrics,
 and the label report a site sends with its data.
 
-Every number is checked here, where it is parsed: out of bounds is a 400 naming the field
-and the site, so nothing downstream (the fold, the ledger, /v1/history, the summary) ever
-meets a value it cannot add, average or write as JSON. Unknown keys are refused too: what
+Every number is checked here, where it is parsed: out of bounds is refused naming the
+field and the site, so nothing downstream (the fold, the ledger, /v1/history, the summary)
+ever meets a value it cannot add, average or write as JSON. Unknown keys are refused too: what
 a client may say is what the aggregator keeps, nothing else.
 """
 
@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from flotilla.fl.aggregator.intake import Rejected
+from flotilla.fl.aggregator.errors import BadExamples, BadMetrics, BadReport, Refused
 from flotilla.fl.learning import SCORES
 
 # Examples one client may claim: about 1.1e12, beyond any site. Bounded so that sums of
@@ -42,9 +42,7 @@ def examples_count(site: str, raw: str) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not (
         0 < int(raw) <= MAX_EXAMPLES
     ):
-        raise Rejected(
-            400,
-            "bad_examples",
+        raise BadExamples(
             f"site {site!r}: X-Flotilla-Examples must be an integer in 1..{MAX_EXAMPLES}, "
             f"got {raw[:40]!r}",
         )
@@ -98,19 +96,17 @@ def checked_label_report(site: str, data: Any) -> dict[str, Any]:
     """A ready site's label report (data/labels.py `LabelReport.as_metrics`, with its
     train and hold-out counts): known keys, counts, and bounded label names."""
     if not isinstance(data, dict):
-        raise _bad(site, "data", "must be a JSON object", reason="bad_report")
+        raise _bad(site, "data", "must be a JSON object", kind=BadReport)
     _known_keys(
         site,
         "data",
         data,
         ("ignoredLabels", "aliasedLabels", "missingLabels", *_COUNTS),
-        reason="bad_report",
+        kind=BadReport,
     )
     for key in _COUNTS:
         if key in data and not _is_count(data[key], MAX_EXAMPLES):
-            raise _bad(
-                site, f"data.{key}", f"{_show(data[key])} is not a count", reason="bad_report"
-            )
+            raise _bad(site, f"data.{key}", f"{_show(data[key])} is not a count", kind=BadReport)
     _names(site, "ignoredLabels", data.get("ignoredLabels", {}), values="count")
     _names(site, "aliasedLabels", data.get("aliasedLabels", {}), values="name")
     _names(site, "missingLabels", data.get("missingLabels", []), values=None)
@@ -137,7 +133,7 @@ def _names(site: str, field: str, value: Any, *, values: str | None) -> None:
             site,
             f"data.{field}",
             f"must be {shape}: at most {MAX_ENTRIES} entries, names of 1..{MAX_NAME_CHARS} chars",
-            reason="bad_report",
+            kind=BadReport,
         )
 
 
@@ -153,7 +149,12 @@ def _number(site: str, field: str, value: Any, *, high: float) -> float:
 
 
 def _known_keys(
-    site: str, field: str, value: Mapping[str, Any], known: tuple[str, ...], *, reason: str = ""
+    site: str,
+    field: str,
+    value: Mapping[str, Any],
+    known: tuple[str, ...],
+    *,
+    kind: type[Refused] = BadMetrics,
 ) -> None:
     unknown = sorted(set(value) - set(known))
     if unknown:
@@ -161,7 +162,7 @@ def _known_keys(
             site,
             f"{field}.{unknown[0][:40]}",
             f"is not a known key (known: {', '.join(known)})",
-            reason=reason or "bad_metrics",
+            kind=kind,
         )
 
 
@@ -182,5 +183,5 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _bad(site: str, field: str, problem: str, *, reason: str = "bad_metrics") -> Rejected:
-    return Rejected(400, reason, f"site {site!r}: {field} {problem}")
+def _bad(site: str, field: str, problem: str, *, kind: type[Refused] = BadMetrics) -> Refused:
+    return kind(f"site {site!r}: {field} {problem}")

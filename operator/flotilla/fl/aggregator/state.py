@@ -1,32 +1,23 @@
-"""The round engine's state and what every part of it shares: phase, clients, status, wake-ups.
+"""Where the job stands: its phase, the rounds done, the served model and the round in play.
 
-`RoundEngine` (engine.py) plays the rounds, `ClientDesk` (desk.py) answers clients;
-both work on this state, on one event loop, so no locks are needed beyond the fold lock.
+Each field has one writer, this class's methods: the round loop (engine.py) and the client
+desk (desk.py) change the state only through them, and each change wakes the long-polls.
+Everything runs on one event loop, so no lock is needed beyond the fold's (fold.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
 
 import torch
 
-from flotilla.api import FederatedJob
-from flotilla.fl.aggregator.checkpoint import CheckpointStore
-from flotilla.fl.aggregator.intake import UpdateIntake
-from flotilla.fl.aggregator.ledger import Ledger
-from flotilla.fl.aggregator.presence import Presence
-from flotilla.fl.aggregator.privacy import DifferentialPrivacy
+from flotilla.fl.aggregator.changes import Changes, Clock
+from flotilla.fl.aggregator.errors import AlreadyAnswered, NotSampled, RoundClosed
 from flotilla.fl.aggregator.records import ClientReport
-from flotilla.fl.aggregator.spare import SpareModelBuffer
-from flotilla.fl.strategies import Strategy
-from flotilla.fl.strategies.base import RoundAggregate
-from flotilla.fl.wire import Layout, update_layout
+from flotilla.fl.wire import Layout
 
 log = logging.getLogger(__name__)
 
@@ -39,205 +30,207 @@ class Phase(StrEnum):
     FAILED = "failed"
 
 
-class Evaluator(Protocol):
-    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
+@dataclass
+class _Play:
+    """The round (or final evaluation) in play: who is asked, who answered, until when."""
+
+    asked: frozenset[str] = frozenset()  # emptied when it closes
+    sampled: frozenset[str] = frozenset()  # as it opened: kept for its record
+    answers: dict[str, ClientReport] = field(default_factory=dict)
+    evaluated: set[str] = field(default_factory=set)
+    started: float = 0.0
+    deadline: float = 0.0
 
 
 class EngineState:
-    """The job's live state: one instance, shared by the round loop and the client desk."""
-
     def __init__(
-        self,
-        *,
-        job: FederatedJob,
-        sites: Sequence[str],
-        strategy: Strategy,
-        layout: Layout,
-        initial_model: bytearray,
-        store: CheckpointStore,
-        evaluator: Evaluator | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, *, rounds: int, model: bytearray, layout: Layout, changes: Changes, clock: Clock
     ) -> None:
-        self.job = job
-        self.sites = tuple(sorted(sites))
-        self.strategy = strategy
-        self.layout = layout
-        self.update_layout = update_layout(layout, job.spec.compression.dtype)
-        self.store = store
-        self.evaluator = evaluator
-        self.clock = clock
-        self.phase = Phase.WAITING
-        self.completed = 0  # global model version: rounds aggregated
-        self.persisted = 0  # rounds whose checkpoint is durable
-        self.attempt = 0
-        self.seq = 0  # bumped on every change that a long-poll may be waiting for
-        self.message = "waiting for clients"
-        self.failure: str | None = None
-        self.ledger = Ledger()
-        self.final_evaluated = False
-        self.checkpoint_failures = 0  # failed checkpoint writes (retried), for /metrics
-        self._global = initial_model
-        self._global_views = layout.views(initial_model)
-        self._sampled: set[str] = set()
-        self._sampled_last: set[str] = set()
-        self._released: set[str] = set()
-        self._reports: dict[str, ClientReport] = {}
-        self._evaluated: set[str] = set()
-        self._aggregate: RoundAggregate | None = None
-        self._accumulator: bytearray | None = None
-        self._accumulator_zeroing: asyncio.Task[None] | None = None  # folds wait for it
-        self.spare = SpareModelBuffer(layout)
-        self._round_started = 0.0
-        self._deadline = 0.0
-        self._presence = Presence(clock)
-        # What each client said of its data: {"ready": True, "data": ...} or an error. A
-        # site counts as present only once it said its data is ready: a client whose CVAT
-        # refuses it is connected, but the rounds go on without it.
-        self.site_reports: dict[str, dict[str, Any]] = {}
-        privacy = job.spec.privacy
-        self.privacy = (
-            DifferentialPrivacy(privacy, clients=max(len(self.sites), 1))
-            if privacy is not None
-            else None
-        )
-        self.intake = UpdateIntake(
-            self.update_layout,
-            max_norm=job.spec.limits.max_update_norm,
-            parking=store.directory.parent / "uploads",  # broken uploads, until resumed
-        )
-        self._changed = asyncio.Event()
-        self._fold_lock = asyncio.Lock()
-        self._persist: asyncio.Task[None] | None = None
-        # What the job's MLflow record says of itself; set by whoever runs the exporter.
-        self.tracking_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
+        self.rounds = rounds
+        self.changes = changes
+        self._layout = layout
+        self._clock = clock
+        self._phase = Phase.WAITING
+        self._message = "waiting for clients"
+        self._failure: str | None = None
+        self._completed = 0  # the global model's version: rounds aggregated
+        self._persisted = 0  # rounds whose checkpoint is durable
+        self._attempt = 0
+        self._final_evaluated = False
+        self._model = model
+        self._views = layout.views(model)
+        self._play = _Play()
+
+    # -- reading ---------------------------------------------------------------------------
 
     @property
-    def rounds(self) -> int:
-        return self.job.spec.rounds
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
 
     @property
     def finished(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.FAILED)
+        return self._phase in (Phase.DONE, Phase.FAILED)
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    @property
+    def persisted(self) -> int:
+        return self._persisted
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def final_evaluated(self) -> bool:
+        return self._final_evaluated
+
+    @property
+    def current_round(self) -> int:
+        return min(self._completed + 1, self.rounds)
 
     @property
     def global_model(self) -> bytearray:
         """The served global model buffer: replaced, never mutated, once a round completes."""
-        return self._global
+        return self._model
 
     @property
-    def current_round(self) -> int:
-        return min(self.completed + 1, self.rounds)
+    def global_views(self) -> Mapping[str, torch.Tensor]:
+        return self._views
 
-    def set_sites(self, sites: Sequence[str]) -> None:
-        """The sites in force now (a node joined or left, tokens rotated). A site that left
-        is no longer waited for in the round or evaluation it was sampled for."""
-        new = tuple(sorted(set(sites)))
-        gone = set(self.sites) - set(new)
-        self.sites = new
-        for site in gone:
-            self.site_reports.pop(site, None)
-            if site not in self._reports:
-                self._sampled.discard(site)
-        if self.privacy is not None:
-            # The sampling rate of the next rounds; the accountant keeps each past round's.
-            self.privacy.clients = max(len(new), 1)
-        self._bump()
+    @property
+    def asked(self) -> frozenset[str]:
+        """The sites the round (or the final evaluation) in play waits for."""
+        return self._play.asked
 
-    def touch(self, site: str, alive: Callable[[], bool]) -> None:
-        """Note that `site` is connected; `alive` tells later whether that link still is."""
-        if self._presence.touch(site, alive):
-            self._bump()
+    @property
+    def sampled(self) -> frozenset[str]:
+        """The sites the last round sampled as it opened, whoever answered or left since."""
+        return self._play.sampled
 
-    def present(self) -> list[str]:
-        """Connected sites whose data is ready: the ones rounds may sample."""
-        return [s for s in self.connected() if self.is_ready(s)]
+    @property
+    def answers(self) -> Mapping[str, ClientReport]:
+        return self._play.answers
 
-    def connected(self) -> list[str]:
-        """Every site with a live link, ready or not (a site whose data fails stays connected)."""
-        return self._presence.present(self.sites)
+    @property
+    def evaluated(self) -> frozenset[str]:
+        return frozenset(self._play.evaluated)
 
-    def is_ready(self, site: str) -> bool:
-        return bool(self.site_reports.get(site, {}).get("ready"))
+    @property
+    def round_started(self) -> float:
+        return self._play.started
 
-    def label_mismatches(self) -> dict[str, dict[str, Any]]:
-        """Ready sites whose CVAT labels differ from the job's: what was ignored, what is absent."""
-        out = {}
-        for site, report in sorted(self.site_reports.items()):
-            data = report.get("data") or {}
-            ignored, missing = data.get("ignoredLabels") or {}, data.get("missingLabels") or []
-            if ignored or missing:
-                out[site] = {"ignored": ignored, "missing": missing}
-        return out
+    @property
+    def deadline(self) -> float:
+        return self._play.deadline
 
-    def site_problems(self) -> dict[str, str]:
-        return {
-            site: str(report.get("error"))
-            for site, report in sorted(self.site_reports.items())
-            if not report.get("ready")
-        }
+    def all_answered(self) -> bool:
+        return len(self._play.answers) >= len(self._play.asked)
 
-    # -- status ----------------------------------------------------------------------------
+    def all_evaluated(self) -> bool:
+        return len(self._play.evaluated) >= len(self._play.asked)
 
-    def summary(self) -> dict[str, Any]:
-        tracking = self.tracking_status()
-        return self.ledger.summary(
-            job=self.job.metadata.name,
-            phase=self.phase.value,
-            failure=self.failure,
-            rounds=self.rounds,
-        ) | {
-            "mlflowRunId": tracking.get("runId"),
-            "tracking": tracking,
-            "sites": dict(sorted(self.site_reports.items())),
-            "privacy": self.privacy.status() if self.privacy is not None else None,
-        }
+    def check_open(self, site: str, round_number: int) -> None:
+        """Raises unless `site` may send its update of `round_number` now."""
+        if self._phase is not Phase.TRAINING or round_number != self.current_round:
+            raise RoundClosed(
+                f"round {round_number} is not open (phase {self._phase.value}, "
+                f"round {self.current_round})"
+            )
+        if site not in self._play.asked:
+            raise NotSampled(f"{site!r} was not sampled for round {round_number}")
+        if site in self._play.answers:
+            raise AlreadyAnswered(f"{site!r} already sent its update for this round")
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "job": self.job.metadata.name,
-            "phase": self.phase.value,
-            "round": self.current_round,
-            "rounds": self.rounds,
-            "completedRounds": self.persisted,
-            "modelVersion": self.completed,
-            "attempt": self.attempt,
-            "seq": self.seq,
-            "message": self.message,
-            "failure": self.failure,
-            "clients": {
-                "known": len(self.sites),
-                "present": len(self.present()),
-                "sampled": len(self._sampled),
-                "answered": len(self._reports) if self.phase is Phase.TRAINING else 0,
-            },
-            "lastRound": self.ledger.last_json(),
-            "tracking": self.tracking_status(),
-            "siteErrors": self.site_problems(),
-            "labelMismatches": self.label_mismatches(),
-            "privacy": self.privacy.status() if self.privacy is not None else None,
-            "links": self.intake.links.json(),
-        }
+    # -- the phase -------------------------------------------------------------------------
 
-    # -- plumbing --------------------------------------------------------------------------
+    def set_phase(self, phase: Phase, message: str) -> None:
+        self._phase = phase
+        self._message = message
+        self.changes.bump()
 
-    def _set_phase(self, phase: Phase, message: str) -> None:
-        self.phase = phase
-        self.message = message
-        self._bump()
+    def say(self, message: str) -> None:
+        """A new message for /v1/status, no change worth waking anyone for."""
+        self._message = message
 
-    def _fail(self, reason: str) -> None:
-        self.failure = reason
+    def fail(self, reason: str) -> None:
+        self._failure = reason
         log.error("job failed: %s", reason)
-        self._set_phase(Phase.FAILED, reason)
+        self.set_phase(Phase.FAILED, reason)
 
-    def _bump(self) -> None:
-        self.seq += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    # -- rounds ----------------------------------------------------------------------------
 
-    async def _wait_changed(self, timeout: float) -> None:
-        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
-        # event is set, and the engine then ran on to its round deadline instead of stopping.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+    def open_round(self, sampled: Iterable[str], *, attempt: int, seconds: float) -> None:
+        """Round `current_round` trains on `sampled` for `seconds` at most."""
+        asked = frozenset(sampled)
+        now = self._clock()
+        self._play = _Play(asked=asked, sampled=asked, started=now, deadline=now + seconds)
+        self._attempt = attempt
+        self.set_phase(
+            Phase.TRAINING, f"round {self.current_round}: training on {len(asked)} clients"
+        )
+
+    def answer(self, report: ClientReport) -> None:
+        """A sampled site's update is folded (the caller checked `check_open` first)."""
+        self._play.answers[report.site] = report
+        self.changes.bump()
+
+    def close_round(self) -> list[ClientReport]:
+        """No more updates for the round in play; the reports of those folded."""
+        self._play.asked = frozenset()
+        self.set_phase(Phase.WAITING, f"round {self.current_round}: aggregating")
+        return list(self._play.answers.values())
+
+    def advance(self, model: bytearray) -> bytearray:
+        """A round is aggregated: `model` is served from now on. Returns the retired model."""
+        retired, self._model = self._model, model
+        self._views = self._layout.views(model)
+        self._completed += 1
+        self.changes.bump()
+        return retired
+
+    def persisted_through(self, completed: int) -> None:
+        """The checkpoint of round `completed` is durable: that round counts as completed."""
+        self._persisted = completed
+        self.changes.bump()
+
+    def forget(self, sites: Iterable[str]) -> None:
+        """Sites that left are no longer waited for; those that answered stay counted."""
+        gone = set(sites) - set(self._play.answers) - self._play.evaluated
+        self._play.asked = self._play.asked - gone
+
+    # -- the final evaluation --------------------------------------------------------------
+
+    def open_evaluation(self, sites: Iterable[str], *, seconds: float) -> None:
+        """The clients `sites` evaluate the final model, for `seconds` at most."""
+        asked = frozenset(sites)
+        deadline = self._clock() + seconds
+        self._play = _Play(asked=asked, sampled=self._play.sampled, deadline=deadline)
+        self.set_phase(Phase.EVALUATING, f"evaluating model {self._completed} on the clients")
+
+    def evaluated_by(self, site: str) -> None:
+        self._play.evaluated.add(site)
+        self.changes.bump()
+
+    def close_evaluation(self) -> None:
+        self._play.asked = frozenset()
+        self._final_evaluated = True
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def restore(self, *, model: bytearray, completed: int, final_evaluated: bool) -> None:
+        """Where a checkpoint left the job: `completed` rounds, all durable."""
+        self._model, self._views = model, self._layout.views(model)
+        self._completed = self._persisted = completed
+        # A finished job given more rounds must evaluate its new final model too.
+        self._final_evaluated = final_evaluated and completed >= self.rounds

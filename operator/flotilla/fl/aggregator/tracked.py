@@ -108,7 +108,7 @@ def attach_exporter(
         state_dir=state_dir,
         gate=_gate(engine, settings, uri),
     )
-    engine.tracking_status = lambda: exporter.status(persisted=engine.persisted)
+    engine.tracking_status = lambda: exporter.status(persisted=engine.state.persisted)
     engine.store.retain = exporter.wants_checkpoint
     log.info("recording the job in MLflow at %s", redact_urls(uri))
     return exporter
@@ -148,7 +148,7 @@ def job_view(engine: RoundEngine, exporter: TrackingExporter) -> JobView:
         final = lambda: final_served_model(engine, weights)  # noqa: E731
     return JobView(
         phase=engine.phase.value,
-        persisted=engine.persisted,
+        persisted=engine.state.persisted,
         history=ledger.history_json(after=after),
         evaluations={
             version: [asdict(report) for report in by_site.values()]
@@ -171,5 +171,5 @@ def final_served_model(engine: RoundEngine, weights: bytearray) -> ServedModel:
         task=job.spec.task,
         input_shape=(shape.channels, shape.height, shape.width),
         labels=list(job.spec.labels),
-        info={"flotilla.job": job.metadata.name, "flotilla.round": engine.persisted},
+        info={"flotilla.job": job.metadata.name, "flotilla.round": engine.state.persisted},
     )

@@ -1,0 +1,109 @@
+"""How the round engine's parts are wired: who holds whom, in one place.
+
+    Changes  <- EngineState, Roster          (each bumps it on its own changes)
+    RoundFold  -> DifferentialPrivacy        (clips each update as it folds)
+    ClientDesk -> EngineState, Roster, UpdateIntake, RoundFold, Ledger
+    Persister  -> EngineState, Ledger, CheckpointStore, DifferentialPrivacy
+    StatusReader -> EngineState, Roster, Ledger, DifferentialPrivacy, the intake's links
+
+The engine (engine.py) holds them all and plays the rounds; no part writes another's
+fields, each changes another only through its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.changes import Changes, Clock
+from flotilla.fl.aggregator.checkpoint import CheckpointStore
+from flotilla.fl.aggregator.desk import ClientDesk
+from flotilla.fl.aggregator.evaluation import Evaluator
+from flotilla.fl.aggregator.fold import RoundFold
+from flotilla.fl.aggregator.intake import UpdateIntake
+from flotilla.fl.aggregator.ledger import Ledger
+from flotilla.fl.aggregator.persist import Persister
+from flotilla.fl.aggregator.privacy import DifferentialPrivacy
+from flotilla.fl.aggregator.roster import Roster
+from flotilla.fl.aggregator.state import EngineState
+from flotilla.fl.aggregator.status import StatusReader
+from flotilla.fl.strategies import Strategy
+from flotilla.fl.wire import Layout
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    changes: Changes
+    state: EngineState
+    roster: Roster
+    ledger: Ledger
+    privacy: DifferentialPrivacy | None
+    intake: UpdateIntake
+    fold: RoundFold
+    desk: ClientDesk
+    persister: Persister
+    status: StatusReader
+
+
+def assemble(
+    *,
+    job: FederatedJob,
+    sites: Sequence[str],
+    strategy: Strategy,
+    layout: Layout,
+    update_layout: Layout,
+    initial_model: bytearray,
+    store: CheckpointStore,
+    evaluator: Evaluator | None,
+    clock: Clock,
+) -> EngineParts:
+    changes = Changes(clock)
+    state = EngineState(
+        rounds=job.spec.rounds, model=initial_model, layout=layout, changes=changes, clock=clock
+    )
+    roster = Roster(sites, changes=changes, clock=clock)
+    ledger = Ledger()
+    spec = job.spec.privacy
+    clients = max(len(roster.sites), 1)
+    privacy = DifferentialPrivacy(spec, clients=clients) if spec is not None else None
+    intake = UpdateIntake(
+        update_layout,
+        max_norm=job.spec.limits.max_update_norm,
+        parking=store.directory.parent / "uploads",  # broken uploads, until resumed
+    )
+    fold = RoundFold(rule=strategy.rule, layout=layout, privacy=privacy)
+    desk = ClientDesk(
+        state=state,
+        roster=roster,
+        intake=intake,
+        fold=fold,
+        ledger=ledger,
+        clock=clock,
+        proximal_mu=strategy.proximal_mu,
+    )
+    persister = Persister(
+        job=job,
+        state=state,
+        ledger=ledger,
+        store=store,
+        optimizer=strategy.optimizer,
+        layout=layout,
+        evaluator=evaluator,
+        privacy=privacy,
+    )
+    status = StatusReader(
+        job=job, state=state, roster=roster, ledger=ledger, privacy=privacy, links=intake.links
+    )
+    return EngineParts(
+        changes=changes,
+        state=state,
+        roster=roster,
+        ledger=ledger,
+        privacy=privacy,
+        intake=intake,
+        fold=fold,
+        desk=desk,
+        persister=persister,
+        status=status,
+    )

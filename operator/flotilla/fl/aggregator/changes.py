@@ -1,0 +1,61 @@
+"""The engine's time and its wake-ups: a clock to read and time out on, and a feed of changes.
+
+Every part of the round engine that changes something a long-poll may wait for (the round
+loop, a client's task, /v1/status) bumps the one `Changes` it was given; whoever waits,
+waits for the next bump or a time on the clock, whichever comes first. All waiting goes
+through the clock, so a test with a fake clock plays whole rounds without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+
+class Clock(Protocol):
+    """Seconds that only go forward (`clock()`), and a timeout measured in them."""
+
+    def __call__(self) -> float: ...
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[Any]:
+        """Raises TimeoutError in its block once `seconds` passed on this clock."""
+        ...
+
+
+class MonotonicClock:
+    """The process's monotonic clock (the event loop's): what the aggregator runs on."""
+
+    def __call__(self) -> float:
+        return time.monotonic()
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[Any]:
+        return asyncio.timeout(seconds)
+
+
+class Changes:
+    """A sequence number bumped on each change, and waiting for the next one."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._seq = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def bump(self) -> None:
+        self._seq += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next bump, or `timeout` seconds on the clock."""
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+        # event is set, and the engine then ran on to its round deadline instead of stopping.
+        with contextlib.suppress(TimeoutError):
+            async with self._clock.timeout(timeout):
+                await self._changed.wait()
