@@ -13,17 +13,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import kopf
 import pytest
+import yaml
 
 from flotilla.api import FederatedJob
 from flotilla.k8s.handlers import register
 from flotilla.k8s.metrics import OperatorMetrics
 
+ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "ml"
+EDGE = {"flotilla.dev/edge": "true"}
 JOBS = "flotilla.dev/v1alpha1/federatedjobs"
 NAMESPACED = {
     "v1/pods": "Pod",
@@ -46,7 +51,10 @@ VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 
 
 @pytest.fixture
-def cluster(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+def cluster(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> kmock.KubernetesEmulator:
+    _fast_membership(monkeypatch)
     kmock.resources[JOBS] = kmock.ResourceInfo(
         kind="FederatedJob", namespaced=True, subresources={"status"}, verbs=VERBS
     )
@@ -55,6 +63,32 @@ def cluster(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     for resource, kind in NAMESPACED.items():
         kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
     return kmock
+
+
+def _fast_membership(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMock picks the reaction for a request by asking each reaction's view whether the
+    request is in it, and a view answers by scanning every request the server ever took:
+    quadratic, minutes for the few thousand requests of a hundred jobs. For the views its
+    own reactions are made of (the server, filters and priorities on it) the answer is the
+    filters' criteria; any other view (slices, groups) is asked as KMock asks it."""
+    scan = kmock.View.__contains__
+
+    def member(view: kmock.View, request: kmock.Request) -> bool | None:
+        if isinstance(view, kmock.Root):
+            taken = view._requests
+            return request.id < len(taken) and taken[request.id] is request
+        if type(view) is kmock.Filter:
+            inner = member(view._source, request)
+            return None if inner is None else inner and bool(view.criteria(request))
+        if type(view) is kmock.Priority:
+            return member(view._source, request)
+        return None
+
+    def contains(view: kmock.View, item: Any) -> bool:
+        known = member(view, item) if isinstance(item, kmock.Request) else None
+        return scan(view, item) if known is None else known
+
+    monkeypatch.setattr(kmock.View, "__contains__", contains)
 
 
 def node(name: str, **labels: str) -> dict[str, Any]:
@@ -71,8 +105,14 @@ Poll = Callable[[FederatedJob, str | None], Any]
 
 @asynccontextmanager
 async def operator(
-    server: kmock.KubernetesEmulator, *, poll: Poll | None = None
+    server: kmock.KubernetesEmulator,
+    *,
+    poll: Poll | None = None,
+    memo: kopf.Memo | None = None,
+    resync_seconds: float = 0.3,
 ) -> AsyncIterator[OperatorMetrics]:
+    """The operator, serving `server`; `memo`, if given, is the one its handlers share."""
+
     async def no_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any] | None:
         return None
 
@@ -82,7 +122,7 @@ async def operator(
         registry,
         login=lambda **_: kopf.ConnectionInfo(server=url),
         poll=poll or no_aggregator,
-        resync_seconds=0.3,
+        resync_seconds=resync_seconds,
     )
     settings = kopf.OperatorSettings()
     # KMock serves no CRD and namespace watches: discover the resources once instead.
@@ -101,6 +141,7 @@ async def operator(
                     namespaces=[NAMESPACE],
                     stop_flag=stop,
                     ready_flag=ready,
+                    memo=memo,
                 )
             )
         except BaseException as error:  # surfaced in the test, not lost in the thread
@@ -127,3 +168,56 @@ async def eventually(check: Callable[[], bool], *, timeout: float = 20.0) -> Non
         if time.monotonic() > end:
             raise AssertionError("timed out waiting for the operator")
         await asyncio.sleep(0.05)
+
+
+def job_body(**spec: Any) -> dict[str, Any]:
+    """examples/federatedjob.yaml in NAMESPACE, with `spec` merged in."""
+    document: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "federatedjob.yaml").read_text())
+    # KMock keeps no uid, generation or resourceVersion (kopf patches with a test on it).
+    document["metadata"] |= {
+        "namespace": NAMESPACE,
+        "uid": "job-uid-1",
+        "generation": 1,
+        "resourceVersion": "1",
+    }
+    document["spec"] |= spec
+    return document
+
+
+def client_pods(server: kmock.KubernetesEmulator) -> dict[str, dict[str, Any]]:
+    return {
+        name: dict(obj)
+        for (resource, _, name), obj in server.objects.items()
+        if resource.plural == "pods" and not obj.deleted
+    }
+
+
+def job_status(server: kmock.KubernetesEmulator, name: str = "digits") -> dict[str, Any]:
+    job = server.objects[JOBS, NAMESPACE, name]
+    return dict(job.get("status") or {})
+
+
+def five_nodes(server: kmock.KubernetesEmulator) -> None:
+    nodes = [
+        node("edge-1", **EDGE, **{"flotilla.dev/site": "site-a"}),
+        node("edge-2", **EDGE, **{"nvidia.com/gpu.present": "true"}),
+        node("edge-3", **EDGE, **{"kubernetes.io/arch": "arm64"}),
+        node("core-1"),
+        node("core-2", **{"kubernetes.io/arch": "arm64"}),
+    ]
+    for each in nodes:
+        server.objects["v1/nodes", None, each["metadata"]["name"]] = each
+
+
+async def call(server: kmock.KubernetesEmulator, method: str, url: str, body: Any = None) -> None:
+    """A request to the double, as kubectl would make it: the operator's watches see it."""
+    headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{server.url}{url}", json=body, headers=headers) as response,
+    ):
+        assert response.status < 300, await response.text()
+
+
+def requests_of(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
+    return list(server)  # every request the double answered, in order

@@ -5,68 +5,37 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import kmock
 import pytest
-import yaml
 
-from tests.operator.conftest import JOBS, NAMESPACE, eventually, node, operator
-
-ROOT = Path(__file__).resolve().parents[2]
-EDGE = {"flotilla.dev/edge": "true"}
-
-
-def _job(**spec: Any) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "federatedjob.yaml").read_text())
-    # KMock keeps no uid, generation or resourceVersion (kopf patches with a test on it).
-    document["metadata"] |= {
-        "namespace": NAMESPACE,
-        "uid": "job-uid-1",
-        "generation": 1,
-        "resourceVersion": "1",
-    }
-    document["spec"] |= spec
-    return document
-
-
-def _pods(server: kmock.KubernetesEmulator) -> dict[str, dict[str, Any]]:
-    return {
-        name: dict(obj)
-        for (resource, _, name), obj in server.objects.items()
-        if resource.plural == "pods" and not obj.deleted
-    }
-
-
-def _status(server: kmock.KubernetesEmulator) -> dict[str, Any]:
-    job = server.objects[JOBS, NAMESPACE, "digits"]
-    return dict(job.get("status") or {})
-
-
-def _five_nodes(server: kmock.KubernetesEmulator) -> None:
-    nodes = [
-        node("edge-1", **EDGE, **{"flotilla.dev/site": "site-a"}),
-        node("edge-2", **EDGE, **{"nvidia.com/gpu.present": "true"}),
-        node("edge-3", **EDGE, **{"kubernetes.io/arch": "arm64"}),
-        node("core-1"),
-        node("core-2", **{"kubernetes.io/arch": "arm64"}),
-    ]
-    for each in nodes:
-        server.objects["v1/nodes", None, each["metadata"]["name"]] = each
+from tests.operator.conftest import (
+    EDGE,
+    JOBS,
+    NAMESPACE,
+    call,
+    client_pods,
+    eventually,
+    five_nodes,
+    job_body,
+    job_status,
+    node,
+    operator,
+    requests_of,
+)
 
 
 @pytest.mark.asyncio
 async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body()
 
     async with operator(cluster) as metrics:
-        await eventually(lambda: len(_pods(cluster)) == 3)
-        pods = _pods(cluster)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
+        pods = client_pods(cluster)
         assert sorted(pods) == [
             "digits-client-edge-2",
             "digits-client-edge-3",
@@ -86,21 +55,21 @@ async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
         ][0]["matchFields"][0]["values"] == ["edge-2"]
         assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert "--max-seconds=120" in pods["digits-client-edge-3"]["spec"]["containers"][0]["args"]
-        await eventually(lambda: _status(cluster).get("clientsReady") == "0/3")
-        assert _status(cluster)["phase"] == "Pending"
+        await eventually(lambda: job_status(cluster).get("clientsReady") == "0/3")
+        assert job_status(cluster)["phase"] == "Pending"
         # No finalizer: `kubectl delete fj` must not wait for the operator.
         assert not cluster.objects[JOBS, NAMESPACE, "digits"]["metadata"].get("finalizers")
 
         # Through the API, as kubectl would: the operator watches nodes.
-        await _call(cluster, "POST", "/api/v1/nodes", node("edge-4", **EDGE))
-        await eventually(lambda: "digits-client-edge-4" in _pods(cluster))
+        await call(cluster, "POST", "/api/v1/nodes", node("edge-4", **EDGE))
+        await eventually(lambda: "digits-client-edge-4" in client_pods(cluster))
 
-        await _call(cluster, "DELETE", "/api/v1/nodes/edge-3")
-        await eventually(lambda: "digits-client-edge-3" not in _pods(cluster))
-        await eventually(lambda: _status(cluster).get("clients", {}).get("desired") == 3)
-        lost = _status(cluster)["lostNodes"]
+        await call(cluster, "DELETE", "/api/v1/nodes/edge-3")
+        await eventually(lambda: "digits-client-edge-3" not in client_pods(cluster))
+        await eventually(lambda: job_status(cluster).get("clients", {}).get("desired") == 3)
+        lost = job_status(cluster)["lostNodes"]
         assert [(e["node"], e["site"]) for e in lost] == [("edge-3", "edge-3")]
-        assert _status(cluster)["clients"]["failed"] == 1
+        assert job_status(cluster)["clients"]["failed"] == 1
         sample = metrics.registry.get_sample_value
         assert sample("flotilla_operator_jobs", {"phase": "Pending"}) == 1
         # Counted once the status is written: the patch may be seen first.
@@ -108,45 +77,32 @@ async def test_a_job_on_three_of_five_nodes_then_a_fourth_then_one_gone(
         assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "resync"})
         assert sample("flotilla_operator_reconcile_duration_seconds_count", {"trigger": "change"})
     # Every event the operator posted (KMock ignores generateName, so it stores only the first).
-    messages = [r.data.get("message", "") for r in _requests(cluster) if "/events" in str(r.url)]
+    messages = [r.data.get("message", "") for r in requests_of(cluster) if "/events" in str(r.url)]
     assert "Created client Pod for node edge-4" in messages
     assert "Deleted client Pod for node edge-3: node gone" in messages
 
 
 @pytest.mark.asyncio
 async def test_an_operator_restart_creates_nothing_twice(cluster: kmock.KubernetesEmulator) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body()
     async with operator(cluster):
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
     creates = _pod_creations(cluster)
 
     async with operator(cluster):
-        await eventually(lambda: _status(cluster).get("clientsReady") == "0/3")
-        seen = len(_requests(cluster))
-        await eventually(lambda: len(_requests(cluster)) > seen + 20)  # a few timer ticks
+        await eventually(lambda: job_status(cluster).get("clientsReady") == "0/3")
+        seen = len(requests_of(cluster))
+        await eventually(lambda: len(requests_of(cluster)) > seen + 20)  # a few timer ticks
 
-    assert len(_pods(cluster)) == 3
+    assert len(client_pods(cluster)) == 3
     assert _pod_creations(cluster) == creates
-
-
-async def _call(server: kmock.KubernetesEmulator, method: str, url: str, body: Any = None) -> None:
-    headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, f"{server.url}{url}", json=body, headers=headers) as response,
-    ):
-        assert response.status < 300, await response.text()
-
-
-def _requests(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
-    return list(server)  # every request the double answered, in order
 
 
 def _pod_creations(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
     return [
         r
-        for r in _requests(server)
+        for r in requests_of(server)
         if r.action == kmock.action.CREATE and r.resource and r.resource.plural == "pods"
     ]
 
@@ -155,19 +111,19 @@ def _pod_creations(server: kmock.KubernetesEmulator) -> list[kmock.Request]:
 async def test_an_invalid_spec_fails_the_job_and_creates_nothing(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    bad = _job()
+    five_nodes(cluster)
+    bad = job_body()
     bad["spec"] = copy.deepcopy(bad["spec"]) | {"rounds": 0}
     cluster.objects[JOBS, NAMESPACE, "digits"] = bad
 
     async with operator(cluster):
-        await eventually(lambda: _status(cluster).get("phase") == "Failed")
+        await eventually(lambda: job_status(cluster).get("phase") == "Failed")
 
-    failed = next(c for c in _status(cluster)["conditions"] if c["type"] == "Failed")
+    failed = next(c for c in job_status(cluster)["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidSpec" and "spec.rounds" in failed["message"]
     created = [
         r
-        for r in _requests(cluster)
+        for r in requests_of(cluster)
         if r.action == kmock.action.CREATE and r.resource and r.resource.plural != "events"
     ]
     assert created == []
@@ -193,18 +149,18 @@ def _set_job(server: kmock.KubernetesEmulator, **spec: Any) -> None:
 async def test_suspend_removes_the_clients_and_keeps_the_aggregator_then_resume(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body()
     async with operator(cluster):
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
 
         _set_job(cluster, suspend=True)
-        await eventually(lambda: _status(cluster).get("phase") == "Suspended")
-        await eventually(lambda: _pods(cluster) == {})
+        await eventually(lambda: job_status(cluster).get("phase") == "Suspended")
+        await eventually(lambda: client_pods(cluster) == {})
         assert not cluster.objects["apps/v1/deployments", NAMESPACE, "digits-aggregator"].deleted
 
         _set_job(cluster, suspend=False)
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
 
 
 def _tokens(server: kmock.KubernetesEmulator) -> dict[str, str]:
@@ -222,21 +178,21 @@ def _template(server: kmock.KubernetesEmulator) -> dict[str, Any]:
 async def test_resuming_rotates_every_token_keeping_the_aggregator_pod_and_the_ca(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body()
     async with operator(cluster):
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
         before, ca = _tokens(cluster), _ca(cluster)
-        await eventually(lambda: len(_requests(cluster)) > 40)  # timer ticks change nothing
+        await eventually(lambda: len(requests_of(cluster)) > 40)  # timer ticks change nothing
         assert _tokens(cluster) == before
 
         _set_job(cluster, suspend=True)
-        await eventually(lambda: _pods(cluster) == {})
+        await eventually(lambda: client_pods(cluster) == {})
         assert _tokens(cluster) == before  # suspending alone rotates nothing
         template = _template(cluster)
 
         _set_job(cluster, suspend=False)
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
 
     after = _tokens(cluster)
     assert sorted(after) == sorted(before)
@@ -257,27 +213,27 @@ def _ca(server: kmock.KubernetesEmulator) -> str:
 async def test_a_failed_client_pod_is_replaced_within_the_backoff_limit(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(backoffLimit=1)
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body(backoffLimit=1)
     async with operator(cluster):
-        await eventually(lambda: len(_pods(cluster)) == 3)
+        await eventually(lambda: len(client_pods(cluster)) == 3)
         name = "digits-client-site-a"
 
         async def fail() -> None:  # through the API, as a kubelet would: watchers see it
             url = f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status"
-            await _call(cluster, "PATCH", url, {"status": {"phase": "Failed"}})
+            await call(cluster, "PATCH", url, {"status": {"phase": "Failed"}})
 
         def replaced() -> bool:
-            pod = _pods(cluster).get(name)
+            pod = client_pods(cluster).get(name)
             return pod is not None and "status" not in pod  # a fresh pod, not the failed one
 
         await fail()  # within backoffLimit=1: deleted and created again
         await eventually(replaced)
         await fail()  # beyond it: left failed, and counted
-        await eventually(lambda: _status(cluster)["clients"]["failed"] == 1)
-        seen = len(_requests(cluster))
-        await eventually(lambda: len(_requests(cluster)) > seen + 20)  # a few timer ticks
-        assert _pods(cluster)[name]["status"]["phase"] == "Failed"
+        await eventually(lambda: job_status(cluster)["clients"]["failed"] == 1)
+        seen = len(requests_of(cluster))
+        await eventually(lambda: len(requests_of(cluster)) > seen + 20)  # a few timer ticks
+        assert client_pods(cluster)[name]["status"]["phase"] == "Failed"
     job = cluster.objects[JOBS, NAMESPACE, "digits"]
     assert job["metadata"]["annotations"]["flotilla.dev/client-replacements"] == '{"site-a": 1}'
 
@@ -286,8 +242,8 @@ async def test_a_failed_client_pod_is_replaced_within_the_backoff_limit(
 async def test_a_finished_job_removes_its_clients_then_its_aggregator_after_the_ttl(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(ttlSecondsAfterFinished=1)
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body(ttlSecondsAfterFinished=1)
     answer: dict[str, Any] = {
         "phase": "training",
         "completedRounds": 4,
@@ -300,27 +256,27 @@ async def test_a_finished_job_removes_its_clients_then_its_aggregator_after_the_
         return answer
 
     async with operator(cluster, poll=poll):
-        await eventually(lambda: _status(cluster).get("progress") == "4/10")
-        status = _status(cluster)
+        await eventually(lambda: job_status(cluster).get("progress") == "4/10")
+        status = job_status(cluster)
         assert status["metrics"] == {"loss": 0.3, "accuracy": 0.91}
         assert status["mlflowRunId"] == "run-42"
 
         answer.update(phase="done", completedRounds=10)
-        await eventually(lambda: _status(cluster).get("phase") == "Succeeded")
-        await eventually(lambda: _pods(cluster) == {})
+        await eventually(lambda: job_status(cluster).get("phase") == "Succeeded")
+        await eventually(lambda: client_pods(cluster) == {})
         await eventually(
             lambda: cluster.objects["apps/v1/deployments", NAMESPACE, "digits-aggregator"].deleted,
             timeout=30,
         )
-    assert _status(cluster)["completionTime"]
+    assert job_status(cluster)["completionTime"]
 
 
 @pytest.mark.asyncio
 async def test_a_crash_looping_aggregator_pod_shows_as_aggregator_failed(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job()
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body()
     # What the Deployment's ReplicaSet would have made, as the kubelet reports it.
     cluster.objects["v1/pods", NAMESPACE, "digits-aggregator-7d9f-x2x"] = {
         "apiVersion": "v1",
@@ -349,13 +305,13 @@ async def test_a_crash_looping_aggregator_pod_shows_as_aggregator_failed(
     async with operator(cluster, poll=unreachable):
 
         def running_reason() -> str | None:
-            conditions = _status(cluster).get("conditions") or []
+            conditions = job_status(cluster).get("conditions") or []
             return next((c["reason"] for c in conditions if c["type"] == "Running"), None)
 
         await eventually(lambda: running_reason() == "AggregatorFailed")
-    running = next(c for c in _status(cluster)["conditions"] if c["type"] == "Running")
+    running = next(c for c in job_status(cluster)["conditions"] if c["type"] == "Running")
     assert "last exit code 137" in running["message"]
-    assert _status(cluster)["phase"] == "Pending"  # within backoffLimit: not failed yet
+    assert job_status(cluster)["phase"] == "Pending"  # within backoffLimit: not failed yet
 
 
 def _deployment(server: kmock.KubernetesEmulator, name: str) -> dict[str, Any] | None:
@@ -378,10 +334,10 @@ def _served_version(server: kmock.KubernetesEmulator, name: str) -> str | None:
 async def test_a_succeeded_job_serves_its_model_and_a_later_version_rolls_it(
     cluster: kmock.KubernetesEmulator,
 ) -> None:
-    _five_nodes(cluster)
-    cluster.objects[JOBS, NAMESPACE, "digits"] = _job(ttlSecondsAfterFinished=1)
+    five_nodes(cluster)
+    cluster.objects[JOBS, NAMESPACE, "digits"] = job_body(ttlSecondsAfterFinished=1)
     # A second job that registers the same model under the same alias, later.
-    second = _job()
+    second = job_body()
     second["metadata"] |= {"name": "digits-2", "uid": "job-uid-2"}
     cluster.objects[JOBS, NAMESPACE, "digits-2"] = second
     training = {"phase": "training", "completedRounds": 9, "tracking": {"enabled": True}}
@@ -391,13 +347,13 @@ async def test_a_succeeded_job_serves_its_model_and_a_later_version_rolls_it(
         return answers.get(job.metadata.name)
 
     async with operator(cluster, poll=poll):
-        await eventually(lambda: _status(cluster).get("progress") == "9/10")
+        await eventually(lambda: job_status(cluster).get("progress") == "9/10")
         assert _deployment(cluster, "digits-model") is None  # nothing before success
 
         # Done; the exporter registers the model a moment later.
         answers["digits"] |= {"phase": "done", "completedRounds": 10}
-        await eventually(lambda: _status(cluster).get("phase") == "Succeeded")
-        serving = next(c for c in _status(cluster)["conditions"] if c["type"] == "Serving")
+        await eventually(lambda: job_status(cluster).get("phase") == "Succeeded")
+        serving = next(c for c in job_status(cluster)["conditions"] if c["type"] == "Serving")
         assert serving["reason"] == "NoRegisteredModel"
         registered = {"name": "digits-cnn", "version": "1", "round": 10}
         answers["digits"]["tracking"] = {"enabled": True, "registeredModel": registered}
@@ -409,8 +365,8 @@ async def test_a_succeeded_job_serves_its_model_and_a_later_version_rolls_it(
         }
         args = _deployment(cluster, "digits-model")["spec"]["template"]["spec"]["containers"][0]
         assert args["args"][:2] == ["serve", "--model-uri=models:/digits-cnn@candidate"]
-        await eventually(lambda: "servingEndpoint" in _status(cluster))
-        status = _status(cluster)
+        await eventually(lambda: "servingEndpoint" in job_status(cluster))
+        status = job_status(cluster)
         assert status["model"] == {"name": "digits-cnn", "version": "1", "alias": "candidate"}
         assert status["servingEndpoint"] == "http://digits-model.ml.svc:8080/invocations"
 

@@ -5,7 +5,6 @@ when the spec asks, a PVC for its checkpoints. Pure functions of the job."""
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +47,7 @@ def tokens_secret(
     sites: Sequence[str],
     *,
     existing: Mapping[str, str],
-    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+    new_token: Callable[[], str],
 ) -> dict[str, Any]:
     """One token per site; a site keeps its token across reconciles (`existing`), until
     the job resumes from suspension: the reconcile then passes no `existing`."""

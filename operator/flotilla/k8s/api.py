@@ -2,8 +2,9 @@
 
 A thin aiohttp client: get, create, merge-patch, delete on the resources the operator
 manages (what it reads in bulk, kopf watches for it), with API errors translated here into
-ApiError and AlreadyExists. The connection (server, CA, token or client certificate) is
-whatever kopf logged in with.
+ApiError and AlreadyExists, which carry what failures.py needs to classify them: the
+request, the object, the API server's own reason and message, and its Retry-After. The
+connection (server, CA, token or client certificate) is whatever kopf logged in with.
 """
 
 from __future__ import annotations
@@ -34,18 +35,29 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class ApiError(Exception):
-    """`detail` is the API server's own message (its Status object's), for status and events."""
+    """An answer of 400 or more. `detail` is the API server's own message (its Status
+    object's), for status and events; `target` the object, as "Secret digits-tokens"."""
 
-    def __init__(self, status: int, message: str, *, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        detail: str | None = None,
+        method: str = "",
+        target: str = "",
+        reason: str | None = None,  # the Status object's: Invalid, Forbidden, NotFound...
+        retry_after: float | None = None,
+        missing: str | None = None,  # a 404's details.kind: what was not found
+    ) -> None:
         super().__init__(f"Kubernetes API answered {status}: {message}")
         self.status = status
         self.detail = detail or message
-
-    @property
-    def refused(self) -> bool:
-        """The server will not take this object as it is (admission, validation, quota,
-        rights): retrying the same request cannot help until someone changes something."""
-        return self.status in (400, 403, 422)
+        self.method = method
+        self.target = target
+        self.reason = reason
+        self.retry_after = retry_after
+        self.missing = missing
 
 
 class AlreadyExists(ApiError):
@@ -92,20 +104,19 @@ class KubeApi:
         async with self._session.get(url.lstrip("/")) as response:
             if response.status == 404:
                 return None
-            return await _json(response, self._on_error)
+            return await _json(response, self._on_error, target=describe(url))
 
     async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        target = describe(url, body)
         async with self._session.post(url.lstrip("/"), json=body) as response:
             if response.status == 409:
-                meta = body["metadata"]
-                name = meta.get("name") or meta.get("generateName")
-                raise AlreadyExists(409, f"{body['kind']} {name} exists")
-            return await _json(response, self._on_error)
+                raise AlreadyExists(409, f"{target} exists", method="POST", target=target)
+            return await _json(response, self._on_error, target=target)
 
     async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self._session.patch(url.lstrip("/"), json=body, headers=headers) as response:
-            return await _json(response, self._on_error)
+            return await _json(response, self._on_error, target=describe(url))
 
     async def delete(self, url: str) -> bool:
         """True if something was deleted; the children follow in the background."""
@@ -113,33 +124,71 @@ class KubeApi:
         async with self._session.delete(url.lstrip("/"), json=body) as response:
             if response.status == 404:
                 return False
-            await _json(response, self._on_error)
+            await _json(response, self._on_error, target=describe(url))
             return True
 
 
+def describe(url: str, body: Mapping[str, Any] | None = None) -> str:
+    """The object a request is about, as events name it: "Secret digits-tokens",
+    "FederatedJob digits (status)", "Pod" for a collection without a body."""
+    parts = [part for part in url.split("/") if part]
+    kinds = {plural: kind for kind, (_, plural, _) in RESOURCES.items()}
+    at = next(
+        (i for i, part in enumerate(parts) if part in kinds and parts[i - 1] != "namespaces"),
+        None,
+    )
+    if at is None:
+        return url
+    kind, rest = kinds[parts[at]], parts[at + 1 :]
+    name = rest[0] if rest else ((body or {}).get("metadata") or {}).get("name")
+    text = f"{kind} {name}" if name else kind
+    return f"{text} ({rest[1]})" if len(rest) > 1 else text
+
+
 async def _json(
-    response: aiohttp.ClientResponse, on_error: Callable[[int], None] = lambda status: None
+    response: aiohttp.ClientResponse,
+    on_error: Callable[[int], None] = lambda status: None,
+    *,
+    target: str = "",
 ) -> dict[str, Any]:
     if response.status >= 400:
         on_error(response.status)
         text = await response.text()
+        status = _status_object(text)
+        details = status.get("details")
+        details = details if isinstance(details, dict) else {}
+        retry = details.get("retryAfterSeconds") or response.headers.get("Retry-After")
+        message = status.get("message")
         raise ApiError(
             response.status,
             f"{response.method} {response.url.path}: {text[:500]}",
-            detail=_status_message(text),
+            detail=str(message)[:1000] if message else None,
+            method=response.method,
+            target=target,
+            reason=str(status["reason"]) if status.get("reason") else None,
+            retry_after=_seconds(retry),
+            missing=str(details["kind"]) if details.get("kind") else None,
         )
     data: dict[str, Any] = await response.json(content_type=None)
     return data
 
 
-def _status_message(text: str) -> str | None:
-    """The `message` of a Kubernetes Status body, if that is what the server sent."""
+def _status_object(text: str) -> dict[str, Any]:
+    """The Kubernetes Status body the server sent, if it sent JSON."""
     try:
         body = json.loads(text)
     except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _seconds(value: object) -> float | None:
+    """Retry-After in seconds (Kubernetes sends a number, never an HTTP date)."""
+    try:
+        seconds = float(str(value))
+    except ValueError:
         return None
-    message = body.get("message") if isinstance(body, dict) else None
-    return str(message)[:1000] if message else None
+    return seconds if 0 <= seconds < 86400 else None
 
 
 def _ssl_context(connection: Connection) -> ssl.SSLContext | bool:

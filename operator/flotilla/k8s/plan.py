@@ -1,20 +1,22 @@
 """The whole desired state of a job: every object the operator should make, and why not
-the ones it should not. Pure; the reconcile applies what this returns."""
+the ones it should not. Pure: the same job, nodes and random source (entropy.py) give the
+same plan; decide.py chooses what of it to apply."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flotilla.api import FederatedJob, SpecError
-from flotilla.fl.certs import TlsMaterial, make_tls
+from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s import aggregator_objects as agg
 from flotilla.k8s import security_objects as sec
 from flotilla.k8s import serving
 from flotilla.k8s.client_pods import client_pod
+from flotilla.k8s.entropy import Entropy
 from flotilla.k8s.nodes import NodeInfo, Placement, placements
-from flotilla.k8s.objects import NO_DEFAULTS, ClusterDefaults, aggregator_name
+from flotilla.k8s.objects import NO_DEFAULTS, ClusterDefaults
 
 
 @dataclass(frozen=True)
@@ -35,32 +37,27 @@ class Plan:
         return [p.site for p in self.placements]
 
 
-def _default_tls(job: FederatedJob) -> TlsMaterial:
-    return make_tls(common_name=aggregator_name(job), dns_names=sec.dns_names(job))
-
-
 def plan_job(
     job: FederatedJob,
     nodes: Sequence[NodeInfo],
     *,
+    entropy: Entropy,
     existing_tokens: Mapping[str, str],
     existing_tls: TlsMaterial | None = None,
     finished: bool = False,
-    new_token: Callable[[], str] | None = None,
-    new_tls: Callable[[FederatedJob], TlsMaterial] = _default_tls,
     defaults: ClusterDefaults = NO_DEFAULTS,
     served: serving.Served | None = None,
 ) -> Plan:
     """Suspended or finished jobs keep the aggregator (its state, its status) and no clients.
 
-    TLS material that exists is kept (`existing_tls`); `new_tls` makes it otherwise. A job
-    that succeeded and registered its model gets it served (`served`, from serving.to_serve).
+    Tokens and TLS material that exist are kept (`existing_tokens`, `existing_tls`);
+    `entropy` makes the rest. A job that succeeded and registered its model gets it served
+    (`served`, from serving.to_serve).
     """
     chosen = placements(job, list(nodes))
     sites = [p.site for p in chosen]
-    token_args = {"new_token": new_token} if new_token else {}
-    tokens = agg.tokens_secret(job, sites, existing=existing_tokens, **token_args)
-    security, ca = _security_objects(job, existing_tls, new_tls)
+    tokens = agg.tokens_secret(job, sites, existing=existing_tokens, new_token=entropy.token)
+    security, ca = _security_objects(job, existing_tls, entropy)
     aggregator = [
         agg.job_config_map(job),
         tokens,
@@ -91,11 +88,11 @@ def plan_job(
 def _security_objects(
     job: FederatedJob,
     existing: TlsMaterial | None,
-    new_tls: Callable[[FederatedJob], TlsMaterial],
+    entropy: Entropy,
 ) -> tuple[list[dict[str, Any]], str | None]:
     mode = job.spec.security.tls.mode
     if mode == "operator":
-        material = existing or new_tls(job)
+        material = existing or entropy.tls(job)
         return [sec.tls_secret(job, material)], material.ca
     if mode == "certManager":
         return [sec.certificate(job)], existing.ca if existing else None

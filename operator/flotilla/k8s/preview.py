@@ -50,15 +50,20 @@ def preview(
             "alias": placed.spec.tracking.alias,
         }
         served = serving.to_serve(placed, registered, {})
+    placeholders = _Placeholders()
     return plan_job(
-        placed,
-        nodes,
-        existing_tokens={},
-        new_token=lambda: GENERATED,
-        new_tls=lambda _: TlsMaterial(cert=GENERATED, key=GENERATED, ca=GENERATED),
-        finished=succeeded,
-        served=served,
+        placed, nodes, entropy=placeholders, existing_tokens={}, finished=succeeded, served=served
     )
+
+
+class _Placeholders:
+    """An Entropy (entropy.py) that says where the operator draws its secrets."""
+
+    def token(self) -> str:
+        return GENERATED
+
+    def tls(self, job: FederatedJob) -> TlsMaterial:
+        return TlsMaterial(cert=GENERATED, key=GENERATED, ca=GENERATED)
 
 
 class _PlainDumper(yaml.SafeDumper):

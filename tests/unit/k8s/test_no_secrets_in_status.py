@@ -19,7 +19,8 @@ import yaml
 from flotilla.api import load_job
 from flotilla.k8s.aggregator_objects import TOKENS_KEY
 from flotilla.k8s.api import AlreadyExists
-from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
+from flotilla.k8s.decide import Seen
+from flotilla.k8s.reconcile import Context, JobMemory, reconcile
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKENS = {"site-a": "tok-a-Qw83LmZp01xYv", "site-b": "tok-b-Rt62NnBq44cWs"}

@@ -7,7 +7,6 @@ the diff before committing it.
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,14 @@ import pytest
 import yaml
 
 from flotilla.api import load_job, parse_job
-from flotilla.fl.certs import TlsMaterial
 from flotilla.k8s.nodes import NodeInfo
 from flotilla.k8s.objects import ClusterDefaults
 from flotilla.k8s.plan import Plan, plan_job
 from flotilla.k8s.serving import to_serve
+from tests.unit.k8s.entropy import CountingEntropy, SeededEntropy
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data" / "k8s"
-FAKE_TLS = TlsMaterial(cert="CERTIFICATE", key="PRIVATE KEY", ca="CA CERTIFICATE")
 CASES = sorted(p.stem for p in (DATA / "input").glob("*.yaml"))
 
 
@@ -36,15 +34,13 @@ def _plan(case: str) -> Plan:
     document["metadata"] |= {"namespace": given["namespace"], "uid": "uid-1"}
     document["spec"] |= given.get("spec", {})
     job = parse_job(document, source=case)
-    counter = itertools.count(1)
     # A case with `succeeded: {model}` plans the job after success, its model registered.
     succeeded = given.get("succeeded")
     return plan_job(
         job,
         [NodeInfo.from_api(node) for node in given["nodes"]],
         existing_tokens=given["existingTokens"],
-        new_token=lambda: f"generated-token-{next(counter)}",
-        new_tls=lambda job: FAKE_TLS,
+        entropy=CountingEntropy(),
         finished=succeeded is not None,
         served=to_serve(job, succeeded["model"], {}) if succeeded else None,
     )
@@ -62,6 +58,18 @@ def test_desired_objects_match_the_golden_file(case: str) -> None:
         expected_path.write_text(yaml.safe_dump_all(objects, sort_keys=False, width=100))
     expected = list(yaml.safe_load_all(expected_path.read_text()))
     assert objects == expected
+
+
+def test_the_plan_is_a_function_of_its_inputs_and_its_random_source() -> None:
+    job = load_job(ROOT / "examples" / "federatedjob.yaml")
+    assert job.spec.security.tls.mode == "operator"  # a key and a CA drawn, and tokens
+    nodes = [NodeInfo(name=f"edge-{i}", labels={"flotilla.dev/edge": "true"}) for i in (1, 2)]
+
+    def drawn(seed: int) -> list[dict[str, Any]]:
+        return _objects(plan_job(job, nodes, entropy=SeededEntropy(seed), existing_tokens={}))
+
+    assert drawn(7) == drawn(7)
+    assert drawn(7) != drawn(8)
 
 
 def test_three_of_five_nodes_get_a_client_with_their_profile() -> None:
@@ -152,7 +160,7 @@ def test_a_site_without_data_is_a_problem_not_a_crash() -> None:
     job = job.model_copy(update={"spec": job.spec.model_copy(update={"data": None})})
     node = NodeInfo(name="edge-1", labels={"flotilla.dev/edge": "true"})
 
-    plan = plan_job(job, [node], existing_tokens={})
+    plan = plan_job(job, [node], entropy=CountingEntropy(), existing_tokens={})
 
     assert plan.clients == {}
     assert plan.unplaceable["edge-1"].startswith("node edge-1: ")
@@ -206,6 +214,7 @@ def test_tls_disabled_is_plain_http_with_no_tls_objects() -> None:
     plain = plan_job(
         parse_job(job, source="test"),
         [NodeInfo(name="edge-1", labels={"flotilla.dev/edge": "true"})],
+        entropy=CountingEntropy(),
         existing_tokens={},
     )
 
@@ -286,12 +295,12 @@ def test_suspending_or_client_settings_leave_the_aggregator_pod_as_it_is() -> No
         {"ttlSecondsAfterFinished": 5, "backoffLimit": 9},
         {"runtime": runtime},
     ]
-    before = _template(plan_job(job, [node], existing_tokens=tokens, new_tls=lambda j: FAKE_TLS))
+    before = _template(plan_job(job, [node], existing_tokens=tokens, entropy=CountingEntropy()))
 
     for change in changes:
         spec = job.spec.model_copy(update={_snake(k): v for k, v in change.items()})
         changed = job.model_copy(update={"spec": spec})
-        plan = plan_job(changed, [node], existing_tokens=tokens, new_tls=lambda j: FAKE_TLS)
+        plan = plan_job(changed, [node], existing_tokens=tokens, entropy=CountingEntropy())
         assert _template(plan) == before, change
 
 
@@ -348,7 +357,7 @@ def test_nodes_joining_or_leaving_and_new_tokens_leave_the_aggregator_pod_as_it_
     two = [*one, NodeInfo(name="edge-2", labels=edge)]
 
     def template(nodes: list[NodeInfo], tokens: dict[str, str]) -> str:
-        plan = plan_job(job, nodes, existing_tokens=tokens, new_tls=lambda j: FAKE_TLS)
+        plan = plan_job(job, nodes, existing_tokens=tokens, entropy=CountingEntropy())
         return yaml.safe_dump(_template(plan))  # byte for byte
 
     before = template(one, {"edge-1": "a" * 32})
@@ -363,8 +372,8 @@ def test_the_aggregator_state_is_a_claim_by_default_sized_from_the_model() -> No
     own = job.model_copy(update={"spec": job.spec.model_copy(update={"model": model})})
 
     def claim_size(j: Any) -> str:
-        claims = [o for o in plan_job(j, [], existing_tokens={}).aggregator
-                  if o["kind"] == "PersistentVolumeClaim"]  # fmt: skip
+        plan = plan_job(j, [], entropy=CountingEntropy(), existing_tokens={})
+        claims = [o for o in plan.aggregator if o["kind"] == "PersistentVolumeClaim"]
         size: str = claims[0]["spec"]["resources"]["requests"]["storage"]
         return size
 
@@ -381,7 +390,9 @@ def test_ephemeral_state_is_an_empty_dir_and_no_claim() -> None:
         update={"runtime": runtime.model_copy(update={"aggregator": aggregator})}
     )
 
-    plan = plan_job(job.model_copy(update={"spec": spec}), [], existing_tokens={})
+    plan = plan_job(
+        job.model_copy(update={"spec": spec}), [], entropy=CountingEntropy(), existing_tokens={}
+    )
 
     assert "PersistentVolumeClaim" not in [o["kind"] for o in plan.aggregator]
     volumes = {v["name"]: v for v in _template(plan)["spec"]["volumes"]}
@@ -392,10 +403,12 @@ def test_the_cluster_default_tracking_uri_reaches_the_aggregator_below_the_job_o
     job = load_job(ROOT / "examples" / "federatedjob.yaml")
     defaults = ClusterDefaults(tracking_uri="http://flotilla-mlflow.flotilla-system.svc:5000")
 
-    env = _template(plan_job(job, [], existing_tokens={}, defaults=defaults))["spec"]["containers"][
-        0
-    ]["env"]
-    bare = _template(plan_job(job, [], existing_tokens={}))["spec"]["containers"][0]["env"]
+    env = _template(
+        plan_job(job, [], entropy=CountingEntropy(), existing_tokens={}, defaults=defaults)
+    )["spec"]["containers"][0]["env"]
+    bare = _template(plan_job(job, [], entropy=CountingEntropy(), existing_tokens={}))["spec"][
+        "containers"
+    ][0]["env"]
 
     assert {"name": "FLOTILLA_DEFAULT_TRACKING_URI", "value": defaults.tracking_uri} in env
     assert not any(e["name"] == "FLOTILLA_DEFAULT_TRACKING_URI" for e in bare)

@@ -18,6 +18,7 @@ from flotilla.k8s.plan import plan_job
 from flotilla.k8s.status import compute_status
 from flotilla.k8s.views import Observation
 from flotilla.tracking.serve import NoTrackingServer, serve_command
+from tests.unit.k8s.entropy import CountingEntropy
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "federatedjob.yaml").read_text())
@@ -59,7 +60,7 @@ def test_bad_serving_fields_are_refused_by_name(field: str, value: Any) -> None:
 
 def test_nothing_is_served_before_the_model_is_registered() -> None:
     assert serving.to_serve(_job(), None, {}) is None
-    plan = plan_job(_job(), [], existing_tokens={}, finished=True)
+    plan = plan_job(_job(), [], entropy=CountingEntropy(), existing_tokens={}, finished=True)
     assert plan.serving == []
 
 
