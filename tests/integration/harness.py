@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,16 +147,22 @@ class Cluster:
         self.wait_for(lambda s: True, timeout=STARTUP_SECONDS)
 
     def start_client(
-        self, site: str, *extra: str, via: str | None = None, env: dict[str, str] | None = None
+        self,
+        site: str,
+        *extra: str,
+        via: str | None = None,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] | None = None,
     ) -> None:
-        """`via`: dial this URL instead of the aggregator's (a recording proxy)."""
+        """`via`: dial this URL instead of the aggregator's (a recording proxy). `program`:
+        the command that stands in for `flotilla client` (a test's own client), given the
+        same --aggregator, --ca-file, --threads and --device flags."""
         log = open(self.root / f"{site}.log", "ab")  # noqa: SIM115
         url = via or self.url
         trust = ["--ca-file", str(self.tls.ca)] if self.tls and url.startswith("https") else []
+        command = [*(program or flotilla("client")), "--aggregator", url, *trust]
         self.clients[site] = subprocess.Popen(
-            flotilla(
-                "client", "--aggregator", url, *trust, "--threads", "1", "--device", "cpu", *extra
-            ),
+            [*command, "--threads", "1", "--device", "cpu", *extra],
             stdout=log,
             stderr=log,
             env=child_env(FLOTILLA_TOKEN=self.tokens[site], **(env or {})),

@@ -97,7 +97,7 @@ def test_a_client_exports_a_broken_transfer_of_its_round(
                     proxy.url(), running.tokens["site-a"], backoff=Backoff(initial=0.05)
                 )
                 options = ClientOptions(data_path=digits_dir / "site-a", device="cpu")
-                client = await asyncio.to_thread(FederatedClient, conn, options)
+                client = await asyncio.to_thread(FederatedClient.open, conn, options)
                 task = {"round": 1, "modelVersion": 0}
                 await asyncio.to_thread(client._train_round, task)
                 conn.close()

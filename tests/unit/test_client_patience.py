@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flotilla.cli import _seconds_or_never
+from flotilla.cli.arguments import seconds_or_never
 from flotilla.fl.client import transport
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorUnavailable, Backoff
 
@@ -57,8 +57,8 @@ def test_a_client_with_patience_gives_up_saying_for_how_long(clock: FakeTime) ->
 
 
 def test_the_patience_flag_takes_seconds_or_zero_for_never() -> None:
-    assert _seconds_or_never("0") == 0.0 and _seconds_or_never("0.0") == 0.0
-    assert _seconds_or_never("90") == 90.0
+    assert seconds_or_never("0") == 0.0 and seconds_or_never("0.0") == 0.0
+    assert seconds_or_never("90") == 90.0
     for bad in ("-1", "nan", "inf", "soon"):
         with pytest.raises(argparse.ArgumentTypeError):
-            _seconds_or_never(bad)
+            seconds_or_never(bad)

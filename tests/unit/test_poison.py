@@ -1,11 +1,11 @@
-"""The test tool behind `flotilla client --poison`: each attack rewrites the delta in place."""
+"""The Byzantine attacks of the robust-strategy tests: each rewrites the delta in place."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flotilla.fl.client.poison import RANDOM_STD, poison_delta
+from tests.attacks import RANDOM_STD, attack_hook, poison_delta
 
 
 def _delta() -> dict[str, torch.Tensor]:
@@ -31,3 +31,12 @@ def test_random_replaces_the_delta_with_large_noise() -> None:
 def test_an_unknown_attack_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown attack"):
         poison_delta(_delta(), "gentle", seed=0)
+
+
+def test_the_hook_poisons_every_update_it_is_given() -> None:
+    hook = attack_hook("signflip", seed=0)
+    delta = _delta()
+    hook(delta)
+    assert delta["w"].tolist() == [-1.0, 2.0]
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_hook("gentle", seed=0)

@@ -9,6 +9,10 @@ stop on `done` or `failed`. A site whose data cannot be read (CVAT refuses or is
 a malformed export) stays connected and tries again with a backoff; the rounds go on
 without it meanwhile. Only weights, counts, metrics and error messages leave the site:
 images and annotations are read here and never sent.
+
+Building a client does no I/O (no request, no file, no port): joining the job, serving
+metrics and reading the site's data are steps of their own, which `FederatedClient.open`
+takes in order.
 """
 
 from __future__ import annotations
@@ -17,29 +21,23 @@ import json
 import logging
 import mmap
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from flotilla.api import CvatExportSource, FederatedJob, parse_job
-from flotilla.data import (
-    DataSourceError,
-    ImageShape,
-    LabelReport,
-    load_site_data,
-    split_train_holdout,
-)
+from flotilla.api import FederatedJob
+from flotilla.fl.client.joining import Assignment, join
 from flotilla.fl.client.metrics import ClientMetrics
-from flotilla.fl.client.poison import poison_delta
+from flotilla.fl.client.site_data import SiteData
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused
 from flotilla.fl.codec import UpdateEncoder
-from flotilla.fl.learning import Samples, learning_for
+from flotilla.fl.learning import learning_for
 from flotilla.fl.modelstate import bind_weights, build_job_model, load_weights, store_weights
 from flotilla.fl.wire import model_layout
 from flotilla.ml.training import TrainingConfig, select_device
-from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +48,13 @@ STALE = frozenset(
     {"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating", "too_slow"}
 )
 
+UpdateHook = Callable[[Mapping[str, torch.Tensor]], None]
+"""A plug-in point: rewrites a round's update, in place, right before it is encoded.
 
-MAX_DATA_RETRY_SECONDS = 300.0
+The update is a delta by tensor name (trained minus global weights): a client given a
+hook uploads deltas even where float32 updates would go up as weights. Nothing in
+Flotilla sets one, and no flag does; the robust-aggregation tests plug Byzantine updates
+in here."""
 
 
 @dataclass(frozen=True)
@@ -65,26 +68,46 @@ class ClientOptions:
     local_epochs: int | None = None
     max_seconds: float | None = None
     # A site whose data cannot be read (CVAT down, bad export) tries again after this,
-    # doubling up to MAX_DATA_RETRY_SECONDS; the aggregator knows why meanwhile.
+    # doubling up to site_data.MAX_RETRY_SECONDS; the aggregator knows why meanwhile.
     data_retry_seconds: float = 30.0
-    # Tests only (the hidden --poison flag): send a Byzantine update (see poison.py).
-    poison: str | None = None
 
 
 class FederatedClient:
-    def __init__(self, connection: AggregatorConnection, options: ClientOptions) -> None:
+    """One site's client for one job. Building it does no I/O: `open` joins the job,
+    builds the client, serves its metrics and reads the site's data; `run` plays the job."""
+
+    @classmethod
+    def open(
+        cls,
+        connection: AggregatorConnection,
+        options: ClientOptions,
+        *,
+        update_hook: UpdateHook | None = None,
+    ) -> FederatedClient:
+        client = cls(connection, join(connection), options, update_hook=update_hook)
+        client.serve_metrics()
+        client.load_data()
+        return client
+
+    def __init__(
+        self,
+        connection: AggregatorConnection,
+        assignment: Assignment,
+        options: ClientOptions,
+        *,
+        update_hook: UpdateHook | None = None,
+    ) -> None:
         self.conn = connection
         self.options = options
+        self.update_hook = update_hook
         self.device = select_device(options.device)
-        info = self.conn.get_json("/v1/job")
-        self.site: str = info["site"]
-        self.conn.set_site(self.site)  # on every request from now on; checked against the token
-        self.job: FederatedJob = parse_job(info["spec"], source="the aggregator's /v1/job")
+        self.site = assignment.site
+        self.job: FederatedJob = assignment.job
         spec = self.job.spec
         self.learning = learning_for(spec.task, num_classes=len(spec.labels))
         self.model = build_job_model(self.job).to(self.device)
         self.layout = model_layout(self.model.state_dict())
-        if self.layout.header[8:].decode().rstrip() != info["layoutHeader"]:
+        if self.layout.header[8:].decode().rstrip() != assignment.layout_header:
             raise RuntimeError(
                 "this client and the aggregator build different tensors for the job's model "
                 "(are they different Flotilla versions?)"
@@ -98,8 +121,9 @@ class FederatedClient:
         self.bound = self.device.type == "cpu" and bind_weights(self.model, self.weights_views)
         # float32 updates go up as the trained weights (the aggregator subtracts the global
         # model it holds); compressed ones as deltas, which quantize far better than
-        # weights, at the cost of a copy of the global model kept while training.
-        self.sends_weights = spec.compression.dtype == "float32" and options.poison is None
+        # weights, at the cost of a copy of the global model kept while training. A hook
+        # rewrites deltas, so a hooked client sends them whatever the dtype.
+        self.sends_weights = spec.compression.dtype == "float32" and update_hook is None
         self.delta: mmap.mmap | None = None
         self.cached_version: int | None = None
         self.encoder = UpdateEncoder(
@@ -108,81 +132,47 @@ class FederatedClient:
             zstd_level=spec.compression.zstd_level if spec.compression.zstd else None,
         )
         self.metrics = ClientMetrics(job=self.job.metadata.name, site=self.site)
-        if options.metrics_port is not None:
-            port = self.metrics.serve(options.metrics_port, host=options.metrics_host)
-            log.info("site %s: Prometheus metrics on port %d at /metrics", self.site, port)
-        self.train: Samples | None = None
-        self.holdout: Samples | None = None
-        self.site_report: dict[str, Any] = {}
-        self.data_retry_seconds = options.data_retry_seconds
-        self.next_data_try = 0.0
-        self._try_data()
-
-    def _try_data(self) -> None:
-        """Load the site's data, or keep why not: the aggregator learns either way."""
-        try:
-            samples, report = self._load_data()
-        except DataSourceError as error:
-            log.error(
-                "site %s: cannot read its data, retrying in %.0fs: %s",
-                self.site,
-                self.data_retry_seconds,
-                error,
-            )
-            self.metrics.data_ready.set(0)
-            # A CVAT URL's credentials stay on the site: the report goes to the aggregator.
-            self.site_report = {"ready": False, "error": redact_urls(str(error))}
-            self.next_data_try = time.monotonic() + self.data_retry_seconds
-            self.data_retry_seconds = min(self.data_retry_seconds * 2, MAX_DATA_RETRY_SECONDS)
-            return
-        spec = self.job.spec
-        self.train, self.holdout = split_train_holdout(
-            samples, validation_fraction=spec.training.validation_fraction, seed=spec.seed
-        )
-        self.metrics.data_ready.set(1)
-        self.site_report = {
-            "ready": True,
-            "data": report.as_metrics() | {"train": len(self.train), "holdout": len(self.holdout)},
-        }
-        log.info(
-            "site %s: %d training and %d hold-out examples on %s",
+        # Read by load_data; `run` reads it on its first pass if nothing did before.
+        self.data = SiteData(
+            self.job,
             self.site,
-            len(self.train),
-            len(self.holdout),
-            self.device,
+            data_path=options.data_path,
+            retry_seconds=options.data_retry_seconds,
         )
 
-    def _load_data(self) -> tuple[Samples, LabelReport]:
-        spec = self.job.spec
-        source = self.job.site_data(self.site)
-        if self.options.data_path is not None:
-            given = source.cvat_export.format if source.cvat_export else "auto"
-            export = CvatExportSource(path=str(self.options.data_path), format=given)
-            source = source.model_copy(update={"cvat_export": export, "cvat": None})
-        data = load_site_data(
-            site=self.site,
-            source=source,
-            task=spec.task,
-            labels=spec.labels,
-            shape=ImageShape(
-                channels=spec.model.input.channels,
-                height=spec.model.input.height,
-                width=spec.model.input.width,
-            ),
-        )
-        return data.samples, data.report
+    def serve_metrics(self) -> int | None:
+        """Serve /metrics on the options' port; returns the port, None when there is none."""
+        if self.options.metrics_port is None:
+            return None
+        port = self.metrics.serve(self.options.metrics_port, host=self.options.metrics_host)
+        log.info("site %s: Prometheus metrics on port %d at /metrics", self.site, port)
+        return port
+
+    def load_data(self) -> None:
+        """Read the site's data, or keep why not: the aggregator learns either way."""
+        self.data.load()
+        train, holdout = self.data.train, self.data.holdout
+        self.metrics.data_ready.set(0 if train is None else 1)
+        if train is not None and holdout is not None:
+            log.info(
+                "site %s: %d training and %d hold-out examples on %s",
+                self.site,
+                len(train),
+                len(holdout),
+                self.device,
+            )
 
     def run(self) -> str:
         """Work until the job ends; returns the job's final phase ("done" or "failed")."""
         while True:
             wait = LONG_POLL_SECONDS
-            if self.train is None:
-                wait = min(wait, max(self.next_data_try - time.monotonic(), 0.0))
+            if self.data.train is None:
+                wait = min(wait, max(self.data.next_try - time.monotonic(), 0.0))
             task = self.conn.get_json("/v1/task", params={"wait": wait}, wait=wait)
             action = task["action"]
             try:
                 if action == "report":
-                    self.conn.post_json("/v1/site-report", self.site_report)
+                    self.conn.post_json("/v1/site-report", self.data.report)
                 elif action == "train":
                     self._train_round(task)
                 elif action == "evaluate":
@@ -195,9 +185,9 @@ class FederatedClient:
                 if refused.reason not in STALE:
                     raise
                 log.warning("site %s: %s", self.site, refused)
-            if self.train is None and time.monotonic() >= self.next_data_try:
-                self._try_data()
-                self.conn.post_json("/v1/site-report", self.site_report)
+            if self.data.train is None and time.monotonic() >= self.data.next_try:
+                self.load_data()
+                self.conn.post_json("/v1/site-report", self.data.report)
 
     def _ensure_model(self, version: int) -> None:
         if self.cached_version == version:
@@ -215,7 +205,7 @@ class FederatedClient:
         self.cached_version = version
 
     def _holdout_metrics(self, version: int) -> dict[str, Any] | None:
-        holdout = self.holdout
+        holdout = self.data.holdout
         if not self.job.spec.evaluation.federated or holdout is None or len(holdout) == 0:
             return None
         result = self.learning.evaluate(
@@ -230,7 +220,8 @@ class FederatedClient:
         }
 
     def _train_round(self, task: dict[str, Any]) -> None:
-        if self.train is None:  # the aggregator samples only sites that said they are ready
+        train = self.data.train
+        if train is None:  # the aggregator samples only sites that said they are ready
             raise RuntimeError("asked to train before this site's data is ready")
         round_number, version = int(task["round"]), int(task["modelVersion"])
         self._ensure_model(version)
@@ -250,7 +241,7 @@ class FederatedClient:
         global_copy = None if self.sends_weights else self._copy_global()
         result = self.learning.train(
             self.model,
-            self.train,
+            train,
             config=config,
             seed=self.job.spec.seed * 100_003 + round_number,
             device=self.device,
@@ -310,8 +301,8 @@ class FederatedClient:
         with torch.no_grad():
             for name, view in global_copy.items():
                 torch.sub(self.weights_views[name], view, out=view)
-        if self.options.poison is not None:
-            poison_delta(global_copy, self.options.poison, seed=self.job.spec.seed)
+        if self.update_hook is not None:
+            self.update_hook(global_copy)
         return self.encoder.encode(self.delta, global_copy)
 
     def _evaluate_final(self, task: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""A misbehaving client, for tests of the robust strategies only (hidden flag `--poison`).
+"""Byzantine clients for the tests of the robust strategies: the three classic updates of
+the robust-aggregation literature (Blanchard et al. 2017, Yin et al. 2018).
 
-Each attack rewrites the client's honest delta, in place, right before it is encoded:
-the three classic Byzantine updates of the robust-aggregation literature (Blanchard et
-al. 2017, Yin et al. 2018). Nothing in a real deployment sets this.
+Each attack rewrites a client's honest delta, in place, right before it is encoded: the
+product client's update hook (`FederatedClient(update_hook=...)`) is where it plugs in
+(tests/poisoned_client.py starts such a client as a process).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+
+from flotilla.fl.client.loop import UpdateHook
 
 ATTACKS = ("scale", "signflip", "random")
 SCALE = -10.0  # "scale": a boosted update pointing the wrong way
@@ -31,3 +34,15 @@ def poison_delta(delta: Mapping[str, torch.Tensor], attack: str, *, seed: int) -
             else:
                 noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
                 tensor.copy_(noise.mul_(RANDOM_STD))
+
+
+def attack_hook(attack: str, *, seed: int) -> UpdateHook:
+    """The update hook that sends `attack` instead of the client's own update, every round
+    (`random`: the same noise each round, drawn from `seed`)."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; one of {', '.join(ATTACKS)}")
+
+    def hook(delta: Mapping[str, torch.Tensor]) -> None:
+        poison_delta(delta, attack, seed=seed)
+
+    return hook
