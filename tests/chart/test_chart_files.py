@@ -42,15 +42,19 @@ def _paths(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
 FREE_FORM = {"podSecurityContext", "securityContext", "resources", "mlflow.resources"}
 
 
-def test_the_chart_crd_is_a_byte_copy_of_the_generated_one() -> None:
-    generated = ROOT / "crds" / "federatedjobs.flotilla.dev.yaml"
-    copy = CHART / "crds" / "federatedjobs.flotilla.dev.yaml"
+@pytest.mark.parametrize(
+    "name", ["federatedjobs.flotilla.dev.yaml", "federatedschedules.flotilla.dev.yaml"]
+)
+def test_the_chart_crds_are_byte_copies_of_the_generated_ones(name: str) -> None:
+    generated = ROOT / "crds" / name
+    copy = CHART / "crds" / name
     assert copy.read_bytes() == generated.read_bytes(), (
         f"{copy} differs from {generated}: run "
         f"`cp {generated.relative_to(ROOT)} {copy.relative_to(ROOT)}`"
     )
     # Helm installs every file there: a second copy under another name fails the install.
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [generated.name]
+    generated_names = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == generated_names
 
 
 def test_the_schema_is_draft_07_and_the_default_values_follow_it() -> None:

@@ -28,6 +28,7 @@ from tests.e2e.operator_process import OperatorProcess, service_account_kubeconf
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "federatedjobs.flotilla.dev.yaml"
+SCHEDULE_CRD_FILE = ROOT / "crds" / "federatedschedules.flotilla.dev.yaml"
 FAKE_NODES = os.environ.get("FLOTILLA_E2E_FAKE_NODES") == "1"
 # The four nodes of every flow: three edge sites (amd64, arm64, GPU) and a core node.
 NODES = {
@@ -60,10 +61,11 @@ def cluster() -> datetime:
 
 @pytest.fixture(scope="session")
 def crd(cluster: datetime) -> None:
-    kubectl("apply", "-f", str(CRD_FILE))
+    kubectl("apply", "-f", str(CRD_FILE), "-f", str(SCHEDULE_CRD_FILE))
     kubectl(
-        "wait", "--for=condition=Established", "crd/federatedjobs.flotilla.dev", "--timeout=60s"
-    )
+        "wait", "--for=condition=Established", "crd/federatedjobs.flotilla.dev",
+        "crd/federatedschedules.flotilla.dev", "--timeout=60s",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

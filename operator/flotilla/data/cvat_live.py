@@ -170,6 +170,10 @@ def _translated(where: str, *, cache_dir: Path | None = None) -> Iterator[None]:
         raise DataSourceError(f"{where}: {brief_error(error)}") from None
 
 
+# The translation, for the readers beside this one (digest.py).
+translated = _translated
+
+
 def brief_error(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return redact_urls(text)[:200]  # the SDK's errors may quote the URL it was given

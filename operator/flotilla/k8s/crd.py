@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from flotilla.api import API_GROUP, FederatedJob
 from flotilla.k8s.crd_checks import schema_problems
@@ -72,7 +73,13 @@ PRINTER_COLUMNS = [
 
 def openapi_schema() -> dict[str, Any]:
     """The structural schema of a whole FederatedJob object."""
-    source = FederatedJob.model_json_schema(by_alias=True)
+    return structural_schema(FederatedJob)
+
+
+def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural schema of a whole object of `model` (this CRD's, or another's:
+    schedule_crd.py). The CEL rules and list types above are keyed by a FederatedJob's paths."""
+    source = model.model_json_schema(by_alias=True)
     definitions = source.get("$defs", {})
     root = _structural(source, definitions, ())
     properties = root["properties"]
@@ -155,23 +162,41 @@ def _keys_match(pattern: str) -> dict[str, str]:
 
 def custom_resource_definition() -> dict[str, Any]:
     """The CRD; raises ValueError naming each node a real API server would refuse."""
-    schema = openapi_schema()
+    return crd_document(
+        openapi_schema(),
+        kind="FederatedJob",
+        plural=PLURAL,
+        short_names=["fj", "fedjob"],
+        printer_columns=PRINTER_COLUMNS,
+    )
+
+
+def crd_document(
+    schema: dict[str, Any],
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    printer_columns: list[Any],
+) -> dict[str, Any]:
+    """A namespaced CRD of Flotilla's API group serving `schema` with a status subresource;
+    raises ValueError naming each node of `schema` a real API server would refuse."""
     problems = schema_problems(schema)
     if problems:
         raise ValueError("the CRD schema would be refused: " + "; ".join(problems))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": NAME},
+        "metadata": {"name": f"{plural}.{API_GROUP}"},
         "spec": {
             "group": API_GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": "FederatedJob",
-                "listKind": "FederatedJobList",
-                "plural": PLURAL,
-                "singular": "federatedjob",
-                "shortNames": ["fj", "fedjob"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
                 "categories": ["flotilla"],
             },
             "versions": [
@@ -180,7 +205,7 @@ def custom_resource_definition() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns,
                     "schema": {"openAPIV3Schema": schema},
                 }
             ],
@@ -189,11 +214,16 @@ def custom_resource_definition() -> dict[str, Any]:
 
 
 def crd_yaml() -> str:
+    return manifest_yaml(custom_resource_definition())
+
+
+def manifest_yaml(document: Mapping[str, Any]) -> str:
+    """A generated CRD as the checked-in file holds it."""
     header = (
         "# Generated from operator/flotilla/api by `flotilla crd`; do not edit.\n"
         "# A test fails when this file and the models drift apart.\n"
     )
-    text = yaml.dump(custom_resource_definition(), Dumper=_NoAliases, sort_keys=False, width=100)
+    text = yaml.dump(dict(document), Dumper=_NoAliases, sort_keys=False, width=100)
     return header + text
 
 

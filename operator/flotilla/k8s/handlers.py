@@ -1,7 +1,10 @@
-"""The kopf wiring, and the only module that imports kopf: thin handlers over `reconcile`.
+"""The kopf wiring of FederatedJob: thin handlers over jobs.py. Only this module and
+schedule_handlers.py import kopf (an import-linter contract holds it).
 
 One reconcile for create, update and resume; a resync loop re-runs it for elasticity and
 status every `resync_seconds`, and at once when a node changes in a way placement sees.
+A failed reconcile, classified by failures.py, is raised as kopf's PermanentError (no
+retry by kopf; the resync tries again later) or TemporaryError (with its delay).
 Nodes, the jobs' pods and aggregator Deployments come from indexes (watches, no API call
 per object). No kopf timer: a timer makes kopf put a finalizer on every job, so `kubectl
 delete fj` would hang while the operator is down, and owner references already delete
@@ -15,8 +18,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -25,22 +27,19 @@ import kopf
 from flotilla.api import API_GROUP, FederatedJob
 from flotilla.fl.tls import client_context
 from flotilla.k8s import objects as o
-from flotilla.k8s.api import ApiError, Connection, KubeApi, path
+from flotilla.k8s.api import Connection, KubeApi
 from flotilla.k8s.client_pods import aggregator_url
-from flotilla.k8s.events import EventLog, event
+from flotilla.k8s.failures import Failure
+from flotilla.k8s.jobs import ALL_NODES, Failed, forget, reconcile_job, resync_forever
 from flotilla.k8s.metrics import OperatorMetrics
-from flotilla.k8s.reconcile import Context, JobMemory, Seen, reconcile
-from flotilla.k8s.serving import ROLE, newest_versions
-from flotilla.k8s.status import status_patch
+from flotilla.k8s.reconcile import Poll
+from flotilla.k8s.schedule_handlers import register_schedules
+from flotilla.k8s.serving import ROLE
 
 PLURAL = "federatedjobs"
 VERSION = "v1alpha1"
 RESYNC_SECONDS = 10.0
-RESYNC_CONCURRENCY = 16
-Poll = Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
 Login = Callable[..., kopf.ConnectionInfo | None]
-log = logging.getLogger(__name__)
-_ALL = "all"  # the one key of the nodes index
 
 
 async def poll_aggregator(job: FederatedJob, ca: str | None) -> Mapping[str, Any] | None:
@@ -113,7 +112,7 @@ def register(
         if metrics_port is not None:
             memo["metrics_runner"] = await metrics.serve(host="0.0.0.0", port=metrics_port)
         # The indexes are kopf's, filled by its watches; the loop reads them as they are.
-        memo["resync"] = asyncio.create_task(_resync_forever(memo, kwargs, poll, resync_seconds))
+        memo["resync"] = asyncio.create_task(resync_forever(memo, kwargs, poll, resync_seconds))
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -131,7 +130,7 @@ def register(
 
     @kopf.index("nodes", id="nodes", registry=registry)
     def nodes(*, body: kopf.Body, **_: Any) -> Any:
-        return {_ALL: dict(body)}
+        return {ALL_NODES: dict(body)}
 
     @kopf.index("pods", id="client_pods", labels={o.ROLE_LABEL: "client"}, registry=registry)
     def client_pods(
@@ -177,13 +176,16 @@ def register(
         **kwargs: Any,
     ) -> None:
         # kopf calls these once its indexes are filled: from now on the loop may resync it.
-        await _reconcile(dict(body), memo, kwargs, poll=poll, full=True, logger=logger)
+        try:
+            await reconcile_job(dict(body), memo, kwargs, poll=poll, change=True, logger=logger)
+        except Failed as failed:
+            raise _kopf_error(failed.failure) from failed
 
     # `when` filters keep kopf from logging a handler run for every event of every node.
+    # No on.delete: it would put a finalizer on every job. Owner references delete its objects.
     @kopf.on.event(*resource, when=_deleted, registry=registry)
     def _job_deleted(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        metrics.forget(namespace or "", name)  # owner references delete its objects
-        memo.get("jobs", {}).pop((namespace, name), None)
+        forget(memo, namespace, name)
 
     @kopf.on.event("nodes", when=_placement_changed, registry=registry)
     def _node_changed(
@@ -196,100 +198,14 @@ def register(
             memo["nodes"][name] = view
         memo["kick"].set()
 
+    register_schedules(registry, interval=resync_seconds)
     return metrics
 
 
-async def _resync_forever(
-    memo: kopf.Memo, indexes: Mapping[str, Any], poll: Poll, interval: float
-) -> None:
-    """Reconcile every job kopf has handled, each `interval` or when a node changes."""
-    kick: asyncio.Event = memo["kick"]
-    # Jobs side by side, a bounded number at once: one whose aggregator does not answer
-    # (its poll waits out a timeout) must not hold up the status of the others.
-    lanes = asyncio.Semaphore(RESYNC_CONCURRENCY)
-
-    async def resync(key: tuple[str, str], body: Mapping[str, Any]) -> None:
-        async with lanes:
-            try:
-                await _reconcile(dict(body), memo, indexes, poll=poll, full=False)
-            except Exception:  # one job's trouble must not stop the others' resync
-                log.exception("resync of FederatedJob %s/%s failed", *key)
-
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):  # wait_for may swallow a cancellation (3.11)
-                await kick.wait()
-        kick.clear()
-        due = [
-            resync(key, body)
-            for key, bodies in list(indexes["jobs"].items())
-            # Not yet handled by kopf in this process: its indexes may still be filling.
-            if key in memo["jobs"] and (body := next(iter(bodies), None)) is not None
-        ]
-        await asyncio.gather(*due)
-
-
-async def _reconcile(
-    body: dict[str, Any],
-    memo: kopf.Memo,
-    indexes: Mapping[str, Any],
-    *,
-    poll: Poll,
-    full: bool,
-    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
-) -> None:
-    if memo.get("stopping"):
-        return
-    metadata = body["metadata"]
-    key = (metadata.get("namespace"), metadata["name"])
-    memory: JobMemory = memo["jobs"].setdefault(key, JobMemory())
-    metrics: OperatorMetrics = memo["metrics"]
-    api: KubeApi = memo["api"]
-    # The resync and the change handlers may fire together: one reconcile of a job at a time.
-    async with memory.lock:
-        seen = Seen(
-            nodes=list(indexes["nodes"].get(_ALL, [])),
-            pods=list(indexes["client_pods"].get(key, [])),
-            aggregator_pods=list(indexes["aggregator_pods"].get(key, [])),
-            deployment=next(iter(indexes["aggregator_deployments"].get(key, [])), None),
-            serving_deployment=next(iter(indexes["serving_deployments"].get(key, [])), None),
-            newest_models=newest_versions(
-                job for bodies in indexes["jobs"].values() for job in bodies
-            ),
-        )
-        events = EventLog(logger)
-        context = Context(api=api, recorder=events, poll=poll, defaults=memo["defaults"])
-        trigger = "change" if full else "resync"
-        with metrics.reconcile_seconds.labels(trigger).time():
-            try:
-                outcome = await reconcile(context, body, seen=seen, full=full, memory=memory)
-            except Exception as error:
-                metrics.reconcile_errors.labels(type(error).__name__).inc()
-                raise
-            finally:
-                await _post(api, body, events, now=context.now())
-        before = memory.status or body.get("status") or {}
-        url = path("FederatedJob", namespace=key[0], name=key[1])
-        patch = status_patch(before, outcome.status)
-        if patch:
-            await api.merge_patch(f"{url}/status", {"status": patch})
-        memory.status = outcome.status
-        annotations = metadata.get("annotations") or {}
-        changed = {k: v for k, v in outcome.annotations.items() if annotations.get(k) != v}
-        if changed:
-            await api.merge_patch(url, {"metadata": {"annotations": changed}})
-    metrics.observed(key[0] or "", key[1], outcome.status)
-
-
-async def _post(api: KubeApi, body: Mapping[str, Any], events: EventLog, *, now: datetime) -> None:
-    """Post what the reconcile recorded; an event that cannot be posted is only logged."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    url = path("Event", namespace=body["metadata"].get("namespace") or "default")
-    for kind, reason, message in events.pending:
-        try:
-            await api.create(url, event(body, type=kind, reason=reason, message=message, now=stamp))
-        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-            log.warning("could not post the event %r: %s", message, error)
+def _kopf_error(failure: Failure) -> kopf.PermanentError | kopf.TemporaryError:
+    if failure.permanent:
+        return kopf.PermanentError(failure.message)
+    return kopf.TemporaryError(failure.message, delay=failure.delay)
 
 
 def _deleted(*, event: Mapping[str, Any], **_: Any) -> bool:

@@ -33,6 +33,8 @@ def test_the_operator_may_do_what_its_reconcile_needs() -> None:
         ("apps", "deployments", "watch"),
         ("", "secrets", "get"),
         ("", "events", "create"),
+        ("flotilla.dev", "federatedschedules", "watch"),
+        ("flotilla.dev", "federatedschedules/status", "patch"),
     }
     for kind, (prefix, plural, _) in RESOURCES.items():  # every object a plan can hold
         if kind not in ("FederatedJob", "Pod", "Event"):
@@ -50,7 +52,10 @@ def test_the_operator_may_not_touch_what_it_does_not_own() -> None:
     assert not any(
         r in ("roles", "rolebindings", "clusterroles", "serviceaccounts") for _, r, _ in rights
     )
-    assert ("flotilla.dev", "federatedjobs", "delete") not in rights
+    # Jobs are created and deleted only as a FederatedSchedule's (history limits, Replace).
+    jobs = {verb for _, r, verb in rights if r == "federatedjobs"}
+    assert jobs == {"list", "watch", "patch", "create", "delete"}
+    assert {verb for _, r, verb in rights if r == "federatedschedules"} == {"list", "watch"}
     assert not any(verb in ("update", "deletecollection", "*") for _, _, verb in rights)
 
 
