@@ -30,7 +30,7 @@ test: install
 	$(BIN)/ruff check operator tests bench charts docs
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e" --durations=25
 
 # On a real Kubernetes API server (tests/e2e/run.sh): the control plane of ../shared/k8s,
 # started for the run, when KUBECONFIG is unset; else KUBECONFIG's cluster.
