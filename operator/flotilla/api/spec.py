@@ -333,6 +333,20 @@ class FederatedJob(ApiModel):
         model = self.spec.model.model_copy(update={"init": uri})
         return self.model_copy(update={"spec": self.spec.model_copy(update={"model": model})})
 
+    def with_test_data_path(self, path: Path) -> FederatedJob:
+        """A copy reading ``spec.evaluation.testData``'s export at ``path`` (a command line's
+        ``--test-data``: where the export is on this machine); a SpecError naming the field
+        if the job has no test data."""
+        test_data = self.spec.evaluation.test_data
+        if test_data is None:
+            raise SpecError(["--test-data: the job has no spec.evaluation.testData to read"])
+        export = test_data.cvat_export.model_copy(update={"path": str(path)})
+        evaluation = self.spec.evaluation.model_copy(
+            update={"test_data": test_data.model_copy(update={"cvat_export": export})}
+        )
+        spec = self.spec.model_copy(update={"evaluation": evaluation})
+        return self.model_copy(update={"spec": spec})
+
     def resolve_paths(self, base_dir: Path) -> FederatedJob:
         """A copy with every relative ``cvatExport.path`` made absolute against ``base_dir``."""
         spec = self.spec

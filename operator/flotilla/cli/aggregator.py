@@ -44,6 +44,13 @@ def add_aggregator_parser(commands: Subcommands) -> None:
         default_help="default: spec.tracking.trackingUri, else $MLFLOW_TRACKING_URI, else none",
     )
     init_flag(aggregator)
+    aggregator.add_argument(
+        "--test-data",
+        type=Path,
+        metavar="PATH",
+        help="where spec.evaluation.testData's export is on this machine (default: its path "
+        "in the spec; in a cluster the operator mounts it and passes this)",
+    )
     aggregator.set_defaults(handler=_aggregator)
 
 
@@ -85,6 +92,8 @@ def _aggregator(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.init is not None:
         job = job.with_model_init(args.init)
+    if args.test_data is not None:
+        job = job.with_test_data_path(args.test_data)
     options = AggregatorOptions(
         state_dir=args.state_dir,
         host=args.host,

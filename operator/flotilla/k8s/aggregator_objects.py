@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
@@ -17,6 +19,7 @@ from flotilla.k8s.security_objects import CERT_KEY, PRIVATE_KEY, TLS_DIR, servin
 
 STATE_DIR = "/var/lib/flotilla"
 CONFIG_DIR = "/etc/flotilla/job"
+TEST_DATA_DIR = "/test-data"
 TOKENS_DIR = "/etc/flotilla/tokens"
 TOKENS_KEY = "tokens.json"
 # Set on the tokens Secret while the job is suspended: the next resume issues new tokens.
@@ -193,6 +196,7 @@ def _aggregator_container(job: FederatedJob, defaults: o.ClusterDefaults) -> dic
             f"--port={o.PORT}",
             f"--metrics-port={o.AGGREGATOR_METRICS_PORT}",
             *(tls_args if tls else []),
+            *_test_data(job).args,
         ],
         "ports": [
             {"name": "http", "containerPort": o.PORT},
@@ -210,6 +214,7 @@ def _aggregator_container(job: FederatedJob, defaults: o.ClusterDefaults) -> dic
             {"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True},
             {"name": "state", "mountPath": STATE_DIR},
             *([serving_volume(job)[1]] if tls else []),
+            *_test_data(job).mounts,
             o.scratch()[1],
         ],
     }
@@ -237,4 +242,37 @@ def _aggregator_volumes(job: FederatedJob) -> list[dict[str, Any]]:
         },
         {"name": "state", **state},
         *([serving_volume(job)[0]] if job.spec.security.tls.enabled else []),
+        *_test_data(job).volumes,
     ]
+
+
+@dataclass(frozen=True)
+class _Mounted:
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    args: list[str]
+
+
+def _test_data(job: FederatedJob) -> _Mounted:
+    """The central test split (spec.evaluation.testData), mounted read-only where the
+    aggregator is told to read it: from its PersistentVolumeClaim, else from the node the
+    aggregator runs on (pin it with runtime.aggregator.nodeSelector)."""
+    test_data = job.spec.evaluation.test_data
+    if test_data is None:
+        return _Mounted(volumes=[], mounts=[], args=[])
+    export = test_data.cvat_export
+    if export.claim_name is not None:
+        volume: dict[str, Any] = {
+            "persistentVolumeClaim": {"claimName": export.claim_name, "readOnly": True}
+        }
+        mount, path = TEST_DATA_DIR, str(PurePosixPath(TEST_DATA_DIR, export.path))
+    else:
+        host = PurePosixPath(export.path)
+        kind = "File" if host.suffix == ".zip" else "Directory"
+        volume = {"hostPath": {"path": str(host), "type": kind}}
+        mount = path = str(PurePosixPath(TEST_DATA_DIR, host.name))
+    return _Mounted(
+        volumes=[{"name": "test-data", **volume}],
+        mounts=[{"name": "test-data", "mountPath": mount, "readOnly": True}],
+        args=[f"--test-data={path}"],
+    )
