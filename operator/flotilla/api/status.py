@@ -41,12 +41,22 @@ class LostNode(ApiModel):
     node_selector: dict[str, str] = Field(default_factory=dict)  # the one it was lost under
 
 
+class PromotionRecord(ApiModel):
+    """The promotion gate's decision on the registered version (spec.tracking.promotion)."""
+
+    outcome: Literal["promoted", "kept"]
+    reason: CamelCaseReason  # FirstModel, Better, NotBetter, ChampionUnreadable, ...
+    alias: str  # the promotion alias, moved to this version or not
+    message: str = Field(default="", max_length=1000)  # both figures and why
+
+
 class RegisteredModel(ApiModel):
     """The model version the job registered in MLflow, and the alias it moved."""
 
     name: str
     version: str
     alias: str
+    promotion: PromotionRecord | None = None
 
 
 class FederatedJobStatus(ApiModel):

@@ -134,15 +134,34 @@ def registered_model(
 ) -> dict[str, Any] | None:
     """What the aggregator says it registered, else what the status kept (after the TTL the
     aggregator is gone, and the model stays registered)."""
-    registered = ((answer or {}).get("tracking") or {}).get("registeredModel") or {}
+    tracking = (answer or {}).get("tracking") or {}
+    registered = tracking.get("registeredModel") or {}
     if registered.get("name") and registered.get("version") is not None:
-        return {
+        model: dict[str, Any] = {
             "name": str(registered["name"]),
             "version": str(registered["version"]),
             "alias": job.spec.tracking.alias,
         }
+        promotion = _promotion(tracking.get("promotion"), version=model["version"])
+        if promotion is not None:
+            model["promotion"] = promotion
+        return model
     kept = previous.get("model")
     return dict(kept) if kept else None
+
+
+def _promotion(decision: Any, *, version: str) -> dict[str, str] | None:
+    """The gate's decision on `version`, as status.model.promotion; None before it is made."""
+    if not isinstance(decision, Mapping) or str(decision.get("version")) != version:
+        return None
+    if decision.get("outcome") not in ("promoted", "kept"):
+        return None
+    return {
+        "outcome": str(decision["outcome"]),
+        "reason": str(decision.get("reason") or "Decided"),
+        "alias": str(decision.get("alias") or ""),
+        "message": str(decision.get("message") or "")[:1000],
+    }
 
 
 def _aggregator(

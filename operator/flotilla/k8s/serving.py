@@ -4,7 +4,8 @@ Service run `mlflow models serve` (through `flotilla serve`) on `models:/<name>@
 Pure. Which version is served comes from the jobs' statuses, not from MLflow: each job that
 registers a version records it (status.model), and the serving Deployment of every job that
 follows the same model (same namespace, MLflow server, name and alias) carries the newest
-such version in its pod template, so a later job moving the alias rolls it. An alias moved by
+such version in its pod template, so a later job moving the alias rolls it: by registering
+under it, or by the promotion gate moving it (status.model.promotion). An alias moved by
 hand in MLflow is served from the next restart of the serving pods.
 """
 
@@ -74,26 +75,34 @@ def _server(namespace: str | None, spec: Mapping[str, Any]) -> str:
     return str(tracking.get("trackingUri") or (f"secret:{namespace}/{secret}" if secret else ""))
 
 
-def registered_key(body: Mapping[str, Any]) -> ModelKey | None:
-    """The model and alias a job's status says it registered, as raw API data (no parse)."""
+def registered_keys(body: Mapping[str, Any]) -> list[ModelKey]:
+    """The model and aliases a job's status says it moved to its version, as raw API data
+    (no parse): the registration's alias, and the promotion alias if the gate promoted it."""
     metadata, spec = body.get("metadata") or {}, body.get("spec") or {}
     model = (body.get("status") or {}).get("model") or {}
     if not (model.get("name") and model.get("alias") and model.get("version")):
-        return None
+        return []
     namespace = metadata.get("namespace") or "default"
-    return ModelKey(namespace, _server(namespace, spec), model["name"], model["alias"])
+    server = _server(namespace, spec)
+    return [ModelKey(namespace, server, model["name"], alias) for alias in _aliases(model)]
+
+
+def _aliases(model: Mapping[str, Any]) -> list[str]:
+    """The aliases a status.model says point at its version, as the job left them."""
+    promotion = model.get("promotion") or {}
+    promoted = promotion.get("outcome") == "promoted" and promotion.get("alias")
+    return [str(model["alias"]), *([str(promotion["alias"])] if promoted else [])]
 
 
 def newest_versions(bodies: Iterable[Mapping[str, Any]]) -> dict[ModelKey, str]:
-    """For each model and alias, the newest version any job registered (versions count up)."""
+    """For each model and alias, the newest version any job moved it to (versions count up):
+    a later registration, or a later promotion, is what the alias points at now."""
     newest: dict[ModelKey, str] = {}
     for body in bodies:
-        key = registered_key(body)
-        if key is None:
-            continue
-        version = str(body["status"]["model"]["version"])
-        if key not in newest or _number(version) > _number(newest[key]):
-            newest[key] = version
+        for key in registered_keys(body):
+            version = str(body["status"]["model"]["version"])
+            if key not in newest or _number(version) > _number(newest[key]):
+                newest[key] = version
     return newest
 
 
@@ -112,7 +121,7 @@ def to_serve(
     name, alias = str(own["name"]), serving_alias(job)
     key = ModelKey(namespace, _server(namespace, job.to_dict()["spec"]), name, alias)
     known = [newest[key]] if key in newest else []
-    if own.get("alias") == alias:  # the index may not show the job's own status yet
+    if alias in _aliases(own):  # the index may not show the job's own status yet
         known.append(str(own["version"]))
     version = max(known, key=_number, default=None)
     return Served(name=name, alias=alias, version=version)

@@ -32,6 +32,7 @@ CONDITION_TYPES = (
     "Suspended",
     "Tracking",
     "Serving",
+    "Promoted",
 )
 _TERMINAL = ("Succeeded", "Failed")
 
@@ -123,6 +124,10 @@ def _conditions(
     tracking = answer.get("tracking")
     if tracking:
         out["Tracking"] = _tracking(tracking)
+    promotion = (observed.model or {}).get("promotion")
+    if job.spec.tracking.promotion is not None and promotion:
+        promoted = "True" if promotion.get("outcome") == "promoted" else "False"
+        out["Promoted"] = (promoted, str(promotion["reason"]), str(promotion.get("message", "")))
     if out.get("Succeeded", ("False",))[0] == "True" and serving.wanted(job):
         tracking_off = out.get("Tracking", ("", ""))[1] == "TrackingOff"
         if observed.served is None and tracking_off:
