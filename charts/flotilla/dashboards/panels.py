@@ -125,6 +125,27 @@ JOB_ROWS = (
         "Global model",
         (
             Panel(
+                "Candidate vs champion",
+                "spec.tracking.promotion: this job's final score beside the champion's it was "
+                "compared with, both on the aggregator's test split; empty without a gate or "
+                "before the final evaluation.",
+                (Query(f"max by (model) (flotilla_model_score{{{ONE_JOB}}})", "{{model}}"),),
+                unit="percentunit",
+                kind="bargauge",
+                width=8,
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Promoted",
+                "1: the promotion alias moved to this job's version; 0: the gate kept it.",
+                (Query(f"max(flotilla_model_promoted{{{ONE_JOB}}})", "promoted"),),
+                kind="stat",
+                width=4,
+                min=0,
+                max=1,
+            ),
+            Panel(
                 "Global accuracy or mAP@0.5 by source",
                 "central: the aggregator's test split; federated: the clients' hold-outs "
                 "(a round later). Accuracy for classification jobs, mAP@0.5 for detection.",

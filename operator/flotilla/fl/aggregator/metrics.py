@@ -121,6 +121,7 @@ class LedgerCollector(Collector):
         )
         yield from _global_metrics(job, history)
         yield _privacy_epsilon(job, history)
+        yield from _promotion(job, engine.tracking_status().get("promotion"))
         yield from _client_metrics(job, history)
         yield _site_readiness(job, engine.roster.site_reports)
         yield from _link_metrics(job, engine.intake.links)
@@ -230,6 +231,30 @@ def _privacy_epsilon(job: str, history: list[dict[str, Any]]) -> GaugeMetricFami
     if isinstance(epsilon, int | float) and math.isfinite(epsilon):
         family.add_metric([job], float(epsilon))
     return family
+
+
+def _promotion(job: str, decision: Mapping[str, Any] | None) -> Iterable[Metric]:
+    """The promotion gate's figures once it decided: the new version's score beside the
+    champion's it was compared with (both on the aggregator's test split)."""
+    scores = GaugeMetricFamily(
+        "flotilla_model_score",
+        "The promotion gate's scores on the test split: model=candidate (this job's version) "
+        "and model=champion (the version the promotion alias pointed at); absent without a gate",
+        labels=["flotilla_job", "model", "metric"],
+    )
+    promoted = GaugeMetricFamily(
+        "flotilla_model_promoted",
+        "1 if the promotion gate moved its alias to this job's version, 0 if it kept it",
+        labels=["flotilla_job"],
+    )
+    if decision:
+        metric = str(decision.get("metric", ""))
+        for model, key in (("candidate", "score"), ("champion", "championScore")):
+            value = decision.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                scores.add_metric([job, model, metric], float(value))
+        promoted.add_metric([job], 1.0 if decision.get("outcome") == "promoted" else 0.0)
+    return (scores, promoted)
 
 
 def _site_readiness(job: str, reports: Mapping[str, Mapping[str, Any]]) -> GaugeMetricFamily:
