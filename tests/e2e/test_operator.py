@@ -392,3 +392,11 @@ def test_events_tell_the_story(operator: OperatorProcess, new_namespace: NewName
     assert "Created client Pod for node edge-1" in events
     assert "Created Deployment digits-aggregator" in events
     assert json.dumps(events).count("Created client Pod") == 3
+    # What the operator owns it applies server-side, under one field manager.
+    shown = kubectl(
+        "get", "deployment", "digits-aggregator", "-n", namespace, "-o", "json",
+        "--show-managed-fields",
+    )  # fmt: skip
+    deployment = json.loads(shown.stdout)
+    managers = {(m["manager"], m["operation"]) for m in deployment["metadata"]["managedFields"]}
+    assert ("flotilla-operator", "Apply") in managers

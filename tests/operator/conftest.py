@@ -3,7 +3,9 @@
 kopf runs in a thread with its own event loop (in the test's loop it would cancel the
 test's tasks when it stops); KMock serves from the test's loop. KMock keeps no uid,
 generation or label selectors and registers no CRD: the fixtures below fill in what the
-operator needs, and the operator filters by labels itself.
+operator needs, and the operator filters by labels itself. KMock takes a server-side apply
+for a merge patch, and answers 404 to one of an object that is not there: the fixture
+makes such an apply create the object, as a real API server does.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def cluster(
     kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> kmock.KubernetesEmulator:
     _fast_membership(monkeypatch)
+    _apply_creates(monkeypatch)
     kmock.resources[JOBS] = kmock.ResourceInfo(
         kind="FederatedJob", namespaced=True, subresources={"status"}, verbs=VERBS
     )
@@ -89,6 +92,35 @@ def _fast_membership(monkeypatch: pytest.MonkeyPatch) -> None:
         return scan(view, item) if known is None else known
 
     monkeypatch.setattr(kmock.View, "__contains__", contains)
+
+
+def _apply_creates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server-side apply of an object that is not there creates it and answers 201, as a
+    real API server does (KMock's own handling of the PATCH then applies it again, as a
+    merge: close enough for objects that only the operator writes)."""
+    handle = kmock.KubernetesEmulator._handle
+
+    async def applied(server: kmock.KubernetesEmulator, request: kmock.Request) -> Any:
+        apply = request.headers.get("Content-Type") == "application/apply-patch+yaml"
+        created = False
+        if apply and request.resource and request.name and not request.subresource:
+            key = (request.resource, request.namespace, request.name)
+            async with server._lock:
+                if key not in server._objects:
+                    server._objects[key] = request.data
+                    created = True
+                elif server._objects[key].deleted:
+                    server._objects[key].create(request.data)
+                    created = True
+                if created:
+                    raw = server._objects[key].raw
+                    await server._buses[request.resource].put({"type": "ADDED", "object": raw})
+        response = await handle(server, request)
+        if created and response.status == 200 and not response.prepared:
+            response.set_status(201)
+        return response
+
+    monkeypatch.setattr(kmock.KubernetesEmulator, "_handle", applied)
 
 
 def node(name: str, **labels: str) -> dict[str, Any]:

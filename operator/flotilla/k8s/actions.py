@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class Apply:
-    """Create each object, or merge-patch it where it exists; the first refusal is the
-    part's (aggregator or serving) for status."""
+    """Apply each object (server-side: created, or its fields set); the first refusal is
+    the part's (aggregator or serving) for status."""
 
     part: Literal["aggregator", "serving"]
     objects: tuple[dict[str, Any], ...]
@@ -21,6 +21,7 @@ class Delete:
     kind: str
     name: str
     why: str  # for the event: "Deleted <kind> <name>: <why>"
+    api_version: str
 
 
 @dataclass(frozen=True)

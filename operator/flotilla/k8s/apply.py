@@ -1,6 +1,7 @@
 """Carry out a decision's actions (decide.py) against the API, in order, and say what the
-API server refused. Idempotent: an object that exists is patched (a PVC left as it is), a
-pod that exists is left, a delete of what is gone is no error. A refusal that will not heal
+API server refused. Idempotent: objects are server-side applied (a PVC is created once and
+left as it is: its spec is immutable once bound), a pod that exists is left, a delete of
+what is gone is no error. A refusal that will not heal
 (failures.py: admission, validation, quota, a kind the cluster does not serve) does not stop
 the rest: it is returned for status and events. Anything else is raised.
 """
@@ -12,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flotilla.k8s.actions import Action, Apply, CreatePod, Delete, DeletePod, Note
-from flotilla.k8s.api import AlreadyExists, ApiError, path
+from flotilla.k8s.api import AlreadyExists, ApiError, Ref
 from flotilla.k8s.failures import classify_answer
 from flotilla.k8s.settle import Refused
 
-_KEEP_ON_UPDATE = {"PersistentVolumeClaim"}  # its spec is immutable once bound
+_CREATE_ONLY = {"PersistentVolumeClaim"}  # its spec is immutable once bound
 
 
 class Recorder(Protocol):
@@ -28,11 +29,13 @@ class Recorder(Protocol):
 class Api(Protocol):
     """What of KubeApi (api.py) the actions use."""
 
-    async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def create(
+        self, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]: ...
 
-    async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def apply(self, body: Mapping[str, Any], *, namespace: str | None = None) -> bool: ...
 
-    async def delete(self, url: str) -> bool: ...
+    async def delete(self, target: Ref) -> bool: ...
 
 
 @dataclass
@@ -62,11 +65,11 @@ async def carry_out(
                     out.aggregator = refusal
                 else:
                     out.serving = refusal
-            case Delete(kind, name, why):
-                if await api.delete(path(kind, namespace=namespace, name=name)):
+            case Delete(kind, name, why, api_version):
+                if await api.delete(Ref(api_version, kind, name, namespace)):
                     recorder.info("Deleted", f"Deleted {kind} {name}: {why}")
             case DeletePod(name, site, node, why, replaced):
-                await api.delete(path("Pod", namespace=namespace, name=name))
+                await api.delete(Ref("v1", "Pod", name, namespace))
                 recorder.info("Deleted", f"Deleted client Pod for node {node}: {why}")
                 if replaced is not None:
                     replacements[site] = replaced
@@ -80,12 +83,12 @@ async def carry_out(
 async def _apply_all(
     api: Api, recorder: Recorder, objects: Sequence[Mapping[str, Any]], namespace: str
 ) -> str | None:
-    """Create or patch each object; the first refusal, if the server refused one."""
+    """Apply each object; the first refusal, if the server refused one."""
     refused: list[str] = []
     for obj in objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
-            await _create_or_patch(api, recorder, obj, namespace)
+            await _apply_one(api, recorder, obj, namespace)
         except ApiError as error:
             if not classify_answer(error).permanent:
                 raise
@@ -93,18 +96,18 @@ async def _apply_all(
     return refused[0] if refused else None
 
 
-async def _create_or_patch(
-    api: Api, recorder: Recorder, obj: Mapping[str, Any], namespace: str
-) -> None:
+async def _apply_one(api: Api, recorder: Recorder, obj: Mapping[str, Any], namespace: str) -> None:
     kind, name = obj["kind"], obj["metadata"]["name"]
-    try:
-        await api.create(path(kind, namespace=namespace), obj)
-        recorder.info("Created", f"Created {kind} {name}")
-    except AlreadyExists:
-        if kind in _KEEP_ON_UPDATE:
+    if kind in _CREATE_ONLY:
+        try:
+            await api.create(obj, namespace=namespace)
+        except AlreadyExists:
             return
-        update = {k: v for k, v in obj.items() if k in ("metadata", "spec", "stringData", "data")}
-        await api.merge_patch(path(kind, namespace=namespace, name=name), update)
+        created = True
+    else:
+        created = await api.apply(obj, namespace=namespace)
+    if created:
+        recorder.info("Created", f"Created {kind} {name}")
 
 
 async def _create_pod(
@@ -112,7 +115,7 @@ async def _create_pod(
 ) -> str | None:
     """Create a client pod; the server's refusal, if it refused it."""
     try:
-        await api.create(path("Pod", namespace=namespace), pod)
+        await api.create(pod, namespace=namespace)
         recorder.info("Created", f"Created client Pod for node {node}")
     except AlreadyExists:
         pass  # created by an earlier pass the pod index has not shown yet

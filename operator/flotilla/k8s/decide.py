@@ -215,7 +215,8 @@ def _serving(plan: Plan, seen: Seen, *, full: bool) -> list[Action]:
         if deployment is None:
             return []
         name = deployment["metadata"]["name"]
-        return [Delete(kind, name, "serving is off") for kind in ("Deployment", "Service")]
+        kinds = (("apps/v1", "Deployment"), ("v1", "Service"))
+        return [Delete(kind, name, "serving is off", version) for version, kind in kinds]
     digest = o.content_hash(plan.serving)
     if not full and annotation(deployment, o.HASH_ANNOTATION) == digest:
         return []
@@ -299,7 +300,7 @@ def _reachable(job: FederatedJob, site: str) -> bool:
 
 
 def _delete(obj: Mapping[str, Any], why: str) -> Delete:
-    return Delete(obj["kind"], obj["metadata"]["name"], why)
+    return Delete(obj["kind"], obj["metadata"]["name"], why, obj["apiVersion"])
 
 
 def _expired(job: FederatedJob, previous: Mapping[str, Any], now: datetime) -> bool:

@@ -9,7 +9,7 @@ one is also written into the job's status, as the condition `failure_condition` 
 | the API answered | permanent | waits before the next try |
 | --- | --- | --- |
 | 400, 403, 405, 406, 413, 415, 422, any other 4xx | yes | 30 s, doubling to 5 min |
-| 404 to a create, or of a namespace (the kind or namespace is missing) | yes | as above |
+| 404 to a create or apply, or of a namespace (kind or namespace missing) | yes | as above |
 | 404 of an object (it went away meanwhile: the next pass makes it) | no | 5 s, doubling |
 | 401, 408, 409, 410, 429, 5xx | no | Retry-After, else 1 s (409) or 5 s, doubling to 5 min |
 | nothing: connection refused or reset, timeout | no | 5 s, doubling to 5 min |
@@ -25,9 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from flotilla.k8s.api import ApiError
+from flotilla.k8s.api_errors import ApiError
 
 CONDITION = "ReconcileFailure"
 MAX_DELAY = 300.0
@@ -75,7 +73,7 @@ def classify(error: BaseException, *, attempt: int = 0) -> Failure | None:
         return classify_answer(error, attempt=attempt)
     if isinstance(error, TimeoutError):
         return Failure(False, "Timeout", _unanswered(error), _backoff(TEMPORARY_DELAY, attempt))
-    if isinstance(error, aiohttp.ClientError | ConnectionError):
+    if isinstance(error, ConnectionError):  # api.py's for a call with no answer
         message = _unanswered(error)
         return Failure(False, "Unreachable", message, _backoff(TEMPORARY_DELAY, attempt))
     return None
@@ -89,7 +87,8 @@ def classify_answer(error: ApiError, *, attempt: int = 0) -> Failure:
     if status == 404:
         # A missing collection (the kind is not served, the namespace is gone) stays
         # missing; a missing object was deleted meanwhile, and the next pass makes it.
-        collection = error.method == "POST" or error.missing == "namespaces"
+        # An apply makes what is missing: its 404 is always the collection's.
+        collection = error.creates or error.missing == "namespaces"
         delay = PERMANENT_DELAY if collection else TEMPORARY_DELAY
         return Failure(collection, reason, message, _backoff(delay, attempt))
     if 400 <= status < 500 and status not in _TEMPORARY_4XX:

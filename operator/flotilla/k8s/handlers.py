@@ -103,7 +103,12 @@ def register(
             raise kopf.PermanentError(
                 "no Kubernetes credentials: no service account, no kubeconfig"
             )
-        memo["api"] = KubeApi(_connection(info), on_error=metrics.api_error)
+
+        def relogin() -> Connection | None:  # after a 401: a rotated token, say
+            again = login(settings=settings, **kwargs)
+            return _connection(again) if again is not None else None
+
+        memo["api"] = KubeApi(_connection(info), login=relogin, on_error=metrics.api_error)
         memo["metrics"] = metrics
         memo["jobs"] = {}  # (namespace, name) -> JobMemory
         memo["nodes"] = {}  # name -> what placement reads of it
@@ -231,6 +236,8 @@ def _placement_view(event: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[
 
 
 def _connection(info: kopf.ConnectionInfo) -> Connection:
+    """What kopf logged in with, for the API client (api.py knows no kopf)."""
+
     def text(value: object) -> str | None:
         if value is None:
             return None
@@ -239,9 +246,15 @@ def _connection(info: kopf.ConnectionInfo) -> Connection:
     return Connection(
         server=info.server,
         token=info.token,
+        scheme=info.scheme,
+        username=info.username,
+        password=info.password,
         ca_path=text(info.ca_path),
         ca_data=text(info.ca_data),
         insecure=bool(info.insecure),
         certificate_path=text(info.certificate_path),
+        certificate_data=text(info.certificate_data),
         private_key_path=text(info.private_key_path),
+        private_key_data=text(info.private_key_data),
+        proxy_url=info.proxy_url,
     )

@@ -21,9 +21,8 @@ from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
-from flotilla.k8s.api import ApiError, KubeApi, path
+from flotilla.api import API_VERSION, KIND
+from flotilla.k8s.api import CALL_ERRORS, ApiError, KubeApi, Ref
 from flotilla.k8s.decide import TIME_FORMAT, Seen
 from flotilla.k8s.events import EventLog, event
 from flotilla.k8s.failures import CONDITION, Failure, classify, with_failure
@@ -169,17 +168,18 @@ async def _write(
     memory: JobMemory,
     outcome: Outcome,
 ) -> None:
-    """Write the status and the annotations that changed; nothing once the job is gone."""
-    url = path("FederatedJob", namespace=key[0], name=key[1])
+    """Write the status and the annotations that changed; nothing once the job is gone.
+    Merge patches, not applies: an apply would make the job again were it deleted meanwhile."""
+    job = Ref(API_VERSION, KIND, key[1], key[0])
     patch = status_patch(memory.status or body.get("status") or {}, outcome.status)
     annotations = body["metadata"].get("annotations") or {}
     changed = {k: v for k, v in outcome.annotations.items() if annotations.get(k) != v}
     try:
         if patch:
-            await api.merge_patch(f"{url}/status", {"status": patch})
+            await api.merge_patch(job, {"status": patch}, subresource="status")
         memory.status = outcome.status
         if changed:
-            await api.merge_patch(url, {"metadata": {"annotations": changed}})
+            await api.merge_patch(job, {"metadata": {"annotations": changed}})
     except ApiError as error:
         if error.status != 404:
             raise
@@ -207,22 +207,21 @@ async def _failed(
     before = memory.status or body.get("status") or {}
     generation = metadata.get("generation")
     after = with_failure(before, failure, now=now.strftime(TIME_FORMAT), generation=generation)
-    url = path("FederatedJob", namespace=metadata.get("namespace"), name=metadata["name"])
+    job = Ref(API_VERSION, KIND, metadata["name"], metadata.get("namespace"))
     try:
         patch = status_patch(before, after)
         if patch:
-            await api.merge_patch(f"{url}/status", {"status": patch})
+            await api.merge_patch(job, {"status": patch}, subresource="status")
         memory.status = after
-    except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+    except CALL_ERRORS as error:
         log.warning("could not write the failure into the status: %s", error)
 
 
 async def _post(api: KubeApi, body: Mapping[str, Any], events: EventLog, *, now: datetime) -> None:
     """Post what the reconcile recorded; an event that cannot be posted is only logged."""
     stamp = now.strftime(TIME_FORMAT)
-    url = path("Event", namespace=body["metadata"].get("namespace") or "default")
     for kind, reason, message in events.pending:
         try:
-            await api.create(url, event(body, type=kind, reason=reason, message=message, now=stamp))
-        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            await api.create(event(body, type=kind, reason=reason, message=message, now=stamp))
+        except CALL_ERRORS as error:
             log.warning("could not post the event %r: %s", message, error)

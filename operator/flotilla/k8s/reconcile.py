@@ -4,7 +4,7 @@ Called on create, update and resume, and by the operator's resync loop (elastici
 status). This module does the I/O only: it reads the job's two Secrets and the aggregator's
 /v1/status beside what the indexes hold (`observe`), and carries out what decide.py chose
 (apply.py); every choice is decide.py's, the status settle.py's. Idempotent: objects that
-exist are left alone or patched, pods are created or deleted, never patched. What the
+exist are left alone or applied again, pods are created or deleted, never patched. What the
 cluster refuses (admission, quota, validation) does not stop it: the refusal goes into the
 job's status and an event, and the rest goes on.
 """
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from flotilla.api import FederatedJob, SpecError
 from flotilla.k8s import objects as o
-from flotilla.k8s.api import path
+from flotilla.k8s.api import Ref
 from flotilla.k8s.apply import Api, Recorder, carry_out
 from flotilla.k8s.decide import Seen, Snapshot, decide
 from flotilla.k8s.entropy import SYSTEM, Entropy
@@ -33,7 +33,7 @@ Poll = Callable[[FederatedJob, str | None], Awaitable[Mapping[str, Any] | None]]
 
 
 class ReadApi(Api, Protocol):
-    async def get(self, url: str) -> dict[str, Any] | None: ...
+    async def get(self, target: Ref) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -122,10 +122,10 @@ async def observe(
     """Beside the indexes and the memory: the job's tokens and TLS Secrets by name, and the
     aggregator's answer (verified against the job's CA, once there is one)."""
     namespace = o.namespace(job)
-    tokens = await ctx.api.get(path("Secret", namespace=namespace, name=o.tokens_secret_name(job)))
+    tokens = await ctx.api.get(Ref("v1", "Secret", o.tokens_secret_name(job), namespace))
     tls = None
     if job.spec.security.tls.enabled:
-        tls = await ctx.api.get(path("Secret", namespace=namespace, name=o.tls_secret_name(job)))
+        tls = await ctx.api.get(Ref("v1", "Secret", o.tls_secret_name(job), namespace))
     material = tls_in(tls)
     answer = await ctx.poll(job, material.ca if material else None)
     previous, generation = _previous(body, memory)

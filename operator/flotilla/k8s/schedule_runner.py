@@ -18,13 +18,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
-
-from flotilla.k8s.api import AlreadyExists, ApiError, KubeApi, path
+from flotilla.api import API_VERSION, KIND
+from flotilla.k8s.api import CALL_ERRORS, AlreadyExists, KubeApi, Ref, ref
 from flotilla.k8s.events import EventType, event
 from flotilla.k8s.jobs import ALL_NODES
 from flotilla.k8s.schedule_plan import CreateJob, DeleteJob, ScheduleSeen, decide
@@ -53,11 +52,6 @@ class ScheduleMemory:
         for made in (self.created, self.deleted):
             for name in [n for n, at in made.items() if now - at > LAG]:
                 del made[name]
-
-
-def schedule_url(namespace: str | None, name: str | None = None) -> str:
-    where = f"/namespaces/{namespace}" if namespace else ""
-    return f"/apis/flotilla.dev/v1alpha1{where}/federatedschedules" + (f"/{name}" if name else "")
 
 
 async def schedules_forever(memo: Memo, indexes: Mapping[str, Any], interval: float) -> None:
@@ -104,7 +98,7 @@ async def run_schedule(
     for action in decision.actions:
         try:
             note = await _apply(api, key, action, memory, now)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+        except CALL_ERRORS as error:
             reason = getattr(error, "detail", None) or str(error)
             if isinstance(action, CreateJob):
                 status = with_refusal(status, previous, message=reason, now=now)
@@ -118,7 +112,7 @@ async def run_schedule(
     events += transitions(previous, status)
     patch = status_patch(previous, status)
     if patch:
-        await api.merge_patch(f"{schedule_url(*key)}/status", {"status": patch})
+        await api.merge_patch(ref(body), {"status": patch}, subresource="status")
     memory.status = status
     await _post(api, body, events, now=now)
 
@@ -133,15 +127,15 @@ async def _apply(
     namespace = key[0]
     if isinstance(action, CreateJob):
         with contextlib.suppress(AlreadyExists):  # made before a restart, or by a lagging pass
-            await api.create(path("FederatedJob", namespace=namespace), action.body)
+            await api.create(action.body, namespace=namespace)
         memory.created[action.body["metadata"]["name"]] = now
         return ("Normal", "Created", action.message)
     if isinstance(action, CreateProbe):
         with contextlib.suppress(AlreadyExists):
-            await api.create(path("Pod", namespace=namespace), action.pod)
+            await api.create(action.pod, namespace=namespace)
         return None
-    kind = "FederatedJob" if isinstance(action, DeleteJob) else "Pod"
-    deleted = await api.delete(path(kind, namespace=namespace, name=action.name))
+    what = Ref(API_VERSION, KIND) if isinstance(action, DeleteJob) else Ref("v1", "Pod")
+    deleted = await api.delete(replace(what, name=action.name, namespace=namespace))
     memory.deleted[action.name] = now
     memory.created.pop(action.name, None)
     if isinstance(action, DeleteJob) and deleted:
@@ -188,9 +182,6 @@ async def _post(
             "FederatedSchedule %s/%s: %s", namespace, body["metadata"]["name"], message
         )
         try:
-            await api.create(
-                path("Event", namespace=namespace),
-                event(body, type=kind, reason=reason, message=message, now=stamp),
-            )
-        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            await api.create(event(body, type=kind, reason=reason, message=message, now=stamp))
+        except CALL_ERRORS as error:
             log.warning("could not post the event %r: %s", message, error)

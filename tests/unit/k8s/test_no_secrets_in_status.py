@@ -18,7 +18,7 @@ import yaml
 
 from flotilla.api import load_job
 from flotilla.k8s.aggregator_objects import TOKENS_KEY
-from flotilla.k8s.api import AlreadyExists
+from flotilla.k8s.api import Ref
 from flotilla.k8s.decide import Seen
 from flotilla.k8s.reconcile import Context, JobMemory, reconcile
 
@@ -27,27 +27,27 @@ TOKENS = {"site-a": "tok-a-Qw83LmZp01xYv", "site-b": "tok-b-Rt62NnBq44cWs"}
 
 
 class FakeApi:
-    """The existing tokens Secret, and a record of what was written."""
+    """The existing tokens Secret, and a record of what was written, by kind."""
 
     def __init__(self, secret: dict[str, Any]) -> None:
         self.secret = secret
         self.written: list[tuple[str, str, Mapping[str, Any]]] = []
 
-    async def get(self, url: str) -> dict[str, Any] | None:
-        return self.secret if "/secrets/" in url else None
+    async def get(self, target: Ref) -> dict[str, Any] | None:
+        return self.secret if target.kind == "Secret" else None
 
-    async def create(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        self.written.append(("create", url, body))
-        if body["kind"] == "Secret":
-            raise AlreadyExists(409, "exists")
+    async def create(
+        self, body: Mapping[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        self.written.append(("create", body["kind"], body))
         return dict(body)
 
-    async def merge_patch(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        self.written.append(("patch", url, body))
-        return dict(body)
+    async def apply(self, body: Mapping[str, Any], *, namespace: str | None = None) -> bool:
+        self.written.append(("apply", body["kind"], body))
+        return body["kind"] != "Secret"  # the Secret was there
 
-    async def delete(self, url: str) -> bool:
-        self.written.append(("delete", url, {}))
+    async def delete(self, target: Ref) -> bool:
+        self.written.append(("delete", target.kind, {}))
         return True
 
 
@@ -106,7 +106,7 @@ def test_reconcile_outputs_hold_no_token(tmp_path: Path) -> None:
         "annotations": json.dumps(outcome.annotations),
         "events": "\n".join(events.seen),
         "objects": yaml.safe_dump(
-            [dict(body) for _, url, body in api.written if "/secrets" not in url]
+            [dict(body) for _, kind, body in api.written if kind != "Secret"]
         ),
     }
     for where, text in emitted.items():

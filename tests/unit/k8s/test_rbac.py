@@ -7,10 +7,19 @@ from typing import Any
 
 import yaml
 
-from flotilla.k8s.api import RESOURCES
 from tests.rbac import config_roles, granted
 
 ROOT = Path(__file__).resolve().parents[3]
+# What a plan can hold besides pods, by (group, resource): applied server-side (an apply
+# that creates its object needs `create` beside `patch`), deleted after the TTL.
+APPLIED = {
+    ("", "services"),
+    ("", "configmaps"),
+    ("", "secrets"),
+    ("apps", "deployments"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("cert-manager.io", "certificates"),
+}
 
 
 def _documents(name: str) -> list[dict[str, Any]]:
@@ -36,10 +45,10 @@ def test_the_operator_may_do_what_its_reconcile_needs() -> None:
         ("flotilla.dev", "federatedschedules", "watch"),
         ("flotilla.dev", "federatedschedules/status", "patch"),
     }
-    for kind, (prefix, plural, _) in RESOURCES.items():  # every object a plan can hold
-        if kind not in ("FederatedJob", "Pod", "Event"):
-            group = "" if prefix == "/api/v1" else prefix.split("/")[2]
-            needed |= {(group, plural, "create"), (group, plural, "delete")}
+    for group, plural in APPLIED:
+        needed |= {(group, plural, verb) for verb in ("create", "patch", "delete")}
+    # Its spec is immutable once bound: created once, never applied again.
+    needed |= {("", "persistentvolumeclaims", "create"), ("", "persistentvolumeclaims", "delete")}
     assert needed <= rights, sorted(needed - rights)
 
 
