@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,8 @@ NODES = {
     "cpu-1": ({"node-role.kubernetes.io/core": "true"}, "amd64", 0),
 }
 NewNamespace = Callable[..., str]
+LOG_OFFSET = pytest.StashKey[int]()
+NAMESPACES = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +100,50 @@ def operator(
     print(f"operator log: {process.log}")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed flow says what the cluster and the operator did meanwhile: CI keeps nothing
+    else (the operator's log, the namespaces' pods and events, the scheduler's log)."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for title, text in diagnose(item).items():
+            report.sections.append((title, text))
+    return report
+
+
+def diagnose(item: pytest.Item) -> dict[str, str]:
+    sections: dict[str, str] = {}
+    funcargs = getattr(item, "funcargs", {})
+    process = funcargs.get("operator")
+    started = item.stash.get(LOG_OFFSET, 0)
+    if isinstance(process, OperatorProcess) and process.log.exists():
+        with process.log.open("rb") as log:
+            log.seek(started)
+            lines = log.read().decode(errors="replace").splitlines()
+        sections["operator log during the test (last 150 lines)"] = "\n".join(lines[-150:])
+    for namespace in item.stash.get(NAMESPACES, []):
+        for what in ("pods", "events", "federatedjobs"):
+            shape = "yaml" if what == "federatedjobs" else "wide"
+            listed = kubectl("get", what, "-n", namespace, "-o", shape, check=False)
+            sections[f"{what} in {namespace}"] = listed.stdout + listed.stderr
+    scheduler = Path(os.environ.get("K8S_HOME", "/tmp/flotilla-k8s")) / "run" / "kube-scheduler.log"
+    if scheduler.exists():
+        sections["kube-scheduler log (last 40 lines)"] = "\n".join(
+            scheduler.read_text(errors="replace").splitlines()[-40:]
+        )
+    return sections
+
+
+@pytest.fixture(autouse=True)
+def _mark_operator_log(request: pytest.FixtureRequest) -> None:
+    """Where the operator's log stood when the test began (diagnose reads from there)."""
+    if "operator" in request.fixturenames:
+        process = request.getfixturevalue("operator")
+        request.node.stash[LOG_OFFSET] = process.log.stat().st_size if process.log.exists() else 0
+
+
 @pytest.fixture
-def new_namespace(cluster: datetime) -> Iterator[NewNamespace]:
+def new_namespace(cluster: datetime, request: pytest.FixtureRequest) -> Iterator[NewNamespace]:
     """new_namespace(label=value, ...) -> a fresh namespace, deleted after the test."""
     made: list[str] = []
 
@@ -108,6 +153,7 @@ def new_namespace(cluster: datetime) -> Iterator[NewNamespace]:
         if labels:
             kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in labels.items()))
         made.append(name)
+        request.node.stash[NAMESPACES] = made
         return name
 
     yield make
