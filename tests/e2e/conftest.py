@@ -126,11 +126,15 @@ def diagnose(item: pytest.Item) -> dict[str, str]:
             shape = "yaml" if what == "federatedjobs" else "wide"
             listed = kubectl("get", what, "-n", namespace, "-o", shape, check=False)
             sections[f"{what} in {namespace}"] = listed.stdout + listed.stderr
-    scheduler = Path(os.environ.get("K8S_HOME", "/tmp/flotilla-k8s")) / "run" / "kube-scheduler.log"
-    if scheduler.exists():
-        sections["kube-scheduler log (last 40 lines)"] = "\n".join(
-            scheduler.read_text(errors="replace").splitlines()[-40:]
-        )
+    if isinstance(process, OperatorProcess):
+        sections["operator process"] = "running" if process.running() else "exited"
+    logs = Path(os.environ.get("K8S_HOME", "/tmp/flotilla-k8s")) / "run"
+    for component in ("kube-scheduler", "kube-apiserver"):
+        path = logs / f"{component}.log"
+        if path.exists():  # klog: I info, W warning, E error
+            lines = path.read_text(errors="replace").splitlines()
+            worth = [line for line in lines if line[:1] in ("W", "E")]
+            sections[f"{component} warnings and errors (last 40)"] = "\n".join(worth[-40:])
     return sections
 
 

@@ -73,7 +73,14 @@ def merge_patch(
     kubectl("patch", kind, name, *scope, *sub, "--type=merge", "-p", json.dumps(patch))
 
 
-def eventually(check: Callable[[], T | None], *, what: str, timeout: float = 90) -> T:
+# kopf takes a watch stream that sent nothing for 70 s (settings.watching.inactivity_timeout)
+# for dead and reconnects: a flow waits out one such reconnect before it calls a change lost.
+EVENTUALLY_SECONDS = 150
+
+
+def eventually(
+    check: Callable[[], T | None], *, what: str, timeout: float = EVENTUALLY_SECONDS
+) -> T:
     """Poll the cluster until `check` returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
     last: Any = None
