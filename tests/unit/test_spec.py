@@ -104,6 +104,15 @@ def test_strategy_params_fill_in_defaults(
         assert getattr(params, name) == value
 
 
+def test_buffered_aggregation_is_off_unless_asked_and_keeps_the_mean_strategies() -> None:
+    assert parse_job(minimal(), source="t").spec.strategy.buffered is None
+    data = with_spec(strategy={"name": "fedadam", "buffered": {"size": 3, "maxStaleness": 4}})
+
+    buffered = parse_job(data, source="t").spec.strategy.buffered
+
+    assert buffered is not None and (buffered.size, buffered.max_staleness) == (3, 4)
+
+
 def test_snake_case_names_are_accepted_too() -> None:
     data = with_spec(training={"learning_rate": 0.1})
 
@@ -168,6 +177,33 @@ def test_snake_case_names_are_accepted_too() -> None:
                 clients={"minClients": 3, "perRound": 3},
             ),
             "spec.strategy.selected: must be <= clients.perRound (3) (got 4)",
+        ),
+        (
+            with_spec(strategy={"buffered": {"size": 0}}),
+            "spec.strategy.buffered.size: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            with_spec(strategy={"buffered": {"size": 2, "maxStaleness": -1}}),
+            "spec.strategy.buffered.maxStaleness: Input should be greater than or equal to 0",
+        ),
+        (
+            with_spec(strategy={"buffered": {"maxStaleness": 3}}),
+            "spec.strategy.buffered.size: required field is missing",
+        ),
+        (
+            with_spec(strategy={"name": "fedmedian", "buffered": {"size": 2}}),
+            "spec.strategy.buffered: buffered aggregation needs a mean-based strategy (fedavg, "
+            "fedprox, fedadam, fedyogi, fedadagrad), not strategy.name 'fedmedian'",
+        ),
+        (
+            with_spec(
+                strategy={"buffered": {"size": 2}}, privacy={"clipNorm": 1, "noiseMultiplier": 1}
+            ),
+            "spec.strategy.buffered: differential privacy accounts per round of sampled clients",
+        ),
+        (
+            with_spec(strategy={"buffered": {"size": 2}}, clients={"perRound": 2}),
+            "spec.clients.perRound: not used with spec.strategy.buffered",
         ),
         (
             with_spec(sites=[{"name": "a"}, {"name": "b"}, {"name": "a"}]),

@@ -28,13 +28,14 @@ from flotilla.api.spec import (
     TrainingSpec,
 )
 from flotilla.api.status import ClientCounts, Condition, FederatedJobStatus, Phase
-from flotilla.api.strategy import StrategyName, StrategyParams, StrategySpec
+from flotilla.api.strategy import BufferedSpec, StrategyName, StrategyParams, StrategySpec
 from flotilla.api.tracking import TrackingSpec
 
 __all__ = [
     "API_GROUP",
     "API_VERSION",
     "KIND",
+    "BufferedSpec",
     "ClientCounts",
     "ClientsSpec",
     "CompressionSpec",

@@ -21,7 +21,7 @@ from flotilla.api.model_init import InitUri, parse_init_flag
 from flotilla.api.privacy import PrivacySpec
 from flotilla.api.security import SecuritySpec
 from flotilla.api.status import FederatedJobStatus
-from flotilla.api.strategy import StrategySpec
+from flotilla.api.strategy import ROBUST_STRATEGIES, StrategySpec
 from flotilla.api.tracking import TrackingSpec
 
 API_GROUP = "flotilla.dev"
@@ -174,6 +174,7 @@ class FederatedJobSpec(ApiModel):
         problems += _duplicates("sites", [site.name for site in self.sites], suffix=("name",))
         problems += _strategy_fits_clients(self.strategy, self.clients)
         problems += _privacy_fits_strategy(self.privacy, self.strategy)
+        problems += _buffered_fits(self.strategy, self.clients, self.privacy)
         problems += _model_fits_task(self.model, self.task)
         problems += _serving_needs_tracking(self.serving, self.tracking)
         problems += _promotion_fits(self.tracking, self.evaluation, self.task)
@@ -224,11 +225,6 @@ def _strategy_fits_clients(strategy: StrategySpec, clients: ClientsSpec) -> list
         message = f"must be <= clients.perRound ({per_round})"
         problems.append(FieldProblem(("strategy", "selected"), message, selected))
     return problems
-
-
-# Robust rules pick or order coordinates among the updates: one client's update can move
-# the result by more than clipNorm / sampled, so the Gaussian noise would not cover it.
-_ROBUST_STRATEGIES = ("fedmedian", "trimmedmean", "krum", "multikrum")
 
 
 # The task each built-in model is made for (flotilla.ml.models builds with the same table).
@@ -295,7 +291,9 @@ def _promotion_fits(
 def _privacy_fits_strategy(
     privacy: PrivacySpec | None, strategy: StrategySpec
 ) -> list[FieldProblem]:
-    if privacy is None or strategy.name not in _ROBUST_STRATEGIES:
+    # Robust rules pick or order coordinates among the updates: one client's update can move
+    # the result by more than clipNorm / sampled, so the Gaussian noise would not cover it.
+    if privacy is None or strategy.name not in ROBUST_STRATEGIES:
         return []
     message = (
         f"differential privacy needs a mean-based strategy (fedavg, fedprox, fedadam, fedyogi, "
@@ -303,6 +301,30 @@ def _privacy_fits_strategy(
         "bounded by clipNorm"
     )
     return [FieldProblem(("privacy",), message, strategy.name)]
+
+
+def _buffered_fits(
+    strategy: StrategySpec, clients: ClientsSpec, privacy: PrivacySpec | None
+) -> list[FieldProblem]:
+    """Buffered aggregation has no sampled rounds: every client trains all the time."""
+    if strategy.buffered is None:
+        return []
+    where = ("strategy", "buffered")
+    problems: list[FieldProblem] = []
+    if privacy is not None:
+        message = (
+            "differential privacy accounts per round of sampled clients; buffered aggregation "
+            "has neither (every client trains all the time, updates of many versions mix): "
+            "unset spec.privacy or spec.strategy.buffered"
+        )
+        problems.append(FieldProblem(where, message))
+    if clients.per_round is not None:
+        message = (
+            "not used with spec.strategy.buffered: every client trains all the time, and a "
+            "server update takes the first buffered.size updates that arrive"
+        )
+        problems.append(FieldProblem(("clients", "perRound"), message, clients.per_round))
+    return problems
 
 
 class FederatedJob(ApiModel):

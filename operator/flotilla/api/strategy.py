@@ -2,6 +2,8 @@
 
 A parameter the chosen strategy does not use is an error rather than silently ignored, and
 ``StrategySpec.params()`` fills in each strategy's defaults so the runtime never sees None.
+``buffered`` turns the synchronous rounds into buffered asynchronous aggregation (FedBuff);
+it goes with the mean-based strategies only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ _USES: dict[str, tuple[str, ...]] = {
     "krum": ("byzantine_clients",),
     "multikrum": ("byzantine_clients", "selected"),
 }
+# The rules that need every update of a round at once: a buffer of updates from different
+# model versions has no "round" for them to vote over.
+ROBUST_STRATEGIES = ("fedmedian", "trimmedmean", "krum", "multikrum")
 # Adaptive server optimisers take small steps on the averaged delta; plain averaging takes it whole.
 _ADAPTIVE_SERVER_LR = 0.01
 _PLAIN_SERVER_LR = 1.0
@@ -61,6 +66,19 @@ class StrategyParams:
     mean_of_nearest: bool
 
 
+class BufferedSpec(ApiModel):
+    """Buffered asynchronous aggregation (FedBuff): a server update every `size` updates."""
+
+    # Nguyen et al. 2022: the server steps as soon as `size` updates arrived, each weighted
+    # down by its staleness; clients train continuously on the latest model; an update
+    # staler than `maxStaleness` is refused (docs/round-engine.md, "Buffered aggregation").
+
+    # Updates per server step. More than the sites is allowed: a fast site trains again.
+    size: int = Field(ge=1, le=MAX_CLIENTS)
+    # Server updates an update's base model may lag behind the current one; unset: any.
+    max_staleness: int | None = Field(default=None, ge=0, le=100_000)
+
+
 class StrategySpec(ApiModel):
     """How the aggregator combines client updates; unset parameters take the strategy's default."""
 
@@ -76,6 +94,8 @@ class StrategySpec(ApiModel):
     # fedmedian and trimmedmean: per coordinate, the mean of the values nearest the median
     # or trimmed mean (MeaMed, Phocas) instead of that value. Unset: false.
     mean_of_nearest: bool | None = None
+    # Unset: synchronous rounds. Set: buffered asynchronous aggregation (see BufferedSpec).
+    buffered: BufferedSpec | None = None
 
     @model_validator(mode="after")
     def _only_used_parameters(self) -> StrategySpec:
@@ -83,8 +103,17 @@ class StrategySpec(ApiModel):
         problems = [
             FieldProblem((field.alias or name,), self._unused(name), getattr(self, name))
             for name, field in type(self).model_fields.items()
-            if name != "name" and name not in used and getattr(self, name) is not None
+            if name not in ("name", "buffered")
+            and name not in used
+            and getattr(self, name) is not None
         ]
+        if self.buffered is not None and self.name in ROBUST_STRATEGIES:
+            message = (
+                f"buffered aggregation needs a mean-based strategy (fedavg, fedprox, fedadam, "
+                f"fedyogi, fedadagrad), not strategy.name {self.name!r}: a robust rule needs "
+                "every update of a round at once, and a buffer holds updates of many versions"
+            )
+            problems.append(FieldProblem(("buffered",), message, self.name))
         raise_problems(problems)
         return self
 

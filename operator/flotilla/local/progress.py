@@ -33,8 +33,11 @@ class Progress:
     def started(self, *, state_dir: Path) -> None:
         spec = self._job.spec
         model = spec.model.name or spec.model.entrypoint
+        buffered = spec.strategy.buffered
+        # Buffered aggregation: a "round" is a server update, made every `size` updates.
+        how = f" buffered by {buffered.size} updates" if buffered else ""
         self._print(
-            f"Job {self._job.metadata.name}: {spec.rounds} rounds of {spec.strategy.name}, "
+            f"Job {self._job.metadata.name}: {spec.rounds} rounds of {spec.strategy.name}{how}, "
             f"{len(spec.sites)} sites, model {model}\n"
             f"  state and logs: {state_dir}"
         )

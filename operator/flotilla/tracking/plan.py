@@ -116,6 +116,10 @@ def round_metrics(row: Mapping[str, Any]) -> list[Metric]:
         values[f"central.{key}"] = value
     # Differential privacy: the epsilon spent up to this round (absent without noise).
     values["privacy.epsilon"] = (row.get("privacy") or {}).get("epsilon")
+    # Buffered aggregation: the staleness of the server update's updates (absent otherwise).
+    buffer = row.get("buffer") or {}
+    values["buffer.staleness_mean"] = buffer.get("stalenessMean")
+    values["buffer.staleness_max"] = buffer.get("stalenessMax")
     for site, numbers in (row.get("clients") or {}).items():
         for source, name in _CLIENT_TRAIN_KEYS.items():
             if source in numbers:

@@ -19,6 +19,7 @@ import torch
 from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.state import EngineState, Phase
+from flotilla.fl.aggregator.terms import Resumable
 from flotilla.fl.modelstate import initial_global_model
 from flotilla.fl.strategies import build_strategy
 from tests.inprocess import digits_job
@@ -85,9 +86,16 @@ class FakeSite:
         return self.machine.engine.desk.task_for(self.name)
 
     async def upload(
-        self, fill: float, *, examples: int = 10, round_number: int | None = None
+        self,
+        fill: float,
+        *,
+        examples: int = 10,
+        round_number: int | None = None,
+        upload_id: str | None = None,
+        weights: bool = False,
     ) -> dict[str, Any]:
-        """An update whose every value is `fill`, for the round open now (or `round_number`)."""
+        """An update whose every value is `fill`, for the round open now (or `round_number`);
+        `upload_id` makes it resumable, `weights` says it is trained weights, not a delta."""
         self.dial()
         engine = self.machine.engine
         layout = engine.update_layout
@@ -107,6 +115,8 @@ class FakeSite:
             examples=examples,
             metrics={"train": {"loss": 0.5}},
             size=len(body),
+            weights=weights,
+            resumable=Resumable(upload_id) if upload_id else None,
         )
 
     def evaluate(self, version: int) -> None:

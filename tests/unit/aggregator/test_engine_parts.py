@@ -256,6 +256,8 @@ def test_every_kind_of_refusal_has_one_http_answer() -> None:
         (errors.AlreadyAnswered(""), (409, "duplicate")),
         (errors.UploadInProgress(""), (409, "duplicate")),
         (errors.StaleVersion(""), (410, "stale_version")),
+        (errors.TooStale(""), (410, "too_stale")),
+        (errors.AlreadyFolded(""), (409, "duplicate")),
         (errors.EvaluationNotAsked(""), (409, "stale_version")),
         (errors.UnknownVersion(""), (404, "unknown_version")),
         (errors.UnknownUpload(""), (404, "unknown_upload")),

@@ -139,3 +139,12 @@ def test_a_private_round_logs_its_epsilon_and_a_plain_one_does_not() -> None:
     assert private["privacy.epsilon"] == 1.5
     assert "privacy.epsilon" not in {m.key for m in round_metrics(_row())}
     assert "privacy.epsilon" not in {m.key for m in round_metrics(_row(privacy={"epsilon": None}))}
+
+
+def test_a_buffered_server_update_logs_its_staleness_at_its_own_step() -> None:
+    buffer = {"updates": [], "stalenessMean": 1.5, "stalenessMax": 3}
+    metrics = {m.key: m for m in round_metrics(_row(round_number=7, buffer=buffer))}
+    mean = metrics["buffer.staleness_mean"]
+    assert (mean.value, mean.step) == (1.5, 7)
+    assert metrics["buffer.staleness_max"].value == 3
+    assert not {m.key for m in round_metrics(_row())} & {"buffer.staleness_mean"}

@@ -5,6 +5,8 @@
     ClientDesk -> EngineState, Roster, UpdateIntake, RoundFold, Ledger
     Persister  -> EngineState, Ledger, CheckpointStore, DifferentialPrivacy
     StatusReader -> EngineState, Roster, Ledger, DifferentialPrivacy, the intake's links
+    BufferedAggregation -> EngineState, Roster, RoundFold, UpdateBuffer, BufferJournal,
+                           Persister       (only with spec.strategy.buffered)
 
 The engine (engine.py) holds them all and plays the rounds; no part writes another's
 fields, each changes another only through its methods.
@@ -16,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.buffer import UpdateBuffer
+from flotilla.fl.aggregator.buffered import BufferedAggregation
 from flotilla.fl.aggregator.changes import Changes, Clock
 from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.desk import ClientDesk
 from flotilla.fl.aggregator.evaluation import Evaluator
 from flotilla.fl.aggregator.fold import RoundFold
 from flotilla.fl.aggregator.intake import UpdateIntake
+from flotilla.fl.aggregator.journal import BufferJournal
 from flotilla.fl.aggregator.ledger import Ledger
 from flotilla.fl.aggregator.persist import Persister
 from flotilla.fl.aggregator.privacy import DifferentialPrivacy
@@ -44,6 +49,7 @@ class EngineParts:
     desk: ClientDesk
     persister: Persister
     status: StatusReader
+    buffered: BufferedAggregation | None
 
 
 def assemble(
@@ -73,14 +79,13 @@ def assemble(
         parking=store.directory.parent / "uploads",  # broken uploads, until resumed
     )
     fold = RoundFold(rule=strategy.rule, layout=layout, privacy=privacy)
-    desk = ClientDesk(
-        state=state,
-        roster=roster,
-        intake=intake,
-        fold=fold,
-        ledger=ledger,
-        clock=clock,
-        proximal_mu=strategy.proximal_mu,
+    buffered_spec = job.spec.strategy.buffered
+    # An upload's body may take at most the round deadline, as in a synchronous round.
+    upload_seconds = job.spec.clients.round_deadline_seconds
+    buffer = (
+        UpdateBuffer(buffered_spec, upload_seconds=upload_seconds)
+        if buffered_spec is not None
+        else None
     )
     persister = Persister(
         job=job,
@@ -91,9 +96,41 @@ def assemble(
         layout=layout,
         evaluator=evaluator,
         privacy=privacy,
+        buffer=buffer,
+    )
+    buffered = (
+        BufferedAggregation(
+            state=state,
+            roster=roster,
+            fold=fold,
+            buffer=buffer,
+            journal=BufferJournal(store.directory.parent / "buffer"),
+            persister=persister,
+            optimizer=strategy.optimizer,
+            layout=layout,
+            clock=clock,
+        )
+        if buffer is not None
+        else None
+    )
+    desk = ClientDesk(
+        state=state,
+        roster=roster,
+        intake=intake,
+        fold=fold,
+        ledger=ledger,
+        clock=clock,
+        proximal_mu=strategy.proximal_mu,
+        buffered=buffered,
     )
     status = StatusReader(
-        job=job, state=state, roster=roster, ledger=ledger, privacy=privacy, links=intake.links
+        job=job,
+        state=state,
+        roster=roster,
+        ledger=ledger,
+        privacy=privacy,
+        links=intake.links,
+        buffer=buffer,
     )
     return EngineParts(
         changes=changes,
@@ -106,4 +143,5 @@ def assemble(
         desk=desk,
         persister=persister,
         status=status,
+        buffered=buffered,
     )

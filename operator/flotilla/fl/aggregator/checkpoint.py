@@ -62,21 +62,21 @@ class CheckpointStore:
         staging = self.directory / f".{name}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        _write_synced(staging / "model.safetensors", snapshot.model)
+        write_synced(staging / "model.safetensors", snapshot.model)
         if snapshot.optimizer_state:
             save_file(
                 {k: v.contiguous() for k, v in snapshot.optimizer_state.items()},
                 str(staging / "optimizer.safetensors"),
             )
-            _fsync_path(staging / "optimizer.safetensors")
+            fsync_path(staging / "optimizer.safetensors")
         state = {"format": FORMAT_VERSION, "completedRounds": snapshot.completed_rounds}
-        _write_synced(staging / "state.json", json.dumps(state | snapshot.state).encode())
-        _fsync_path(staging)
+        write_synced(staging / "state.json", json.dumps(state | snapshot.state).encode())
+        fsync_path(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
-        _write_synced(self.directory / ".LATEST.tmp", name.encode())
+        write_synced(self.directory / ".LATEST.tmp", name.encode())
         (self.directory / ".LATEST.tmp").replace(self.directory / "LATEST")
-        _fsync_path(self.directory)
+        fsync_path(self.directory)
         self._prune(keep_name=name)
         return final
 
@@ -91,10 +91,10 @@ class CheckpointStore:
         final = self.directory / name
         shutil.rmtree(final, ignore_errors=True)
         shutil.move(str(folder), str(final))
-        _fsync_path(self.directory)
-        _write_synced(self.directory / ".LATEST.tmp", name.encode())
+        fsync_path(self.directory)
+        write_synced(self.directory / ".LATEST.tmp", name.encode())
         (self.directory / ".LATEST.tmp").replace(self.directory / "LATEST")
-        _fsync_path(self.directory)
+        fsync_path(self.directory)
         return final
 
     def load(
@@ -186,7 +186,7 @@ class CheckpointStore:
             raise CheckpointError(f"{folder.name}/state.json is unreadable: {error}") from None
         model_path = confined(folder / "model.safetensors", root=inside)
         try:
-            raw = _read_into_bytearray(model_path)
+            raw = read_into_bytearray(model_path)
         except OSError as error:
             raise CheckpointError(
                 f"{folder.name}/model.safetensors is unreadable: {error}"
@@ -207,7 +207,7 @@ class CheckpointStore:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_into_bytearray(path: Path) -> bytearray:
+def read_into_bytearray(path: Path) -> bytearray:
     # A writable buffer lets torch view it without copying or warning.
     with open(path, "rb") as handle:
         data = bytearray(os.fstat(handle.fileno()).st_size)
@@ -251,14 +251,14 @@ def _model_into_layout(raw: bytearray, layout: Layout, folder: Path) -> bytearra
     return buffer
 
 
-def _write_synced(path: Path, data: bytes | bytearray | memoryview) -> None:
+def write_synced(path: Path, data: bytes | bytearray | memoryview) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

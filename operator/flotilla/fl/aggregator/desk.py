@@ -4,7 +4,9 @@ The desk holds no state of its own: it reads the engine's state and the roster, 
 changes them through their methods. Every check happens before an upload touches the
 aggregate: the round must be open, the site sampled and not yet answered; then the body
 is received (bounded, validated) and folded in the fold's turn, so a round that closes
-meanwhile takes nothing half-done.
+meanwhile takes nothing half-done. With buffered aggregation (buffered.py) there is no
+round to be sampled for: every ready site is asked to train, and its upload is folded into
+the open buffer with its staleness.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from flotilla.fl.aggregator.buffered import BufferedAggregation
 from flotilla.fl.aggregator.changes import Clock
 from flotilla.fl.aggregator.errors import (
+    BadUpdateKind,
     EvaluationNotAsked,
     NotEvaluating,
     StaleVersion,
@@ -42,6 +46,7 @@ class ClientDesk:
         ledger: Ledger,
         clock: Clock,
         proximal_mu: float = 0.0,
+        buffered: BufferedAggregation | None = None,
     ) -> None:
         self._state = state
         self._roster = roster
@@ -50,6 +55,7 @@ class ClientDesk:
         self._ledger = ledger
         self._clock = clock
         self._proximal_mu = proximal_mu  # sent with each task (FedProx)
+        self._buffered = buffered
 
     def seen(self, site: str, alive: Callable[[], bool]) -> None:
         """Presence: `site` asked something; `alive` tells later whether its link still is.
@@ -60,7 +66,7 @@ class ClientDesk:
         state = self._state
         if not self._roster.has_reported(site) and not state.finished:
             action = "report"  # new here, or this aggregator restarted: say how your data is
-        elif state.phase is Phase.TRAINING and site in state.asked and site not in state.answers:
+        elif state.phase is Phase.TRAINING and self._trains(site):
             action = "train"
         elif state.phase is Phase.EVALUATING and site in state.asked - state.evaluated:
             action = "evaluate"
@@ -74,9 +80,21 @@ class ClientDesk:
             "round": state.current_round,
             "rounds": state.rounds,
             "modelVersion": state.completed,
-            "deadlineSeconds": max(state.deadline - self._clock(), 0.0),
+            "deadlineSeconds": self._seconds_left(),
             "proximalMu": self._proximal_mu,
         }
+
+    def _trains(self, site: str) -> bool:
+        """Whether the site is asked for an update now (the training phase is on)."""
+        state = self._state
+        if self._buffered is not None:  # every ready site, all the time
+            return self._roster.is_ready(site)
+        return site in state.asked and site not in state.answers
+
+    def _seconds_left(self) -> float:
+        if self._buffered is not None:  # no round deadline: the upload's own bound
+            return self._buffered.buffer.upload_seconds
+        return max(self._state.deadline - self._clock(), 0.0)
 
     async def wait_task(self, site: str, *, timeout: float) -> dict[str, Any]:
         """The site's next action, once it has one (long-poll): never "wait" before timeout."""
@@ -124,6 +142,18 @@ class ClientDesk:
         """Fold one upload: a delta, or (`weights`) trained weights, from which the round's
         global model is subtracted on arrival. `size`: the body's announced bytes.
         `resumable`: its id, and where it resumes a broken one."""
+        if self._buffered is not None:
+            return await self._receive_buffered(
+                site=site,
+                round_number=round_number,
+                body=body,
+                zstd=zstd,
+                examples=examples,
+                metrics=metrics,
+                weights=weights,
+                size=size,
+                resumable=resumable,
+            )
         state = self._state
         state.check_open(site, round_number)
         minus = state.global_views if weights else None  # this round's, even if it ends meanwhile
@@ -140,12 +170,57 @@ class ClientDesk:
         async with receiving as received, self._fold.turn():
             state.check_open(site, round_number)  # the round may have closed meanwhile
             await self._fold.add(received.update, examples=examples)
-            self._answered(site, received, examples, metrics)
+            state.answer(self._report(site, received, examples, metrics))
         return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}
+
+    async def _receive_buffered(
+        self,
+        *,
+        site: str,
+        round_number: int,
+        body: AsyncIterator[bytes],
+        zstd: bool,
+        examples: int,
+        metrics: Mapping[str, Any],
+        weights: bool,
+        size: int | None,
+        resumable: Resumable | None,
+    ) -> dict[str, Any]:
+        """Fold one delta into the open buffer (buffered.py), whatever version it is on."""
+        buffered = self._buffered
+        assert buffered is not None
+        if weights:  # the model it was trained on may be gone: only a delta says the change
+            raise BadUpdateKind("buffered aggregation takes deltas, not weights")
+        upload_id = resumable.upload_id if resumable is not None else None
+        buffered.check(site, round_number, upload_id)
+        terms = UploadTerms(
+            site=site,
+            size=size or 0,
+            seconds_left=buffered.buffer.upload_seconds,
+            round_number=round_number,
+            resumable=resumable,
+        )
+        async with self._intake.receive(body, terms=terms, zstd=zstd) as received:
+            folded = await buffered.fold(
+                received,
+                report=self._report(site, received, examples, metrics),
+                round_number=round_number,
+                upload_id=upload_id,
+            )
+        return {
+            "accepted": True,
+            "round": round_number,
+            "updateNorm": received.update.norm,
+            "staleness": folded.staleness,
+            "serverUpdate": folded.version,
+        }
 
     async def upload_held(self, *, site: str, round_number: int, upload_id: str) -> int:
         """The payload bytes of the site's broken upload that its resume builds on."""
-        self._state.check_open(site, round_number)
+        if self._buffered is not None:
+            self._buffered.check(site, round_number, upload_id)
+        else:
+            self._state.check_open(site, round_number)
         return await self._intake.held(site, upload_id, round_number)
 
     def receive_evaluation(self, *, site: str, version: int, metrics: Mapping[str, Any]) -> None:
@@ -157,24 +232,28 @@ class ClientDesk:
         self._note_evaluation(site, dict(metrics) | {"modelVersion": version})
         state.evaluated_by(site)
 
-    def _answered(
+    def _report(
         self, site: str, received: ReceivedUpdate, examples: int, metrics: Mapping[str, Any]
-    ) -> None:
+    ) -> ClientReport:
+        """What the site said with its update; its evaluation of the model it trained on
+        goes to the ledger."""
         train = metrics.get("train", {})
         self._note_evaluation(site, metrics.get("eval"))
-        self._state.answer(
-            ClientReport(
-                site=site,
-                examples=examples,
-                train_loss=float(train.get("loss", float("nan"))),
-                train_accuracy=float(train.get("accuracy", float("nan"))),
-                train_seconds=float(train.get("seconds", float("nan"))),
-                wire_bytes=received.wire_bytes,
-                norm=received.update.norm,
-            )
+        return ClientReport(
+            site=site,
+            examples=examples,
+            train_loss=float(train.get("loss", float("nan"))),
+            train_accuracy=float(train.get("accuracy", float("nan"))),
+            train_seconds=float(train.get("seconds", float("nan"))),
+            wire_bytes=received.wire_bytes,
+            norm=received.update.norm,
         )
 
     def _note_evaluation(self, site: str, report: Any) -> None:
-        completed = self._state.completed
-        if isinstance(report, Mapping) and report.get("modelVersion") == completed:
-            self._ledger.note_evaluation(site, completed, report)
+        """A site's hold-out metrics of a model it was served (in a synchronous round, the
+        current one; buffered, any the job made, as the site trained on it)."""
+        if not isinstance(report, Mapping):
+            return
+        version = report.get("modelVersion")
+        if type(version) is int and 0 < version <= self._state.completed:
+            self._ledger.note_evaluation(site, version, report)

@@ -8,6 +8,9 @@ buffers), the `fold` (the round's aggregate), the `ledger` (history) and the `pe
 (checkpoints). A round opens as soon as the previous one is aggregated: central
 evaluation and the checkpoint of round N run in the background while round N+1 trains,
 and a round counts as completed (in status and history) once its checkpoint is durable.
+With `spec.strategy.buffered` there are no rounds to open: every client trains all the
+time and the `buffered` part steps the model every `size` updates (buffered.py); each
+such server update is a round to everyone else (history, checkpoints, status).
 
 Memory: the served global model, one accumulator (which becomes the next global
 model in place; the retired global model is the next accumulator), and a small pool
@@ -31,6 +34,7 @@ from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.evaluation import Evaluator
 from flotilla.fl.aggregator.persist import fmt
 from flotilla.fl.aggregator.records import ClientReport, summarize_round
+from flotilla.fl.aggregator.resuming import ANY_ROUND
 from flotilla.fl.aggregator.state import Phase
 from flotilla.fl.strategies import Strategy
 from flotilla.fl.strategies.base import AggregationError, RoundAggregate
@@ -74,6 +78,7 @@ class RoundEngine:
         self.changes, self.state, self.roster = parts.changes, parts.state, parts.roster
         self.ledger, self.privacy, self.intake = parts.ledger, parts.privacy, parts.intake
         self.fold, self.desk, self.persister = parts.fold, parts.desk, parts.persister
+        self.buffered = parts.buffered
         self._status = parts.status
         # What the job's MLflow record says of itself; set by whoever runs the exporter.
         self.tracking_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
@@ -148,6 +153,8 @@ class RoundEngine:
         state = self.state
         try:
             stopped = None
+            if self.buffered is not None:
+                await self._play_buffered()
             while state.completed < state.rounds and state.phase is not Phase.FAILED:
                 if (stopped := self.privacy_exhausted()) is not None:
                     break
@@ -191,6 +198,22 @@ class RoundEngine:
             log.warning("round %d attempt %d failed: %s", state.current_round, attempt, reason)
             state.say(f"round {state.current_round} retried: {reason}")
         state.fail(f"round {state.current_round} failed {attempt} times: {reason}")
+
+    async def _play_buffered(self) -> None:
+        """Server updates until `spec.rounds` are made: once `minClients` are present (as a
+        first round waits), every ready client trains all the time. Uploads in flight fold
+        from the start, also while clients are awaited (an aggregator that restarted)."""
+        buffered = self.buffered
+        assert buffered is not None
+        self.intake.open_round(ANY_ROUND)  # a broken upload of any version may resume
+        await buffered.open()
+        if self.state.completed < self.state.rounds:
+            await self._await_clients(self.job.spec.clients.min_clients)
+            buffered.start_training()
+        await buffered.play()
+        await self.persister.settle()
+        await buffered.forget_durable()  # the last server update's buffer is moot now
+        self.intake.close_round()
 
     def privacy_exhausted(self) -> str | None:
         """Why the job stops before the next round: it would spend more than targetEpsilon."""

@@ -46,6 +46,16 @@ class AlreadyAnswered(Refused):
     """The site's update of the open round is folded already."""
 
 
+class TooStale(Refused):
+    """An update of buffered aggregation whose base model is more server steps behind the
+    current one than `spec.strategy.buffered.maxStaleness` allows."""
+
+
+class AlreadyFolded(AlreadyAnswered):
+    """An upload (its id) that is folded already: its client sends it again after losing
+    the answer, e.g. across an aggregator restart."""
+
+
 class StaleVersion(Refused):
     """A model version older than the one served."""
 

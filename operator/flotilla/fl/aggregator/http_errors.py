@@ -27,15 +27,18 @@ from flotilla.fl.aggregator.pace import Progress
 log = logging.getLogger(__name__)
 
 # The status and the wire reason of each refusal. Clients act on them (fl/client/transport.py):
-# 409 round_closed and 410 stale_version move on to the next task, 401 retries with backoff,
-# 404 unknown_upload and 416 bad_range send an update again from byte 0, 503 retries.
+# 409 round_closed, 410 stale_version and 410 too_stale move on to the next task, 401 retries
+# with backoff, 404 unknown_upload and 416 bad_range send an update again from byte 0, 503
+# retries.
 ANSWERS: Mapping[type[errors.Refused], tuple[int, str]] = {
     errors.Unauthenticated: (401, "unauthorized"),
     errors.WrongSite: (403, "wrong_site"),
     errors.RoundClosed: (409, "round_closed"),
     errors.NotSampled: (403, "not_sampled"),
     errors.AlreadyAnswered: (409, "duplicate"),
+    errors.AlreadyFolded: (409, "duplicate"),
     errors.StaleVersion: (410, "stale_version"),
+    errors.TooStale: (410, "too_stale"),
     errors.UnknownVersion: (404, "unknown_version"),
     errors.NotEvaluating: (409, "not_evaluating"),
     errors.EvaluationNotAsked: (409, "stale_version"),

@@ -25,19 +25,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
-from flotilla.fl.aggregator.links import LinkHealth
+from flotilla.fl.aggregator.site_metrics import client_metrics, link_metrics, site_readiness
 
 ROUND_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_CLIENT_GAUGES = {
-    "trainSeconds": (
-        "flotilla_client_train_seconds",
-        "Local training time of the site's last update",
-    ),
-    "examples": ("flotilla_client_examples", "Training examples behind the site's last update"),
-    "loss": ("flotilla_client_loss", "Training loss the site reported with its last update"),
-    "accuracy": ("flotilla_client_accuracy", "Training accuracy the site reported last"),
-}
+STALENESS_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 
 class AggregatorMetrics:
@@ -122,9 +114,11 @@ class LedgerCollector(Collector):
         yield from _global_metrics(job, history)
         yield _privacy_epsilon(job, history)
         yield from _promotion(job, engine.tracking_status().get("promotion"))
-        yield from _client_metrics(job, history)
-        yield _site_readiness(job, engine.roster.site_reports)
-        yield from _link_metrics(job, engine.intake.links)
+        yield from client_metrics(job, history)
+        yield site_readiness(job, engine.roster.site_reports)
+        yield from link_metrics(job, engine.intake.links)
+        if engine.buffered is not None:
+            yield from _buffered_metrics(job, engine, history)
         yield _counter(
             "flotilla_checkpoint_failures",
             "Failed attempts to write a checkpoint (retried; the job fails after 5 in a row)",
@@ -257,62 +251,34 @@ def _promotion(job: str, decision: Mapping[str, Any] | None) -> Iterable[Metric]
     return (scores, promoted)
 
 
-def _site_readiness(job: str, reports: Mapping[str, Mapping[str, Any]]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(
-        "flotilla_site_data_ready",
-        "1 when the site loaded its data, 0 when it reported an error (CVAT refused, bad export)",
-        labels=["flotilla_job", "site"],
+def _buffered_metrics(
+    job: str, engine: RoundEngine, history: list[dict[str, Any]]
+) -> Iterable[Metric]:
+    """Buffered aggregation: how full the open buffer is, how stale the folded updates were."""
+    buffered = engine.buffered
+    assert buffered is not None
+    yield _gauge(
+        "flotilla_buffer_updates",
+        "Buffered aggregation: updates folded into the server update in the making",
+        job,
+        buffered.buffer.count,
     )
-    for site, report in sorted(reports.items()):
-        family.add_metric([job, site], 1.0 if report.get("ready") else 0.0)
-    return family
-
-
-def _client_metrics(job: str, history: list[dict[str, Any]]) -> Iterable[Metric]:
-    latest: dict[str, Mapping[str, Any]] = {}
-    updates: dict[str, int] = {}
-    for row in history:
-        for site, numbers in (row.get("clients") or {}).items():
-            latest[site] = numbers
-            updates[site] = updates.get(site, 0) + 1
-    for key, (name, doc) in _CLIENT_GAUGES.items():
-        family = GaugeMetricFamily(name, doc, labels=["flotilla_job", "site"])
-        for site, numbers in sorted(latest.items()):
-            value = numbers.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                family.add_metric([job, site], float(value))
-        yield family
-    counter = CounterMetricFamily(
-        "flotilla_client_updates",
-        "Updates each site had folded into a round",
-        labels=["flotilla_job", "site"],
+    stalenesses = [
+        float(update["staleness"])
+        for row in history
+        for update in (row.get("buffer") or {}).get("updates", [])
+    ]
+    yield _histogram(
+        "flotilla_update_staleness",
+        "Buffered aggregation: server updates between an update's base model and the one "
+        "it was folded into, per update of the completed server updates",
+        job,
+        stalenesses,
+        STALENESS_BUCKETS,
     )
-    for site, count in sorted(updates.items()):
-        counter.add_metric([job, site], count)
-    yield counter
-
-
-def _link_metrics(job: str, links: LinkHealth) -> Iterable[Metric]:
-    """Each site's link: broken transfers, what resuming saved, its latest upload rate."""
-    resets = CounterMetricFamily(
-        "flotilla_site_transfer_resets",
-        "Uploads and model downloads whose connection broke off mid-body, per site",
-        labels=["flotilla_job", "site", "direction"],
+    yield _counter(
+        "flotilla_buffer_journal_failures",
+        "Buffered aggregation: failed writes of the buffer to disk (the update stays folded)",
+        job,
+        buffered.journal_failures,
     )
-    resumed = CounterMetricFamily(
-        "flotilla_site_resumed_bytes",
-        "Bytes not sent again because a broken transfer resumed, per site",
-        labels=["flotilla_job", "site"],
-    )
-    rate = GaugeMetricFamily(
-        "flotilla_site_upload_bytes_per_second",
-        "Wire rate of the site's latest whole upload body (one connection)",
-        labels=["flotilla_job", "site"],
-    )
-    for site, link in sorted(links.sites.items()):
-        resets.add_metric([job, site, "up"], link.upload_resets)
-        resets.add_metric([job, site, "down"], link.download_resets)
-        resumed.add_metric([job, site], link.resumed_bytes)
-        if link.upload_bytes_per_second is not None:
-            rate.add_metric([job, site], link.upload_bytes_per_second)
-    yield from (resets, resumed, rate)

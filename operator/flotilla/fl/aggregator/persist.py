@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.buffer import UpdateBuffer
 from flotilla.fl.aggregator.checkpoint import CheckpointError, CheckpointStore, Snapshot
 from flotilla.fl.aggregator.evaluation import Evaluator
 from flotilla.fl.aggregator.ledger import Ledger
@@ -43,6 +44,7 @@ class Persister:
         layout: Layout,
         evaluator: Evaluator | None = None,
         privacy: DifferentialPrivacy | None = None,
+        buffer: UpdateBuffer | None = None,
     ) -> None:
         self.store = store
         self.failures = 0  # failed checkpoint writes (retried), for /metrics
@@ -53,6 +55,7 @@ class Persister:
         self._layout = layout
         self._evaluator = evaluator
         self._privacy = privacy
+        self._buffer = buffer  # buffered aggregation: its folded upload ids are kept too
         self._task: asyncio.Task[None] | None = None
 
     def keep(self, record: RoundRecord, model: bytearray) -> None:
@@ -90,12 +93,17 @@ class Persister:
     async def checkpoint(self, completed: int, model: bytearray) -> None:
         """Write the job as of `completed` rounds with `model`; a failed write is retried
         with backoff (and counted), the last failure raised."""
+        state = self._ledger.state_json() | {
+            "identity": self.identity(),
+            "finalEvaluated": self._state.final_evaluated,
+        }
+        if self._buffer is not None:
+            state["foldedUploads"] = self._buffer.uploads_json()
         snapshot = Snapshot(
             completed_rounds=completed,
             model=model,
             optimizer_state=self._optimizer.state_dict(),
-            state=self._ledger.state_json()
-            | {"identity": self.identity(), "finalEvaluated": self._state.final_evaluated},
+            state=state,
         )
         for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
             try:
@@ -142,6 +150,8 @@ class Persister:
         self._ledger.restore(snapshot.state)
         if self._privacy is not None:
             self._privacy.restore(record.to_json() for record in self._ledger.rounds)
+        if self._buffer is not None:
+            self._buffer.restore_uploads(snapshot.state.get("foldedUploads") or {})
         completed, rounds = snapshot.completed_rounds, self._state.rounds
         log.info("resumed from checkpoint: %d of %d rounds completed", completed, rounds)
 

@@ -52,6 +52,9 @@ class RoundRecord:
     clients: dict[str, dict[str, float]] = field(default_factory=dict)
     # Differential privacy: epsilon spent up to this round, delta, and what it was spent with.
     privacy: dict[str, Any] | None = None
+    # Buffered aggregation: the server update's updates, each with its base model version
+    # and staleness (buffer.py); None for a synchronous round.
+    buffer: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +169,7 @@ def job_summary(
             "central": r["central"],
             "federated": r["federated"],
             "privacy": r.get("privacy"),
+            "buffer": r.get("buffer"),
         }
         for r in history
     ]

@@ -20,15 +20,22 @@ from flotilla.fl.wire import WireError
 
 log = logging.getLogger(__name__)
 
+# Buffered aggregation has no rounds: an upload of any round may park until its client
+# resumes it (one per site at most, as ever).
+ANY_ROUND = -1
+
 
 class Resumes:
     def __init__(self, lot: ParkingLot, *, links: LinkHealth) -> None:
         self.lot = lot
         self._links = links
-        self._round: int | None = None  # the round uploads may be parked for
+        self._round: int | None = None  # the round uploads may be parked for, or ANY_ROUND
 
     def open_round(self, number: int) -> None:
         self._round = number
+
+    def _parks(self, round_number: int) -> bool:
+        return self._round == ANY_ROUND or round_number == self._round
 
     def close_round(self) -> None:
         """Nothing half-received outlives its round."""
@@ -98,7 +105,7 @@ class Resumes:
         """Keep a broken upload's payload on disk, off the pool, for its client to resume.
         `started`: when it first took a buffer (its pace carries over)."""
         tag = terms.resumable
-        if tag is None or not self.lot.enabled or terms.round_number != self._round:
+        if tag is None or not self.lot.enabled or not self._parks(terms.round_number):
             return
         total = tag.resume.total if tag.resume else terms.size
         payload = receiver.resume_point(tag.frame_bytes if zstd else 0)
@@ -123,7 +130,7 @@ class Resumes:
             log.warning("site %s: cannot park its broken upload: %s", terms.site, error)
             self.lot.forget(parked)
             return
-        if terms.round_number != self._round:  # the round closed meanwhile
+        if not self._parks(terms.round_number):  # the round closed meanwhile
             self.lot.forget(parked)
             return
         self.lot.add(parked)

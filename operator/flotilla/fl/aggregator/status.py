@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flotilla.api import FederatedJob
+from flotilla.fl.aggregator.buffer import UpdateBuffer
 from flotilla.fl.aggregator.ledger import Ledger
 from flotilla.fl.aggregator.links import LinkHealth
 from flotilla.fl.aggregator.privacy import DifferentialPrivacy
@@ -28,10 +29,16 @@ class StatusReader:
     ledger: Ledger
     privacy: DifferentialPrivacy | None
     links: LinkHealth
+    buffer: UpdateBuffer | None = None  # buffered aggregation's books
 
     def status(self, *, tracking: dict[str, Any]) -> dict[str, Any]:
-        state, roster = self.state, self.roster
+        state, roster, buffer = self.state, self.roster, self.buffer
         training = state.phase is Phase.TRAINING
+        present = roster.present()
+        if buffer is not None:  # every present client trains; answers are buffered updates
+            sampled, answered = len(present) if training else 0, buffer.count if training else 0
+        else:
+            sampled, answered = len(state.asked), len(state.answers) if training else 0
         return {
             "job": self.job.metadata.name,
             "phase": state.phase.value,
@@ -45,9 +52,9 @@ class StatusReader:
             "failure": state.failure,
             "clients": {
                 "known": len(roster.sites),
-                "present": len(roster.present()),
-                "sampled": len(state.asked),
-                "answered": len(state.answers) if training else 0,
+                "present": len(present),
+                "sampled": sampled,
+                "answered": answered,
             },
             "lastRound": self.ledger.last_json(),
             "tracking": tracking,
@@ -55,6 +62,7 @@ class StatusReader:
             "labelMismatches": roster.label_mismatches(),
             "privacy": self._privacy(),
             "links": self.links.json(),
+            "buffer": buffer.status() if buffer is not None else None,
         }
 
     def summary(self, *, tracking: dict[str, Any]) -> dict[str, Any]:

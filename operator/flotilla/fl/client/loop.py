@@ -5,10 +5,13 @@ ready (with its label report) or why not; on `train`, fetch the global model if 
 version changed, evaluate it on the local hold-out, train, and upload the result (the
 trained weights for float32 updates, the delta for compressed ones) with the example
 count and metrics; on `evaluate`, report the final model's hold-out metrics;
-stop on `done` or `failed`. A site whose data cannot be read (CVAT refuses or is down,
-a malformed export) stays connected and tries again with a backoff; the rounds go on
-without it meanwhile. Only weights, counts, metrics and error messages leave the site:
-images and annotations are read here and never sent.
+stop on `done` or `failed`. Under buffered aggregation (`spec.strategy.buffered`) the
+aggregator answers `train` again as soon as an update is in, with the latest model, and
+the client always uploads its delta: the model it trained on may be gone by then. A site
+whose data cannot be read (CVAT refuses or is down, a malformed export) stays connected
+and tries again with a backoff; the rounds go on without it meanwhile. Only weights,
+counts, metrics and error messages leave the site: images and annotations are read here
+and never sent.
 
 Building a client does no I/O (no request, no file, no port): joining the job, serving
 metrics and reading the site's data are steps of their own, which `FederatedClient.open`
@@ -44,9 +47,21 @@ log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 20.0
 # Refusals that mean "the round moved on without you", not "you are broken". `too_slow`: the
 # link was too slow for this upload (intake pace); the site is sampled again next round.
+# `too_stale`: buffered aggregation moved on by more server updates than it takes.
 STALE = frozenset(
-    {"round_closed", "duplicate", "not_sampled", "stale_version", "not_evaluating", "too_slow"}
+    {
+        "round_closed",
+        "duplicate",
+        "not_sampled",
+        "stale_version",
+        "not_evaluating",
+        "too_slow",
+        "too_stale",
+    }
 )
+# Buffered aggregation: a site may train again on the same model version (the server has
+# not stepped yet); this keeps its seeds apart (see FederatedClient._seed).
+_RETRAIN_SEED_STRIDE = 1_000_003
 
 UpdateHook = Callable[[Mapping[str, torch.Tensor]], None]
 """A plug-in point: rewrites a round's update, in place, right before it is encoded.
@@ -122,8 +137,13 @@ class FederatedClient:
         # float32 updates go up as the trained weights (the aggregator subtracts the global
         # model it holds); compressed ones as deltas, which quantize far better than
         # weights, at the cost of a copy of the global model kept while training. A hook
-        # rewrites deltas, so a hooked client sends them whatever the dtype.
-        self.sends_weights = spec.compression.dtype == "float32" and update_hook is None
+        # rewrites deltas, so a hooked client sends them whatever the dtype; so does a
+        # buffered job's, whose aggregator may have moved past the model it trained on.
+        self.buffered = spec.strategy.buffered is not None
+        self.sends_weights = (
+            spec.compression.dtype == "float32" and update_hook is None and not self.buffered
+        )
+        self.trainings = 0  # updates trained so far
         self.delta: mmap.mmap | None = None
         self.cached_version: int | None = None
         self.encoder = UpdateEncoder(
@@ -243,11 +263,12 @@ class FederatedClient:
             self.model,
             train,
             config=config,
-            seed=self.job.spec.seed * 100_003 + round_number,
+            seed=self._seed(round_number),
             device=self.device,
             global_weights=self.weights_views if config.proximal_mu > 0 else None,
         )
         self.cached_version = None  # the buffer holds this site's weights from here on
+        self.trainings += 1
         if not self.bound:
             store_weights(self.model, self.weights_views)
         body = self._weights_body() if global_copy is None else self._delta_body(global_copy)
@@ -284,6 +305,12 @@ class FederatedClient:
             result.loss,
             answer.get("updateNorm", 0.0),
         )
+
+    def _seed(self, round_number: int) -> int:
+        """The local shuffle's seed: the job's and the round's; buffered, also how many
+        updates this client trained before, as it may train on one version twice."""
+        seed = self.job.spec.seed * 100_003 + round_number
+        return seed + _RETRAIN_SEED_STRIDE * self.trainings if self.buffered else seed
 
     def _copy_global(self) -> dict[str, torch.Tensor]:
         """The round's global weights, kept aside while the model trains (delta uploads)."""

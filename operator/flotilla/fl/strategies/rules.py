@@ -112,6 +112,11 @@ class _WeightedMeanRound(_Round):
         self._total_weight += weight
         self._count += 1
 
+    @property
+    def total_weight(self) -> float:
+        """The weights added so far (what `finish` divides by)."""
+        return self._total_weight
+
     def finish(self) -> None:
         self._start_finish()
         if self._total_weight <= 0:
@@ -134,6 +139,16 @@ class WeightedMean:
 
     def begin(self, out: MutableTensorMap) -> RoundAggregate:
         return _WeightedMeanRound(out)
+
+    def resume(self, out: MutableTensorMap, *, total_weight: float, count: int) -> RoundAggregate:
+        """Go on with a sum written down earlier: `out` holds the weighted deltas folded so
+        far (not divided yet), `total_weight` their weights, `count` how many (buffered
+        aggregation resumes its buffer after a restart this way; weights uploads excluded)."""
+        if not math.isfinite(total_weight) or total_weight < 0 or count < 0:
+            raise AggregationError(f"cannot resume a sum of weight {total_weight}, {count} deltas")
+        aggregate = _WeightedMeanRound(out)
+        aggregate._total_weight, aggregate._count = total_weight, count
+        return aggregate
 
     def min_updates(self) -> int:
         return 1
