@@ -3,6 +3,9 @@
 The same processes `flotilla run` starts (aggregator, then clients with `--threads 1`),
 driven directly so the bench can read the aggregator's per-round history (with every
 client's training seconds) and its peak RSS (`VmHWM`) against its RSS before round 1.
+With `tls`, HTTPS as `flotilla run` serves it: a throwaway CA and a certificate for
+127.0.0.1 (flotilla.local.tls), `--tls-cert/--tls-key` for the aggregator, `--ca-file`
+for the clients.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -19,11 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from procs import pss_peak, status_kib, stop_group, tree
+from procs import cpu_seconds, pss_peak, status_kib, stop_group, tree
+
+from flotilla.fl.tls import client_context
+from flotilla.local.tls import write_local_tls
 
 
-def get_json(url: str, timeout: float = 60) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get_json(url: str, timeout: float = 60, trust: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout, context=trust) as response:
         return json.loads(response.read())
 
 
@@ -35,20 +43,27 @@ def run_flotilla(
     scratch: Path,
     profile: Path | None = None,
     dial: Callable[[str, str], str] | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Run the job to its end; returns rounds in the bench's common shape and the memory.
 
     With `profile`, the aggregator runs under py-spy (a speedscope file there, all threads,
     idle frames left out); its memory figures are then py-spy's, not the aggregator's.
     `dial(site, url)`: the URL that site's client dials instead of the aggregator's (a
-    proxy that shapes its link, slow_links.py).
+    proxy that shapes its link, slow_links.py). `tls`: serve HTTPS (the job's spec must
+    not disable TLS, jobs.overhead_job(tls=True)).
     """
     tokens = {site: f"bench-token-{site}-0123456789" for site in sites}
     (scratch / "tokens.json").write_text(json.dumps(tokens))
     env = {**os.environ, **env, "FLOTILLA_LOG_LEVEL": "WARNING"}
     flotilla = [sys.executable, "-m", "flotilla"]
-    spy = Path(sys.executable).parent / "py-spy"
+    beside = Path(sys.executable).parent / "py-spy"  # .venv-bench's; else one on PATH
+    spy = beside if beside.exists() else Path(shutil.which("py-spy") or "py-spy")
     prefix = [str(spy), "record", "-f", "speedscope", "-o", str(profile), "--threads", "--"]
+    pki = write_local_tls(scratch / "tls") if tls else None
+    serve_tls = pki.aggregator_args() if pki else []
+    trust_args = ["--ca-file", str(pki.ca)] if pki else []
+    trust = client_context(ca_file=pki.ca) if pki else None
     aggregator = subprocess.Popen(
         [
             *(prefix if profile else []),
@@ -66,6 +81,7 @@ def run_flotilla(
             "0",
             "--ready-line",
             "--no-tracking",
+            *serve_tls,
         ],
         stdout=subprocess.PIPE,
         stderr=open(scratch / "aggregator.log", "wb"),  # noqa: SIM115
@@ -87,6 +103,7 @@ def run_flotilla(
                 "client",
                 "--aggregator",
                 dial(site, url) if dial else url,
+                *trust_args,
                 "--threads",
                 "1",
                 "--device",
@@ -100,17 +117,20 @@ def run_flotilla(
         for site, token in tokens.items()
     ]
     started = time.time()
+    marks: list[tuple[int, float, float]] = []  # (round, aggregator's CPU s, the clients')
     try:
         seq = -1
         with pss_peak([aggregator.pid, *(w.pid for w in workers)]) as everything:
             while True:
-                status = get_json(f"{url}/v1/status?after={seq}&wait=20")
+                status = get_json(f"{url}/v1/status?after={seq}&wait=20", trust=trust)
                 seq = status["seq"]
+                cpu = sum(cpu_seconds(w.pid) for w in workers)
+                marks.append((status.get("round", 0), cpu_seconds(aggregator.pid), cpu))
                 if status["phase"] in ("done", "failed"):
                     break
         peak = status_kib(aggregator.pid, "VmHWM")
         client_peak = max(status_kib(w.pid, "VmHWM") for w in workers)
-        history = get_json(f"{url}/v1/history")
+        history = get_json(f"{url}/v1/history", trust=trust)
     finally:
         if profile:  # stop the aggregator, not py-spy: it writes the profile once that exits
             for pid in tree(aggregator.pid)[1:]:
@@ -140,4 +160,12 @@ def run_flotilla(
         "peakKib": peak,
         "clientPeakKib": client_peak,
         "allPssPeakKib": everything.peak_kib,
+        "cpuAfterRound1": cpu_after_round_1(marks),
     }
+
+
+def cpu_after_round_1(marks: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """CPU seconds of the aggregator and of all clients together from the start of round 2
+    (as the status first shows it) to the job's end: the measured rounds' CPU."""
+    first = next((m for m in marks if m[0] >= 2), marks[0])
+    return marks[-1][1] - first[1], marks[-1][2] - first[2]

@@ -1,9 +1,13 @@
 """The bench's jobs and models: FederatedJob YAML written for a model, a client count and data.
 
-Models: the digits CNN (`cnn`, 38,282 parameters) and synthetic MLPs of ~10M and ~50M
-float32 parameters (`10m`, `50m`, `bench_models.deep_mlp`) whose local work is one SGD
+Models: the digits CNN (`cnn`, 38,282 parameters) and synthetic MLPs of ~10M, ~50M and
+~600M float32 parameters (`10m`, `50m`, `600m`: 2.4 GB, past every 2 GiB limit a wire,
+a checkpoint or a log could have; `bench_models.deep_mlp`) whose local work is one SGD
 step on one example (a pass over the weights, little arithmetic), so the framework
 dominates the round.
+
+Transport: plain HTTP unless `tls`; with `tls` the spec keeps the product's default
+(`security.tls.mode: operator`), and the bench serves HTTPS as `flotilla run` does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ import yaml
 from bench_models import parameter_count
 
 # (width, hidden layers) of the bench MLP; None: the built-in digits CNN.
-MODELS: dict[str, tuple[int, int] | None] = {"cnn": None, "10m": (1024, 10), "50m": (2048, 12)}
+MODELS: dict[str, tuple[int, int] | None] = {
+    "cnn": None,
+    "10m": (1024, 10),
+    "50m": (2048, 12),
+    "600m": (8192, 9),  # 604.67M parameters, 2.42 GB of float32
+}
 CNN_PARAMETERS = 38_282
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -37,7 +46,9 @@ def model_env(model: str) -> dict[str, str]:
     }
 
 
-def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: int) -> Path:
+def overhead_job(
+    *, root: Path, data: Path, model: str, clients: int, rounds: int, tls: bool = False
+) -> Path:
     """N sites reading the same export; one SGD step of local work."""
     synthetic = MODELS[model] is not None
     spec: dict[str, Any] = {
@@ -60,7 +71,8 @@ def overhead_job(*, root: Path, data: Path, model: str, clients: int, rounds: in
         "strategy": {"name": "fedavg"},
     }
     spec["model"]["input"] = {"channels": 1, "height": 8, "width": 8}
-    return write(root / f"overhead-{model}-{clients}.yaml", spec)
+    transport = "tls" if tls else "plain"
+    return write(root / f"overhead-{model}-{clients}-{transport}.yaml", spec, tls=tls)
 
 
 def digits_job(
@@ -85,9 +97,11 @@ def digits_job(
     return write(root / f"{name}.yaml", spec)
 
 
-def write(path: Path, spec: dict[str, Any]) -> Path:
-    # Plain HTTP on loopback, as Flower runs here (--insecure): the same wire work for both.
-    spec = {**spec, "security": {"tls": {"mode": "disabled"}}}
+def write(path: Path, spec: dict[str, Any], *, tls: bool = False) -> Path:
+    # Plain HTTP on loopback unless asked, as Flower runs here (--insecure): the same wire
+    # work for both. With TLS, the spec's default (operator mode) stands.
+    if not tls:
+        spec = {**spec, "security": {"tls": {"mode": "disabled"}}}
     document = {
         "apiVersion": "flotilla.dev/v1alpha1",
         "kind": "FederatedJob",

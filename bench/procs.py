@@ -22,6 +22,16 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process (all its threads) has used; 0 once it is gone.
+    Unlike wall time, hardly moved by other work on the machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pss_kib(pid: int) -> int:
     """The process's proportional set size in KiB: shared pages (torch's libraries) counted
     once across the processes sharing them, so a sum over processes is memory really used."""

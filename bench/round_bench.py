@@ -8,9 +8,16 @@ floor (the round's bytes over loopback bandwidth measured in this same run, plus
 weighted average at this machine's memory bandwidth), their ratio; and the aggregator's
 peak RSS against its RSS before round 1, in models, with the bytes each extra client adds;
 each client's peak RSS against its base (client_base.py: runtime and data, no model), in
-models; and the peak of all processes' summed PSS (shared library pages counted once).
+models; the peak of all processes' summed PSS (shared library pages counted once); and
+the CPU seconds per measured round of the aggregator and of all clients together.
+
+With `--transport plain,tls` each job runs over plain HTTP and over TLS (the product's
+default; a throwaway CA as `flotilla run` makes), back to back; the TLS rows' floor is
+the same bytes over one TLS connection on loopback (floor.py), and they add the ratio
+of their overhead to the plain row's.
 
     .venv/bin/python bench/round_bench.py [--models 10m,50m] [--clients 2,8] [--rounds 4]
+        [--transport plain,tls]
 
 Not part of the test suite: figures vary with the machine and its load; the ratios are
 what to compare. Runs that would not fit in available memory are reported, not run.
@@ -30,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import floor_seconds, loopback_bandwidth
+from floor import floor_seconds, loopback_bandwidth, tls_loopback_bandwidth
 from flotilla_run import run_flotilla
 from jobs import model_env, model_parameters, overhead_job
 from procs import available_bytes
@@ -61,15 +68,23 @@ def client_base(job: Path, model: str) -> int:
 
 
 def measure(
-    *, model: str, clients: int, rounds: int, data: Path, root: Path, profile: Path | None
+    *,
+    model: str,
+    clients: int,
+    rounds: int,
+    data: Path,
+    root: Path,
+    profile: Path | None,
+    tls: bool = False,
 ) -> dict[str, Any]:
-    job = overhead_job(root=root, data=data, model=model, clients=clients, rounds=rounds)
+    job = overhead_job(root=root, data=data, model=model, clients=clients, rounds=rounds, tls=tls)
     sites = [f"site-{i:02d}" for i in range(clients)]
-    scratch = Path(tempfile.mkdtemp(prefix=f"flotilla-{model}-{clients}-", dir=root))
+    transport = "tls" if tls else "plain"
+    scratch = Path(tempfile.mkdtemp(prefix=f"flotilla-{model}-{clients}-{transport}-", dir=root))
     if profile:
-        profile = profile.resolve() / f"aggregator-{model}-{clients}.speedscope.json"
+        profile = profile.resolve() / f"aggregator-{model}-{clients}-{transport}.speedscope.json"
     result = run_flotilla(
-        job=job, sites=sites, env=model_env(model), scratch=scratch, profile=profile
+        job=job, sites=sites, env=model_env(model), scratch=scratch, profile=profile, tls=tls
     )
     rows = result["rounds"][1:] or result["rounds"]  # round 1 includes process warm-up
     return {
@@ -80,15 +95,111 @@ def measure(
         "client": result["clientPeakKib"] * 1024,
         "client_base": client_base(job, model),
         "everything": result["allPssPeakKib"] * 1024,
+        "cpu": [seconds / len(rows) for seconds in result["cpuAfterRound1"]],
     }
+
+
+HEADER = (
+    "| model | clients | transport | round wall | overhead | floor (wire + fold) "
+    "| **overhead / floor** | **overhead / plain's** | aggregator before → peak "
+    "| **(peak - before) / model** | client base → peak | **(client peak - base) / model** "
+    "| all processes, peak PSS | CPU per round: aggregator + clients |"
+)
+
+
+def row(
+    *, m: dict[str, Any], wire: float, fold: float, model_bytes: int, plain: float | None
+) -> str:
+    """One measured run as the table's cells after model, clients and transport."""
+    versus = f"**{m['overhead'] / plain:.2f}x**" if plain else "-"
+    return (
+        f"{m['wall']:.3f} s | {m['overhead']:.3f} s | "
+        f"{wire + fold:.3f} s ({wire:.3f} + {fold:.3f}) | "
+        f"**{m['overhead'] / (wire + fold):.2f}x** | {versus} | "
+        f"{m['base'] / MIB:.0f} → {m['peak'] / MIB:.0f} MiB | "
+        f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | "
+        f"{m['client_base'] / MIB:.0f} → {m['client'] / MIB:.0f} MiB | "
+        f"**{(m['client'] - m['client_base']) / model_bytes:.2f}x** | "
+        f"{m['everything'] / GIB:.2f} GiB | "
+        f"{m['cpu'][0] + m['cpu'][1]:.2f} s ({m['cpu'][0]:.2f} + {m['cpu'][1]:.2f}) |"
+    )
+
+
+def bandwidths(transports: list[str]) -> dict[str, float]:
+    """Loopback bytes per second for each transport, measured now; says what it measured."""
+    found = {"plain": loopback_bandwidth()}
+    line = f"loopback bandwidth (this run) {found['plain'] / 1e9:.2f} GB/s"
+    if "tls" in transports:
+        found["tls"], cipher = tls_loopback_bandwidth()
+        line += f", over TLS {found['tls'] / 1e9:.2f} GB/s ({cipher})"
+    print(
+        f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
+        f"{time.strftime('%Y-%m-%d')}; {line}\n"
+    )
+    return found
+
+
+def run_all(args: argparse.Namespace, root: Path) -> dict[str, list[tuple[int, int]]]:
+    """Every model x clients x transport; prints a row for each; the aggregator's peaks
+    (under the first transport)."""
+    transports = args.transport.split(",")
+    speed = bandwidths(transports)
+    print(HEADER)
+    print("| --- " * (HEADER.count("|") - 1) + "|")
+    peaks: dict[str, list[tuple[int, int]]] = {}
+    for model in args.models.split(","):
+        for clients in (int(c) for c in args.clients.split(",")):
+            first: float | None = None
+            for transport in transports:
+                m = one_job(args, root, model=model, clients=clients, transport=transport)
+                if m is None:
+                    continue
+                wire, fold = floor_seconds(
+                    params=model_parameters(model), clients=clients, bandwidth=speed[transport]
+                )
+                plain = first if transport == "tls" else None
+                cells = row(m=m, wire=wire, fold=fold, model_bytes=m["model_bytes"], plain=plain)
+                print(f"{m['label']} {cells}", flush=True)
+                if first is None:
+                    first = m["overhead"]
+                    peaks.setdefault(model, []).append((clients, m["peak"]))
+    return peaks
+
+
+def one_job(
+    args: argparse.Namespace, root: Path, *, model: str, clients: int, transport: str
+) -> dict[str, Any] | None:
+    """One run's measurements and its row label; None (a row saying so) if it cannot fit."""
+    params = model_parameters(model)
+    label = f"| {model} ({params / 1e6:.2f}M) | {clients} | {transport} |"
+    need = needed_bytes(params=params, clients=clients)
+    if need > available_bytes() - MARGIN:
+        free = available_bytes() / GIB
+        print(f"{label} not run: would need ~{need / GIB:.0f} GB, {free:.0f} GB free", flush=True)
+        return None
+    m = measure(
+        model=model,
+        clients=clients,
+        rounds=args.rounds,
+        data=root / "data",
+        root=root,
+        profile=args.profile,
+        tls=transport == "tls",
+    )
+    return {**m, "label": label, "model_bytes": params * 4}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="10m,50m", help="of cnn, 10m, 50m (comma-separated)")
+    parser.add_argument(
+        "--models", default="10m,50m", help="of cnn, 10m, 50m, 600m (comma-separated)"
+    )
     parser.add_argument("--clients", default="2,8", help="client counts (comma-separated)")
     parser.add_argument(
         "--rounds", type=int, default=4, help="rounds per run; the first is warm-up"
+    )
+    parser.add_argument(
+        "--transport", default="plain", help="plain, tls or plain,tls (each job under each)"
     )
     parser.add_argument(
         "--profile", type=Path, help="run the aggregator under py-spy, writing profiles here"
@@ -96,55 +207,10 @@ def main() -> None:
     args = parser.parse_args()
     from flotilla.data.digits_example import write_digits_example
 
-    bandwidth = loopback_bandwidth()
-    print(
-        f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
-        f"{time.strftime('%Y-%m-%d')}; loopback bandwidth (this run) {bandwidth / 1e9:.2f} GB/s\n"
-    )
-    print(
-        "| model | clients | round wall | overhead | floor (wire + fold) | **overhead / floor** "
-        "| aggregator before → peak | **(peak - before) / model** | client base → peak "
-        "| **(client peak - base) / model** | all processes, peak PSS |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    peaks: dict[str, list[tuple[int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
         root = Path(scratch)
         write_digits_example(root / "data", sites=["site"], seed=0)
-        for model in args.models.split(","):
-            params = model_parameters(model)
-            model_bytes = params * 4
-            for clients in (int(c) for c in args.clients.split(",")):
-                label = f"| {model} ({params / 1e6:.2f}M) | {clients} |"
-                need = needed_bytes(params=params, clients=clients)
-                if need > available_bytes() - MARGIN:
-                    print(
-                        f"{label} not run: would need ~{need / GIB:.0f} GB, "
-                        f"{available_bytes() / GIB:.0f} GB free | | | | | | | | | |",
-                        flush=True,
-                    )
-                    continue
-                m = measure(
-                    model=model,
-                    clients=clients,
-                    rounds=args.rounds,
-                    data=root / "data",
-                    root=root,
-                    profile=args.profile,
-                )
-                wire, fold = floor_seconds(params=params, clients=clients, bandwidth=bandwidth)
-                peaks.setdefault(model, []).append((clients, m["peak"]))
-                print(
-                    f"{label} {m['wall']:.3f} s | {m['overhead']:.3f} s | "
-                    f"{wire + fold:.3f} s ({wire:.3f} + {fold:.3f}) | "
-                    f"**{m['overhead'] / (wire + fold):.2f}x** | "
-                    f"{m['base'] / MIB:.0f} → {m['peak'] / MIB:.0f} MiB | "
-                    f"**{(m['peak'] - m['base']) / model_bytes:.2f}x** | "
-                    f"{m['client_base'] / MIB:.0f} → {m['client'] / MIB:.0f} MiB | "
-                    f"**{(m['client'] - m['client_base']) / model_bytes:.2f}x** | "
-                    f"{m['everything'] / GIB:.2f} GiB |",
-                    flush=True,
-                )
+        peaks = run_all(args, root)
     for model, points in peaks.items():
         if len(points) >= 2:
             (c0, p0), (c1, p1) = points[0], points[-1]
