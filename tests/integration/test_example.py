@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.harness import flotilla
 
@@ -18,10 +18,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
 
 
 def _write_and_run(
-    tmp_path: Path, example: Path, kind: str, sites: str
+    tmp_path: Path, example: Path, kind: str, sites: str, **spec: Any
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`flotilla examples KIND` then `flotilla run` on a copy of the example, as the README says."""
-    shutil.copy(example, tmp_path / example.name)  # its data paths are relative to it
+    """`flotilla examples KIND` then `flotilla run` on a copy of the example, as the README
+    says; `spec`: top-level spec fields set in the copy."""
+    job = yaml.safe_load(example.read_text())
+    job["spec"] |= spec
+    (tmp_path / example.name).write_text(yaml.safe_dump(job))  # its data paths are relative
     out = tmp_path / "data" / kind
     write = subprocess.run(
         flotilla("examples", kind, "--out", str(out), "--sites", sites),
@@ -30,14 +33,21 @@ def _write_and_run(
         timeout=120,
     )
     assert write.returncode == 0, write.stderr
+    return run_example(tmp_path, tmp_path / example.name)
+
+
+def run_example(
+    tmp_path: Path, job: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     run = subprocess.run(
         flotilla(
             "run",
-            str(tmp_path / example.name),
+            str(job),
             "--state-dir",
-            str(tmp_path / "state"),
+            str(tmp_path / f"state-{job.stem}"),
             "--summary-json",
             str(tmp_path / "summary.json"),
+            *extra,
         ),
         capture_output=True,
         text=True,
@@ -67,8 +77,11 @@ def test_the_digits_example_reaches_093_on_the_held_out_test_split(tmp_path: Pat
 SHAPES = EXAMPLE.parent / "shapes-detection.yaml"
 
 
-def test_the_shapes_detection_example_improves_map_and_serves_boxes(tmp_path: Path) -> None:
-    run, summary = _write_and_run(tmp_path, SHAPES, "shapes", "site-a,site-b,site-c")
+def test_the_shapes_detection_example_improves_map_serves_boxes_and_passes_the_gate(
+    tmp_path: Path,
+) -> None:
+    gated = {"tracking": {"registeredModel": "shapes-detection", "promotion": {}}}
+    run, summary = _write_and_run(tmp_path, SHAPES, "shapes", "site-a,site-b,site-c", **gated)
 
     maps = [row["central"]["map50"] for row in summary["history"]]
     assert len(maps) == 10
@@ -104,6 +117,22 @@ def test_the_shapes_detection_example_improves_map_and_serves_boxes(tmp_path: Pa
     # (uploads fold in arrival order, so the rounding, and the model, vary a little);
     # the untrained detector (round 1: mAP 0.0) gets none.
     assert hits >= 26, hits
+
+    # The promotion gate on detection: the first version is the champion; one round that
+    # cannot learn (a learning rate of 1e-6) is scored against it on the same test data by
+    # mAP@0.5, and refused with both figures.
+    assert summary["tracking"]["promotion"]["reason"] == "FirstModel"
+    job = yaml.safe_load((tmp_path / SHAPES.name).read_text())
+    job["spec"]["rounds"] = 1
+    job["spec"]["training"]["learningRate"] = 1e-6
+    (tmp_path / "shapes-worse.yaml").write_text(yaml.safe_dump(job))
+    worse_run, worse = run_example(tmp_path, tmp_path / "shapes-worse.yaml")
+    promotion = worse["tracking"]["promotion"]
+    assert (promotion["outcome"], promotion["reason"]) == ("kept", "NotBetter"), promotion
+    assert "map50" in promotion["message"], promotion
+    assert f"  promotion: kept: {promotion['message']}" in worse_run.stdout
+    champion = mlflow.MlflowClient().get_model_version_by_alias("shapes-detection", "champion")
+    assert champion.run_id == summary["mlflowRunId"]
 
 
 def _iou(box: Any, truths: Any) -> Any:
