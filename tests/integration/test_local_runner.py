@@ -37,7 +37,7 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_d
         tmp_path / "job.yaml",
         data_dir=digits_dir,
         sites=SITES,
-        rounds=6,
+        rounds=3,
         overrides={"training": {"localEpochs": 10}},
     )
     state = tmp_path / "state"
@@ -54,7 +54,7 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_d
     )
     assert runner.stdout is not None
     for line in runner.stdout:  # the first completed round is printed as it happens
-        if line.startswith("round   1/6"):
+        if line.startswith("round   1/3"):
             break
     aggregator_log = (state / "logs" / "aggregator.log").read_text()
     port = re.search(r"listening on http://127.0.0.1:(\d+)", aggregator_log)
@@ -72,7 +72,7 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes(tmp_path: Path, digits_d
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     history = json.loads((tmp_path / "summary.json").read_text())["history"]
-    assert [r["round"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [r["round"] for r in history] == [1, 2, 3]
 
 
 def test_a_site_without_its_data_fails_the_run_and_says_why(

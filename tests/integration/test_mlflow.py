@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,6 @@ ROUND_METRICS = [
     *[f"client.{site}.{name}" for site in SITES for name in ("loss", "accuracy", "examples")],
     *[f"client.{site}.train_seconds" for site in SITES],
 ]
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
-    server.start_server()
-    yield server
-    server.stop()
 
 
 def _tracked_job(tmp_path: Path, digits_dir: Path, *, name: str, rounds: int, **spec: Any) -> Path:

@@ -2,13 +2,12 @@
 champion, a better one takes the alias, a worse one is refused with both figures, and a
 champion the gate cannot read keeps its alias.
 
-One server for the module; the jobs of the first test build on each other (digits, 2 sites,
-1-2 rounds each).
+One server for the session (conftest.py), under model names of this module's own; the
+jobs of the first test build on each other (digits, 2 sites, 1-2 rounds each).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ SITES = ["site-a", "site-b"]
 WEAK = {"localEpochs": 1, "learningRate": 0.01, "momentum": 0.0}
 # Too small a learning rate to move the seed's weights: a model far worse than any champion.
 STILL = {"localEpochs": 1, "learningRate": 1e-6, "momentum": 0.0}
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
-    server.start_server()
-    yield server
-    server.stop()
 
 
 def _run(

@@ -62,7 +62,7 @@ def test_a_client_killed_mid_round_lets_the_round_close_at_its_deadline(
         overrides={
             # A round opens as soon as every known client is back, so a long grace costs nothing
             # while all three live; only the rounds after the kill wait it out.
-            "clients": {"minClients": 2, "roundDeadlineSeconds": deadline, "joinGraceSeconds": 20},
+            "clients": {"minClients": 2, "roundDeadlineSeconds": deadline, "joinGraceSeconds": 8},
             # Long enough local work that the victim is still training when killed.
             "training": {"localEpochs": 25},
         },

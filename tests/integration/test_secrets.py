@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ CVAT_PASSWORD = "cvat-pw-Zq81xLmN03"
 CVAT_ACCESS_TOKEN = "cvat-token-Hh27Ppw9Ks"
 CVAT_URL_PASSWORD = "cvat-url-pw-Jd40Wc6Rt"
 MLFLOW_PASSWORD = "mlflow-pw-Ty55Bb0Qe"
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
-    server.start_server()
-    yield server
-    server.stop()
 
 
 def _get(url: str) -> str:

@@ -1,8 +1,8 @@
 """Warm start against a real `mlflow server`: a job starts from the model an earlier job
 registered, records where it came from, grows its label list, and refuses what does not fit.
 
-One server and one parent job for the module: the parent (digits, 2 rounds, 2 sites)
-registers `parent`; every test starts a child from it.
+One server for the session (conftest.py) and one parent job for the module: the parent
+(digits, 2 rounds, 2 sites) registers `parent`; every test starts a child from it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,6 @@ class Parent:
     run_id: str
     accuracy: float  # the final central accuracy
     weights: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
-    server.start_server()
-    yield server
-    server.stop()
 
 
 def _job(root: Path, digits_dir: Path, *, name: str, rounds: int, **spec: Any) -> Path:
