@@ -315,6 +315,41 @@ JOB_ROWS = (
             ),
         ),
     ),
+    Row(
+        "Buffered aggregation (spec.strategy.buffered; empty for synchronous rounds)",
+        (
+            Panel(
+                "Updates in the buffer",
+                "Updates folded into the server update being made; the server steps when the "
+                "buffer holds spec.strategy.buffered.size.",
+                (Query(f"max(flotilla_buffer_updates{{{ONE_JOB}}})", "buffered"),),
+                min=0,
+            ),
+            Panel(
+                "Update staleness",
+                "Server updates between the model an update was trained on and the one it was "
+                "folded into (each counts 1/sqrt(1 + staleness)); a slow site shows here.",
+                (
+                    Query(quantile(0.5, "flotilla_update_staleness", ONE_JOB), "p50"),
+                    Query(quantile(0.9, "flotilla_update_staleness", ONE_JOB), "p90"),
+                ),
+                min=0,
+            ),
+            Panel(
+                "Buffer journal failures",
+                "Failed writes of the buffer to disk (a full disk): the updates stay folded, "
+                "but are lost if the aggregator dies before the server update's checkpoint.",
+                (
+                    Query(
+                        "sum(increase(flotilla_buffer_journal_failures_total"
+                        f"{{{ONE_JOB}}}[{RATE}]))",
+                        "failures",
+                    ),
+                ),
+                min=0,
+            ),
+        ),
+    ),
 )
 
 OVERVIEW_ROWS = (
