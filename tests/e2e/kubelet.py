@@ -3,7 +3,8 @@ things a kubelet does that the flows under test depend on.
 
 - A pod bound to a node starts: phase Running, its containers running and ready.
 - A pod being deleted (deletionTimestamp set, its grace period running) is finished off,
-  as a kubelet confirms its containers stopped by deleting it with no grace period. Without
+  as a kubelet confirms its containers stopped by deleting it with no grace period (and
+  that pod only: its UID is a precondition). Without
   that, every deleted pod of a bound node would stay Terminating forever.
 
 Only pods labelled `app.kubernetes.io/part-of=flotilla` are touched. A test that needs a pod
@@ -56,15 +57,26 @@ class FakeKubelet:
     def _handle(self, pod: dict[str, Any]) -> None:
         metadata, spec = pod["metadata"], pod.get("spec") or {}
         name, namespace = metadata["name"], metadata["namespace"]
+        # Events may be stale: a pod deleted and made again under the same name (a site's
+        # client pod) must not be deleted or started for its predecessor, so the UID is a
+        # precondition of both (a mismatch is a 409 and nothing changes).
+        uid = metadata["uid"]
         if metadata.get("deletionTimestamp"):
+            options = {
+                "kind": "DeleteOptions",
+                "apiVersion": "v1",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": uid},
+            }
             kubectl(
-                "delete", "pod", name, "-n", namespace, "--grace-period=0", "--force",
-                "--wait=false", check=False,
+                "delete", "--raw", f"/api/v1/namespaces/{namespace}/pods/{name}", "-f", "-",
+                stdin=json.dumps(options), check=False,
             )  # fmt: skip
             return
         status = pod.get("status") or {}
         if spec.get("nodeName") and status.get("phase") == "Pending":
-            merge_patch("pod", name, {"status": _running(spec)}, namespace=namespace, status=True)
+            running = {"metadata": {"uid": uid}, "status": _running(spec)}
+            merge_patch("pod", name, running, namespace=namespace, status=True)
 
 
 def _running(spec: dict[str, Any]) -> dict[str, Any]:
