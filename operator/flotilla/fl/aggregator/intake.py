@@ -218,7 +218,7 @@ class UpdateIntake:
         if current is None or upload_id is None or current.upload_id != upload_id:
             return
         lease, waiter = current.lease, current.waiter
-        if lease is not None and lease.timer is not None:
+        if lease is not None and lease.timer is not None and not lease.timer.expired():
             lease.superseded = True
             lease.timer.reschedule(asyncio.get_running_loop().time())
         elif waiter is not None and not waiter.done():
@@ -267,7 +267,9 @@ class UpdateIntake:
         contended = sorted(self._leases, key=lambda lease: lease.progress.due_on_pace())
         contended = contended[: self._pool.waiting]
         for lease in self._leases:
-            if lease.timer is not None and not lease.superseded:
+            # A timer that fired is expiring (its upload is being cut): rescheduling it would
+            # raise RuntimeError, and from _take or _give that lost or leaked a buffer.
+            if lease.timer is not None and not lease.superseded and not lease.timer.expired():
                 when, lease.rule = lease.progress.due(contended=lease in contended)
                 lease.timer.reschedule(when)
 
