@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -85,6 +87,7 @@ def _aggregator(args: argparse.Namespace) -> int:
     # copy was a third pass over every byte the aggregator receives (~7% of the round at
     # 10M parameters x 32 clients, bench/round_bench.py). Set before aiohttp is imported.
     os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")
+    raise_open_files_limit()
     from flotilla.fl.aggregator.main import AggregatorOptions, check_transport, serve
     from flotilla.fl.aggregator.tokens import load_tokens
     from flotilla.fl.tls import TlsConfigError, server_context
@@ -123,3 +126,14 @@ def _aggregator(args: argparse.Namespace) -> int:
     return asyncio.run(
         serve(job, tokens=tokens, tokens_file=args.tokens_file, options=options, on_ready=ready)
     )
+
+
+def raise_open_files_limit() -> None:
+    """One connection per site: a shell's soft limit (1024, or 256) is hit past a few
+    hundred sites, and then every accept fails (bench/load_sites.py). Take the hard limit,
+    as servers do; a container's limit is its runtime's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
