@@ -61,6 +61,22 @@ def test_a_bump_wakes_a_waiter_at_once_and_a_timeout_on_the_clock_ends_a_wait() 
     assert woken and not early and seq == 1
 
 
+def test_a_phase_waiter_sleeps_through_other_changes_and_wakes_on_a_phase_change() -> None:
+    async def play() -> tuple[bool, bool, bool]:
+        changes = Changes(FakeClock())
+        phase_waiter = asyncio.create_task(changes.wait(3600, phase=True))
+        any_waiter = asyncio.create_task(changes.wait(3600))
+        await asyncio.sleep(0.01)
+        changes.bump()  # an update folded, a site seen: no client's task changed
+        await asyncio.sleep(0.01)
+        slept, any_woken = not phase_waiter.done(), any_waiter.done()
+        changes.bump(phase=True)
+        await asyncio.wait_for(phase_waiter, 1)
+        return slept, any_woken, phase_waiter.done()
+
+    assert asyncio.run(play()) == (True, True, True)
+
+
 def test_a_cancelled_wait_is_cancelled_even_as_a_change_arrives() -> None:
     async def play() -> bool:
         changes = Changes(FakeClock())

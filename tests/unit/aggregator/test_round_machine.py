@@ -231,6 +231,42 @@ def test_a_site_that_leaves_the_job_is_not_waited_for_in_its_round(tmp_path: Pat
     assert row["answered"] == ["site-a", "site-b"]
 
 
+def test_sites_waiting_for_their_next_task_are_not_woken_by_each_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sites = [f"site-{n}" for n in range(6)]
+    machine = Machine(tmp_path, sites=sites, rounds=2)
+    desk = machine.engine.desk
+    looked_up: dict[str, int] = dict.fromkeys(sites, 0)
+    task_for = desk.task_for
+
+    def counted(site: str) -> dict[str, object]:
+        looked_up[site] += 1
+        return task_for(site)
+
+    monkeypatch.setattr(desk, "task_for", counted)
+
+    async def play() -> list[dict[str, object]]:
+        async with machine.running():
+            for site in machine.sites.values():
+                site.report_ready()
+            await machine.training(1)
+            polls = []
+            for site in list(machine.sites.values())[:-1]:
+                await site.upload(0.1)
+                polls.append(asyncio.create_task(desk.wait_task(site.name, timeout=600)))
+                await asyncio.sleep(0.01)  # the poll is waiting when the next update folds
+            assert not any(poll.done() for poll in polls)
+            # Each waiting poll looked its task up once: the four updates folded after the
+            # first poll began woke none of them (it was k wake-ups for the k-th update).
+            assert [looked_up[site] for site in sites[:-1]] == [1] * 5
+            await machine.sites[sites[-1]].upload(0.1)  # the round closes: a phase change
+            return list(await asyncio.gather(*polls))
+
+    tasks = asyncio.run(play())
+    assert {(task["action"], task["round"]) for task in tasks} == {("train", 2)}
+
+
 def test_uploads_the_round_did_not_ask_for_are_refused(tmp_path: Path) -> None:
     machine = Machine(
         tmp_path, sites=["site-a", "site-b"], clients={"minClients": 1, "perRound": 1}

@@ -97,13 +97,15 @@ class ClientDesk:
         return max(self._state.deadline - self._clock(), 0.0)
 
     async def wait_task(self, site: str, *, timeout: float) -> dict[str, Any]:
-        """The site's next action, once it has one (long-poll): never "wait" before timeout."""
+        """The site's next action, once it has one (long-poll): never "wait" before timeout.
+        Only a phase change turns a "wait" into something else (the site's own report and
+        upload are its own requests), so only one wakes this."""
         end = self._clock() + timeout
         while (task := self.task_for(site))["action"] == "wait":
             remaining = end - self._clock()
             if remaining <= 0:
                 break
-            await self._state.changes.wait(remaining)
+            await self._state.changes.wait(remaining, phase=True)
         return task
 
     async def wait_released(self, *, timeout: float) -> None:

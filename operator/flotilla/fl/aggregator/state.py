@@ -157,7 +157,7 @@ class EngineState:
     def set_phase(self, phase: Phase, message: str) -> None:
         self._phase = phase
         self._message = message
-        self.changes.bump()
+        self.changes.bump(phase=True)
 
     def say(self, message: str) -> None:
         """A new message for /v1/status, no change worth waking anyone for."""
