@@ -115,17 +115,9 @@ def run_operator(url: str, metrics_port: int, resync: float) -> None:
 
         memo["bench_lag"] = asyncio.create_task(watch())
 
-    settings = kopf.OperatorSettings()
-    settings.scanning.disabled = True  # KMock serves no CRD or namespace watches
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            settings=settings,
-            standalone=True,
-            clusterwide=False,
-            namespaces=[NAMESPACE],
-        )
-    )
+    from tests.operator.conftest import run_kopf
+
+    run_kopf(registry)
 
 
 # --- what the double saw --------------------------------------------------------------------

@@ -135,6 +135,44 @@ def node(name: str, **labels: str) -> dict[str, Any]:
 Poll = Callable[[FederatedJob, str | None], Any]
 
 
+def run_kopf(
+    registry: kopf.OperatorRegistry,
+    *,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+    memo: kopf.Memo | None = None,
+) -> None:
+    """kopf serving NAMESPACE with `registry` until `stop`, as the tests and benches run it."""
+    settings = kopf.OperatorSettings()
+    # KMock serves no CRD and namespace watches: discover the resources once instead.
+    settings.scanning.disabled = True
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=False,
+            namespaces=[NAMESPACE],
+            stop_flag=stop,
+            ready_flag=ready,
+            memo=memo,
+        )
+    )
+
+
+def status_object(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    """A `Status` refusal as the API server writes one."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+        "details": details,
+    }
+
+
 @asynccontextmanager
 async def operator(
     server: kmock.KubernetesEmulator,
@@ -156,26 +194,12 @@ async def operator(
         poll=poll or no_aggregator,
         resync_seconds=resync_seconds,
     )
-    settings = kopf.OperatorSettings()
-    # KMock serves no CRD and namespace watches: discover the resources once instead.
-    settings.scanning.disabled = True
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(
-                kopf.operator(
-                    registry=registry,
-                    settings=settings,
-                    standalone=True,
-                    clusterwide=False,
-                    namespaces=[NAMESPACE],
-                    stop_flag=stop,
-                    ready_flag=ready,
-                    memo=memo,
-                )
-            )
+            run_kopf(registry, stop=stop, ready=ready, memo=memo)
         except BaseException as error:  # surfaced in the test, not lost in the thread
             errors.append(error)
 

@@ -22,6 +22,7 @@ from tests.operator.conftest import (
     job_status,
     operator,
     requests_of,
+    status_object,
 )
 
 STATUS = f"/apis/{JOBS.rsplit('/', 1)[0]}/namespaces/{NAMESPACE}/federatedjobs/digits/status"
@@ -30,17 +31,6 @@ INVALID = (
     'FederatedJob.flotilla.dev "digits" is invalid: status.clients.desired: '
     "Invalid value: 3: must be less than or equal to 2"
 )
-
-
-def _status_object(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "code": code,
-        "reason": reason,
-        "message": message,
-    }
 
 
 def _condition(server: km.KubernetesEmulator, kind: str) -> dict[str, Any] | None:
@@ -62,7 +52,7 @@ async def test_a_422_is_written_into_the_status_and_not_retried(
         return "clients" in ((request.data or {}).get("status") or {})
 
     refused = cluster[f"patch {STATUS}"][whole_status]
-    refused << 422 << _status_object(422, "Invalid", INVALID)
+    refused << 422 << status_object(422, "Invalid", INVALID)
 
     def written() -> list[dict[str, Any]]:  # KMock stores even what it answers 422 to
         return [
@@ -107,7 +97,7 @@ async def test_a_503_is_retried_after_its_retry_after_and_heals(
         return km.Response(
             status=503,
             headers={"Retry-After": "2"},
-            payload=_status_object(503, "ServiceUnavailable", "etcd leader changed"),
+            payload=status_object(503, "ServiceUnavailable", "etcd leader changed"),
         )
 
     cluster[f"get {TOKENS}"][failing] << unavailable

@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from flotilla.k8s.api import FIELD_MANAGER, AlreadyExists, ApiError, Connection, KubeApi, Ref
 from flotilla.k8s.failures import classify
-from tests.operator.conftest import JOBS, NAMESPACE, requests_of
+from tests.operator.conftest import JOBS, NAMESPACE, requests_of, status_object
 
 CONFIG_MAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
@@ -31,18 +31,6 @@ SECRET = Ref("v1", "Secret", "digits-tokens", NAMESPACE)
 def _config_map(value: str) -> dict[str, Any]:
     metadata = {"name": "digits-job", "namespace": NAMESPACE}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"k": value}}
-
-
-def _status_object(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "code": code,
-        "reason": reason,
-        "message": message,
-        "details": details,
-    }
 
 
 class Errors(list[int]):
@@ -102,7 +90,7 @@ async def test_a_refused_apply_carries_what_the_classifier_needs(
 ) -> None:
     client, errors = api
     message = 'Deployment.apps "digits-aggregator" is invalid: spec.selector: field is immutable'
-    refusal = _status_object(422, "Invalid", message, kind="deployments")
+    refusal = status_object(422, "Invalid", message, kind="deployments")
     cluster[f"patch {DEPLOYMENTS}/digits-aggregator"] << 422 << refusal
     deployment = {
         "apiVersion": "apps/v1",
@@ -134,7 +122,7 @@ async def test_retry_after_and_the_status_subresource(
     job = Ref("flotilla.dev/v1alpha1", "FederatedJob", "digits", NAMESPACE)
     path = f"/apis/flotilla.dev/v1alpha1/namespaces/{NAMESPACE}/federatedjobs/digits/status"
     cluster.objects[JOBS, NAMESPACE, "digits"] = {"metadata": {"name": "digits"}}
-    busy = _status_object(503, "ServiceUnavailable", "etcd leader changed")
+    busy = status_object(503, "ServiceUnavailable", "etcd leader changed")
     cluster[f"patch {path}"] << km.Response(status=503, headers={"Retry-After": "2"}, payload=busy)
 
     with pytest.raises(ApiError) as raised:
@@ -159,7 +147,7 @@ async def test_a_401_logs_in_again_once_and_repeats_the_call(
 ) -> None:
     path = f"/api/v1/namespaces/{NAMESPACE}/secrets/digits-tokens"
     cluster.objects["v1/secrets", NAMESPACE, "digits-tokens"] = {"metadata": {"name": "x"}}
-    expired = _status_object(401, "Unauthorized", "Unauthorized")
+    expired = status_object(401, "Unauthorized", "Unauthorized")
 
     def first_token(request: km.Request) -> bool:
         return request.headers.get("Authorization") == "Bearer first"

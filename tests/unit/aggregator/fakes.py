@@ -168,6 +168,11 @@ class Machine:
         )
         self.sites = {name: FakeSite(name, self) for name in sites}
 
+    def report_ready(self, *sites: FakeSite) -> None:
+        """`sites` (all of them when none is named) say their data is ready."""
+        for site in sites or self.sites.values():
+            site.report_ready()
+
     @property
     def state(self) -> EngineState:
         return self.engine.state

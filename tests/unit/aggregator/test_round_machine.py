@@ -40,8 +40,7 @@ def test_a_round_opens_once_every_known_site_is_present(tmp_path: Path) -> None:
 
     async def play() -> None:
         async with machine.running():
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.until(lambda: "2 of 3 present, 2 needed" in machine.state.message)
             assert machine.state.phase is Phase.WAITING  # c is on its way: the grace runs
             assert a.task()["action"] == "wait"
@@ -71,8 +70,7 @@ def test_a_round_closes_once_every_sampled_site_answered(tmp_path: Path) -> None
 
     async def play() -> None:
         async with machine.running():
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)
             assert (await a.upload(0.1, examples=10))["accepted"]
             assert machine.state.phase is Phase.TRAINING  # b still trains
@@ -98,8 +96,7 @@ def test_a_round_closes_at_its_deadline_with_the_answers_it_has(tmp_path: Path) 
 
     async def play() -> None:
         async with machine.running():
-            for site in (a, b, c):
-                site.report_ready()
+            machine.report_ready()
             await machine.training(1)
             await a.upload(0.2)
             await b.upload(0.2)
@@ -126,8 +123,7 @@ def test_the_join_grace_opens_a_round_without_a_site_that_is_not_there(tmp_path:
 
     async def play() -> None:
         async with machine.running():
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.waiting_for_clients()
             machine.clock.advance(29)
             await asyncio.sleep(0.05)
@@ -147,8 +143,7 @@ def test_a_site_that_reported_a_data_error_is_not_waited_for(tmp_path: Path) -> 
     async def play() -> None:
         async with machine.running():
             c.report_broken("site site-c: no export")
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)  # at once: no grace spent on c
             assert machine.state.sampled == {"site-a", "site-b"}
             assert machine.engine.status()["siteErrors"] == {"site-c": "site site-c: no export"}
@@ -191,8 +186,7 @@ def test_a_site_that_hangs_up_mid_round_costs_the_next_round_its_grace_only(
 
     async def play() -> None:
         async with machine.running():
-            for site in (a, b, c):
-                site.report_ready()
+            machine.report_ready()
             await machine.training(1)
             c.hang_up()
             machine.clock.advance(5)  # past the reconnect grace: its link is closed
@@ -212,12 +206,11 @@ def test_a_site_that_hangs_up_mid_round_costs_the_next_round_its_grace_only(
 
 def test_a_site_that_leaves_the_job_is_not_waited_for_in_its_round(tmp_path: Path) -> None:
     machine = Machine(tmp_path, sites=SITES, clients={"minClients": 2})
-    a, b, c = machine.sites.values()
+    a, b, _ = machine.sites.values()
 
     async def play() -> None:
         async with machine.running():
-            for site in (a, b, c):
-                site.report_ready()
+            machine.report_ready()
             await machine.training(1)
             await a.upload(0.1)
             machine.engine.set_sites(["site-a", "site-b"])  # c's token was dropped
@@ -248,8 +241,7 @@ def test_sites_waiting_for_their_next_task_are_not_woken_by_each_update(
 
     async def play() -> list[dict[str, object]]:
         async with machine.running():
-            for site in machine.sites.values():
-                site.report_ready()
+            machine.report_ready()
             await machine.training(1)
             polls = []
             for site in list(machine.sites.values())[:-1]:
@@ -277,8 +269,7 @@ def test_uploads_the_round_did_not_ask_for_are_refused(tmp_path: Path) -> None:
         async with machine.running():
             with pytest.raises(RoundClosed):
                 await a.upload(0.1, round_number=1)  # no round is open yet
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)
             (chosen,) = machine.state.sampled
             asked, other = (a, b) if chosen == "site-a" else (b, a)
@@ -301,8 +292,7 @@ def test_a_second_update_of_a_site_in_the_open_round_is_refused(tmp_path: Path) 
 
     async def play() -> None:
         async with machine.running():
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)
             await a.upload(0.1)
             with pytest.raises(AlreadyAnswered):
@@ -340,8 +330,7 @@ def test_too_few_answers_retry_the_round_then_fail_the_job(tmp_path: Path) -> No
 
     async def play() -> None:
         async with machine.running() as run:
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)
             await a.upload(0.1)
             machine.clock.advance(60)
@@ -369,8 +358,7 @@ def test_the_job_ends_with_the_clients_evaluating_the_final_model(tmp_path: Path
 
     async def play() -> None:
         async with machine.running() as run:
-            a.report_ready()
-            b.report_ready()
+            machine.report_ready(a, b)
             await machine.training(1)
             await a.upload(0.1)
             await b.upload(0.1)
