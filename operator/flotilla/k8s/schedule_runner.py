@@ -8,8 +8,16 @@ acted upon within one interval of its time, whatever the cadence, as `decide` re
 clock. The indexes lag behind what this process just did: for a minute, a job it created
 counts as there and an object it deleted as gone, whatever they say.
 
-`memo` is kopf's: "api" (jobs.py's), "schedules" ((namespace, name) -> ScheduleMemory),
-"schedules_kick" (an Event), "stopping".
+A call the API server does not take is classified as a job's reconcile's is (failures.py).
+A permanent refusal goes into the status (`Ready` JobRefused, or the site's probe failed);
+a temporary one (a 503, a timeout, no answer) writes nothing of it: the job's tick stays due,
+a probe pod is owed, and either is tried again once the failure's delay (Retry-After, or a
+backoff) is out. Either kind makes the schedule wait out that delay, unless its spec or its
+check-data annotation changes first.
+
+`memo` is kopf's: "api" (jobs.py's), "schedules" ((namespace, name) -> ScheduleMemory, made
+by schedule_handlers.py when kopf handles a schedule and dropped when it is deleted: a pass
+never makes one), "schedules_kick" (an Event), "stopping".
 """
 
 from __future__ import annotations
@@ -25,10 +33,21 @@ from typing import Any
 from flotilla.api import API_VERSION, KIND
 from flotilla.k8s.api import CALL_ERRORS, AlreadyExists, KubeApi, Ref, ref
 from flotilla.k8s.events import EventType, event
+from flotilla.k8s.failures import Failure, classify
 from flotilla.k8s.jobs import ALL_NODES
 from flotilla.k8s.schedule_plan import CreateJob, DeleteJob, ScheduleSeen, decide
-from flotilla.k8s.schedule_probes import CreateProbe, DeleteProbe
-from flotilla.k8s.schedule_status import transitions, with_probe_refused, with_refusal
+from flotilla.k8s.schedule_probes import (
+    CHECK_ANNOTATION,
+    PROBE_TIMEOUT,
+    CreateProbe,
+    DeleteProbe,
+)
+from flotilla.k8s.schedule_status import (
+    transitions,
+    with_probe_refused,
+    with_refusal,
+    without_job,
+)
 from flotilla.k8s.schedule_views import TIME_FORMAT
 from flotilla.k8s.status import status_patch
 
@@ -39,6 +58,8 @@ LAG = timedelta(minutes=1)
 CONCURRENCY = 8
 Memo = MutableMapping[str, Any]
 Key = tuple[str | None, str]
+Action = CreateJob | DeleteJob | CreateProbe | DeleteProbe
+View = tuple[Any, ...]
 log = logging.getLogger(__name__)
 
 
@@ -47,11 +68,31 @@ class ScheduleMemory:
     status: dict[str, Any] | None = None  # as last written
     created: dict[str, datetime] = field(default_factory=dict)  # job name -> when
     deleted: dict[str, datetime] = field(default_factory=dict)  # job or pod name -> when
+    # Probe pods the API server did not take for now: pod name -> (the create, first tried).
+    owed: dict[str, tuple[CreateProbe, datetime]] = field(default_factory=dict)
+    # The last pass's failure (failures.py), how many in a row, when to try again, and the
+    # schedule's view then (a change of it is tried at once).
+    failure: Failure | None = None
+    attempts: int = 0
+    retry_at: datetime | None = None
+    failed_view: View | None = None
 
     def forget_old(self, now: datetime) -> None:
         for made in (self.created, self.deleted):
             for name in [n for n, at in made.items() if now - at > LAG]:
                 del made[name]
+
+    def failed(self, failure: Failure, *, now: datetime, view: View) -> None:
+        self.failure, self.attempts = failure, self.attempts + 1
+        self.retry_at = now + timedelta(seconds=failure.delay)
+        self.failed_view = view
+
+    def succeeded(self) -> None:
+        self.failure, self.attempts, self.retry_at, self.failed_view = None, 0, None, None
+
+    def due(self, now: datetime, view: View) -> bool:
+        """May the loop run a pass now, or is it waiting out a failure's delay?"""
+        return self.retry_at is None or now >= self.retry_at or view != self.failed_view
 
 
 async def schedules_forever(memo: Memo, indexes: Mapping[str, Any], interval: float) -> None:
@@ -77,7 +118,9 @@ async def schedules_forever(memo: Memo, indexes: Mapping[str, Any], interval: fl
         passes = [
             one(key, body, now)
             for key, bodies in list(indexes[SCHEDULES_INDEX].items())
-            if key in known and (body := next(iter(bodies), None)) is not None
+            if (body := next(iter(bodies), None)) is not None
+            and (memory := known.get(key)) is not None
+            and memory.due(now, view(body))
         ]
         await asyncio.gather(*passes)
 
@@ -88,39 +131,109 @@ async def run_schedule(
     """One pass over one schedule."""
     metadata = body["metadata"]
     key: Key = (metadata.get("namespace"), metadata["name"])
-    memory: ScheduleMemory = memo["schedules"].setdefault(key, ScheduleMemory())
+    # Deleted (or never handled) while this pass waited for its lane: a pass must not bring
+    # the memory back, nothing would ever drop it again (jobs.reconcile_job does the same).
+    memory: ScheduleMemory | None = memo["schedules"].get(key)
+    if memory is None:
+        return
     memory.forget_old(now)
     api: KubeApi = memo["api"]
     previous = memory.status if memory.status is not None else dict(body.get("status") or {})
     seen = _seen(indexes, key, metadata.get("uid"), memory)
     decision = decide(body, seen, previous=previous, now=now)
-    status, events = decision.status, []
-    for action in decision.actions:
+    status, events, failures = decision.status, [], []
+    for action in [*decision.actions, *_owed(indexes, key, memory, decision.actions, now)]:
         try:
             note = await _apply(api, key, action, memory, now)
         except CALL_ERRORS as error:
-            reason = getattr(error, "detail", None) or str(error)
-            if isinstance(action, CreateJob):
-                status = with_refusal(status, previous, message=reason, now=now)
-            elif isinstance(action, CreateProbe):
-                status = with_probe_refused(status, action.site, reason)
-            else:
-                log.warning("FederatedSchedule %s/%s: %s", *key, reason)
+            failure = _classified(error, memory)
+            failures.append(failure)
+            status = _failed(key, action, failure, error, status, previous, memory, now=now)
             continue
         if note is not None:
             events.append(note)
     events += transitions(previous, status)
     patch = status_patch(previous, status)
-    if patch:
-        await api.merge_patch(ref(body), {"status": patch}, subresource="status")
-    memory.status = status
+    try:
+        if patch:
+            await api.merge_patch(ref(body), {"status": patch}, subresource="status")
+        memory.status = status
+    except CALL_ERRORS as error:
+        failure = _classified(error, memory)
+        log.warning("FederatedSchedule %s/%s: the status was not written: %s", *key, error)
+        memory.failed(failure, now=now, view=view(body))
+        return  # the next pass decides again and writes it, with its events
+    if failures:
+        memory.failed(max(failures, key=lambda f: f.delay), now=now, view=view(body))
+    else:
+        memory.succeeded()
     await _post(api, body, events, now=now)
+
+
+def view(body: Mapping[str, Any]) -> View:
+    """What a user changes to have a waiting schedule tried at once: the spec (its
+    generation) and the check-data annotation."""
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    return metadata.get("generation"), annotations.get(CHECK_ANNOTATION)
+
+
+def _classified(error: BaseException, memory: ScheduleMemory) -> Failure:
+    failure = classify(error, attempt=memory.attempts)
+    if failure is None:  # not an API failure: a bug, seen as it is
+        raise error
+    return failure
+
+
+def _failed(
+    key: Key,
+    action: Action,
+    failure: Failure,
+    error: BaseException,
+    status: dict[str, Any],
+    previous: Mapping[str, Any],
+    memory: ScheduleMemory,
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status after the API server did not take `action`: a permanent refusal of a
+    create is written into it; a temporary failure leaves the job due and the probe owed."""
+    reason = getattr(error, "detail", None) or str(error)
+    kind = "refused" if failure.permanent else f"failed, again in {failure.delay:.0f} s"
+    log.warning("FederatedSchedule %s/%s: %s %s: %s", *key, type(action).__name__, kind, reason)
+    if isinstance(action, CreateJob):
+        if failure.permanent:
+            return with_refusal(status, previous, message=reason, now=now)
+        return without_job(status, previous)
+    if isinstance(action, CreateProbe):
+        if failure.permanent:
+            memory.owed.pop(action.pod["metadata"]["name"], None)
+            return with_probe_refused(status, action.site, reason)
+        memory.owed.setdefault(action.pod["metadata"]["name"], (action, now))
+    return status  # a delete the next pass decides again
+
+
+def _owed(
+    indexes: Mapping[str, Any],
+    key: Key,
+    memory: ScheduleMemory,
+    actions: list[Action],
+    now: datetime,
+) -> list[CreateProbe]:
+    """The probe pods a temporary failure kept from being made: to make now, unless they
+    are there, asked for by this pass anyway, or so late their cycle has given up on them."""
+    there = {pod["metadata"]["name"] for pod in indexes[PROBES_INDEX].get(key, [])}
+    there |= {a.pod["metadata"]["name"] for a in actions if isinstance(a, CreateProbe)}
+    for name, (_, since) in list(memory.owed.items()):
+        if name in there or now - since > PROBE_TIMEOUT:
+            del memory.owed[name]
+    return [action for action, _ in memory.owed.values()]
 
 
 async def _apply(
     api: KubeApi,
     key: Key,
-    action: CreateJob | DeleteJob | CreateProbe | DeleteProbe,
+    action: Action,
     memory: ScheduleMemory,
     now: datetime,
 ) -> tuple[EventType, str, str] | None:
@@ -133,6 +246,7 @@ async def _apply(
     if isinstance(action, CreateProbe):
         with contextlib.suppress(AlreadyExists):
             await api.create(action.pod, namespace=namespace)
+        memory.owed.pop(action.pod["metadata"]["name"], None)
         return None
     what = Ref(API_VERSION, KIND) if isinstance(action, DeleteJob) else Ref("v1", "Pod")
     deleted = await api.delete(replace(what, name=action.name, namespace=namespace))

@@ -83,12 +83,7 @@ def with_refusal(
 ) -> dict[str, Any]:
     """The status after the API server refused to create a job: what the job would have
     consumed (the tick, the data change) stays due, and `Ready` says why, quoting it."""
-    out = dict(status)
-    for key in ("lastScheduleTime", "lastTrigger", "pendingDataChange", "active"):
-        if previous.get(key) is None:
-            out.pop(key, None)
-        else:
-            out[key] = previous[key]
+    out = without_job(status, previous)
     conditions: Conditions = {
         c["type"]: (c["status"], c["reason"], c.get("message", ""))
         for c in status.get("conditions") or []
@@ -96,6 +91,18 @@ def with_refusal(
     conditions["Ready"] = ("False", "JobRefused", message)
     rest = {k: v for k, v in out.items() if k not in ("conditions", "observedGeneration")}
     return assemble(rest, conditions, previous, status.get("observedGeneration"), now)
+
+
+def without_job(status: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as if the pass had not made its job (the API server did not, for now):
+    what the job would have consumed (the tick, the data change) stays due."""
+    out = dict(status)
+    for key in ("lastScheduleTime", "lastTrigger", "pendingDataChange", "active"):
+        if previous.get(key) is None:
+            out.pop(key, None)
+        else:
+            out[key] = previous[key]
+    return out
 
 
 def with_probe_refused(status: Mapping[str, Any], site: str, message: str) -> dict[str, Any]:
