@@ -15,6 +15,7 @@ import pytest
 
 from flotilla.fl.aggregator.errors import BadExamples, BadMetrics, BadReport
 from flotilla.fl.aggregator.http_errors import answer_for
+from flotilla.fl.aggregator.http_input import site_report
 from flotilla.fl.aggregator.reports import (
     MAX_EXAMPLES,
     checked_label_report,
@@ -155,6 +156,26 @@ def test_a_site_report_must_follow_the_label_report_schema(data: Any, field: str
 def test_the_clients_label_report_is_kept_as_sent() -> None:
     assert checked_label_report("s", _label_report()) == _label_report()
     assert checked_label_report("s", {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        ({"data": {}}, '"ready": true or false'),
+        ({"ready": "yes"}, '"ready": true or false'),
+        ({"ready": False}, 'must say why in "error"'),
+        ({"ready": False, "error": "  "}, 'must say why in "error"'),
+        ({"ready": False, "error": 3}, 'must say why in "error"'),
+    ],
+)
+def test_a_site_report_without_ready_or_error_names_the_site(
+    report: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(BadReport) as refused:
+        site_report("site-q", report)
+
+    assert answer_for(refused.value) == (400, "bad_report")
+    assert str(refused.value).startswith("site 'site-q': ") and expected in str(refused.value)
 
 
 def test_a_site_report_of_arbitrary_json_is_refused_over_http(tmp_path: Path) -> None:

@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from annotated_types import Le, Lt
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from flotilla.api import (
     FederatedJob,
+    FederatedJobSpec,
     SpecError,
     StrategyParams,
     load_job,
     parse_job,
 )
+from flotilla.api.schedule import FederatedScheduleSpec
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "digits.yaml"
 
@@ -482,3 +486,135 @@ def test_the_largest_seed_and_deadline_still_pass() -> None:
     spec = parse_job(data, source="t").spec
 
     assert (spec.seed, spec.clients.round_deadline_seconds) == (2**32 - 1, 604_800)
+
+
+def _spec_models() -> list[type[BaseModel]]:
+    """Every model a user writes: under FederatedJobSpec and FederatedScheduleSpec."""
+    return list(
+        dict.fromkeys([*_models_under(FederatedJobSpec), *_models_under(FederatedScheduleSpec)])
+    )
+
+
+def _number_leaves(annotation: object, bounds: tuple[object, ...]) -> Iterator[tuple[str, bool]]:
+    """(where, has a maximum) for each int or float in ``annotation``: where is "", "[]" or "{}"."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in (int, float):
+        yield "", any(isinstance(b, Le | Lt) for b in bounds)
+    elif origin is typing.Annotated:
+        extra = [
+            m for a in arguments[1:] for m in (a.metadata if isinstance(a, FieldInfo) else [a])
+        ]
+        yield from _number_leaves(arguments[0], (*bounds, *extra))
+    elif origin in (list, dict):
+        # A bound on the list or the map (its length) is not a bound on its items.
+        mark = "[]" if origin is list else "{}"
+        yield from ((mark + where, bounded) for where, bounded in _number_leaves(arguments[-1], ()))
+    else:  # X | None
+        for argument in arguments:
+            yield from _number_leaves(argument, bounds)
+
+
+def _spec_numbers() -> dict[str, bool]:
+    """Model.fieldName (with [] for list items) of every number in the spec: has a maximum?"""
+    return {
+        f"{model.__name__}.{field.alias or name}{where}": bounded
+        for model in _spec_models()
+        for name, field in model.model_fields.items()
+        for where, bounded in _number_leaves(field.annotation, tuple(field.metadata))
+    }
+
+
+def test_every_number_a_user_writes_has_an_upper_bound() -> None:
+    """Finite is not enough: 1e300 passes a lower bound, validates, and overflows in the run."""
+    numbers = _spec_numbers()
+
+    assert {
+        "PrivacySpec.clipNorm",
+        "CvatServerSource.taskIds[]",
+        "Toleration.tolerationSeconds",
+        "OnDataChange.checkIntervalSeconds",
+        "FederatedJobSpec.seed",
+    } <= numbers.keys()
+    assert [name for name, bounded in numbers.items() if not bounded] == []
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            {"privacy": {"clipNorm": 1e300, "noiseMultiplier": 1e300}},
+            [
+                "spec.privacy.clipNorm: Input should be less than or equal to 1000000",
+                "spec.privacy.noiseMultiplier: Input should be less than or equal to 100",
+            ],
+        ),
+        (
+            {"privacy": {"clipNorm": 1e20, "noiseMultiplier": 1e20, "targetEpsilon": 1e300}},
+            [
+                "spec.privacy.clipNorm:",
+                "spec.privacy.noiseMultiplier:",
+                "spec.privacy.targetEpsilon:",
+            ],
+        ),
+        (
+            {"strategy": {"name": "fedprox", "proximalMu": 1e308}},
+            ["spec.strategy.proximalMu: Input should be less than or equal to 1000"],
+        ),
+        (
+            {"strategy": {"name": "fedadam", "tau": 1e20}},
+            ["spec.strategy.tau: Input should be less than or equal to 1"],
+        ),
+        (
+            {"limits": {"maxUpdateNorm": 1e300}},
+            ["spec.limits.maxUpdateNorm: Input should be less than or equal to 1000000000000"],
+        ),
+        (
+            {"data": {"cvat": {"url": "https://cvat.example", "taskIds": [1, 2**31]}}},
+            ["spec.data.cvat.taskIds[1]: Input should be less than or equal to 2147483647"],
+        ),
+        (
+            {"data": {"cvat": {"url": "https://cvat.example", "projectId": 10**30}}},
+            ["spec.data.cvat.projectId: Input should be less than or equal to 2147483647"],
+        ),
+        (
+            {"runtime": {"tolerations": [{"key": "k", "tolerationSeconds": 2**63}]}},
+            [
+                "spec.runtime.tolerations[0].tolerationSeconds: "
+                "Input should be less than or equal to 604800"
+            ],
+        ),
+    ],
+    ids=[
+        "privacy-1e300",
+        "privacy-1e20",
+        "fedprox-mu",
+        "fedadam-tau",
+        "max-update-norm",
+        "cvat-task-id",
+        "cvat-project-id",
+        "toleration-seconds",
+    ],
+)
+def test_huge_but_finite_numbers_are_refused_naming_the_field(
+    section: dict[str, Any], expected: list[str]
+) -> None:
+    error = error_of(with_spec(**section))
+
+    for line in expected:
+        assert line in error
+
+
+def test_the_largest_privacy_and_strategy_numbers_still_pass() -> None:
+    job = parse_job(
+        with_spec(
+            privacy={"clipNorm": 1e6, "noiseMultiplier": 100, "targetEpsilon": 1e6},
+            strategy={"name": "fedprox", "proximalMu": 1e3},
+            limits={"maxUpdateNorm": 1e12},
+            data={"cvat": {"url": "https://cvat.example", "taskIds": [2**31 - 1]}},
+            runtime={"tolerations": [{"key": "k", "tolerationSeconds": 604_800}]},
+        ),
+        source="t",
+    )
+
+    assert job.spec.privacy is not None and job.spec.privacy.noise_multiplier == 100
+    assert job.spec.strategy.proximal_mu == 1e3

@@ -50,7 +50,10 @@ class Toleration(ApiModel):
     operator: Literal["Exists", "Equal"] = "Equal"
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    # An int64 to Kubernetes, which takes a negative value as 0; a NoExecute toleration
+    # longer than the longest round deadline (a week) keeps a pod on a lost node for nothing.
+    # Unset: tolerated for ever.
+    toleration_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 class TrainingOverrides(ApiModel):

@@ -16,6 +16,8 @@ from flotilla.api.base import ApiModel
 from flotilla.api.errors import FieldProblem, raise_problems
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+# CVAT's project and task ids are PostgreSQL integer (int4) keys.
+MAX_CVAT_ID = 2**31 - 1
 SITE_PLACEHOLDER = "{site}"
 # A PersistentVolumeClaim name (DNS-1123 subdomain), where "{site}" may stand for a site's name.
 ClaimNameTemplate = Annotated[
@@ -76,8 +78,8 @@ class CvatServerSource(ApiModel):
     """Tasks of a live CVAT server, read through cvat-sdk and cached on the node."""
 
     url: NonEmptyStr | None = None  # else taken from the credentials; never user:password@
-    project_id: int | None = Field(default=None, ge=1)
-    task_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    project_id: int | None = Field(default=None, ge=1, le=MAX_CVAT_ID)
+    task_ids: list[Annotated[int, Field(ge=1, le=MAX_CVAT_ID)]] = Field(default_factory=list)
     credentials: CvatCredentialsSpec = Field(default_factory=CvatCredentialsSpec)
     cache_dir: NonEmptyStr | None = None
     # "ifStale": re-download a task only when the server says it changed; "never": offline,

@@ -136,7 +136,8 @@ class CompressionSpec(ApiModel):
 
 
 class LimitsSpec(ApiModel):
-    max_update_norm: float | None = Field(default=None, gt=0)
+    # The squared norm of a delta is taken in float32 (max 3.4e38): 1e12 squared is 1e24.
+    max_update_norm: float | None = Field(default=None, gt=0, le=1e12)
 
 
 class FederatedJobSpec(ApiModel):

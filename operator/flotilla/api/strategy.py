@@ -83,11 +83,15 @@ class StrategySpec(ApiModel):
     """How the aggregator combines client updates; unset parameters take the strategy's default."""
 
     name: StrategyName = "fedavg"
-    proximal_mu: float | None = Field(default=None, gt=0)
+    # FedProx's mu is 0.001..1 in practice; mu * learningRate > 1 overshoots the global
+    # weights each step, so 1e3 only keeps the local step finite.
+    proximal_mu: float | None = Field(default=None, gt=0, le=1e3)
     server_learning_rate: float | None = Field(default=None, gt=0, le=10)  # as training's
     beta1: float | None = Field(default=None, ge=0, lt=1)
     beta2: float | None = Field(default=None, ge=0, lt=1)
-    tau: float | None = Field(default=None, gt=0)
+    # The adaptive optimisers' adaptivity, 1e-5..1 in Reddi et al. 2021: the second moment
+    # starts at tau**2 in float32 (inf past 1.8e19), and a larger tau only shrinks the step.
+    tau: float | None = Field(default=None, gt=0, le=1)
     trim_fraction: float | None = Field(default=None, gt=0, lt=0.5)
     byzantine_clients: int | None = Field(default=None, ge=0, le=MAX_CLIENTS)
     selected: int | None = Field(default=None, ge=1, le=MAX_CLIENTS)

@@ -170,11 +170,11 @@ def site_report(site: str, report: Mapping[str, Any]) -> dict[str, Any]:
     """{"ready": true, "data": {...}} or {"ready": false, "error": "..."}: nothing else kept."""
     ready = report.get("ready")
     if not isinstance(ready, bool):
-        raise BadReport('a site report needs "ready": true or false')
+        raise BadReport(f'site {site!r}: a site report needs "ready": true or false')
     if not ready:
         error = report.get("error")
         if not isinstance(error, str) or not error.strip():
-            raise BadReport('a site that is not ready must say why in "error"')
+            raise BadReport(f'site {site!r}: a site that is not ready must say why in "error"')
         # Kept, shown in /v1/status and stored in summaries: no URL credentials, whoever sent it.
         return {"ready": False, "error": redact_urls(error)[:MAX_ERROR_CHARS]}
     return {"ready": True, "data": checked_label_report(site, report.get("data", {}))}
