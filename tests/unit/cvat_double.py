@@ -1,10 +1,11 @@
 """An HTTP double of the CVAT REST API, for the endpoints cvat-sdk calls to read a task.
 
 It answers as a real server does (checked against CVAT 2.23.1), so tests run the real
-SDK code: JSON as ``application/vnd.cvat+json``; lists (``/api/tasks``, ``/api/labels``)
-paged as ``{"count", "next", "previous", "results"}`` with ``next`` a full URL with
-``page=N`` (``page_size`` items a page, 10 by default, as on real servers); errors as
-``{"detail": "..."}``; chunk zips whose entries restart at ``000000`` per chunk; a
+SDK code: JSON as ``application/vnd.cvat+json``; lists (``/api/tasks``, ``/api/jobs``,
+``/api/labels``) paged as ``{"count", "next", "previous", "results"}`` with ``next`` a
+full URL with ``page=N`` (``page_size`` items a page, 10 by default, as on real servers);
+errors as ``{"detail": "..."}``; one job per task, listed to the task's owner alone;
+chunk zips whose entries restart at ``000000`` per chunk; a
 task readable only by its owner (403 for anyone else, on the task and on its data);
 project labels carrying ``project_id`` and no ``task_id``; a POST signed in by session
 refused (403) without the ``X-CSRFToken`` header, as Django does. Exports run as
@@ -124,6 +125,7 @@ class CvatDouble:
             "/api/users/self": self._self,
             "/api/tasks": self._task_list,
             "/api/tasks/{id}": self._task,
+            "/api/jobs": self._job_list,
             "/api/projects/{id}": self._project,
             "/api/labels": self._labels,
             "/api/tasks/{id}/data/meta": self._meta,
@@ -252,6 +254,48 @@ class CvatDouble:
             self._task_json(t)
             for t in sorted(self.tasks.values(), key=lambda t: -t.id)  # newest first
             if t.owner == request[USER] and (project is None or t.project_id == int(project))
+        ]
+        return self._page(request, found)
+
+    def _job_json(self, task: FakeTask) -> dict[str, Any]:
+        """The task's one job: its segment is the whole task (``segment_size`` is its size)."""
+        base = f"{self.url}/api"
+        last = max(len(task.frames) - 1, 0)
+        return {
+            "url": f"{base}/jobs/{task.id}",
+            "id": task.id,  # one job a task: the double gives it the task's number
+            "task_id": task.id,
+            "project_id": task.project_id,
+            "assignee": None,
+            "guide_id": None,
+            "dimension": "2d",
+            "bug_tracker": "",
+            "status": "annotation",
+            "stage": "annotation",
+            "state": "new",
+            "mode": "annotation",
+            "frame_count": len(task.frames),
+            "start_frame": 0,
+            "stop_frame": last,
+            "data_chunk_size": task.chunk_size,
+            "data_compressed_chunk_type": "imageset",
+            "data_original_chunk_type": "imageset",
+            "created_date": DATE,
+            "updated_date": task.updated,
+            "type": "annotation",
+            "organization": None,
+            "target_storage": None,
+            "source_storage": None,
+            "issues": {"count": 0, "url": f"{base}/issues?job_id={task.id}"},
+            "labels": {"url": f"{base}/labels?job_id={task.id}"},
+        }
+
+    async def _job_list(self, request: web.Request) -> web.Response:
+        task_id = request.query.get("task_id")
+        found = [
+            self._job_json(t)
+            for t in sorted(self.tasks.values(), key=lambda t: -t.id)  # newest first
+            if t.owner == request[USER] and (task_id is None or t.id == int(task_id))
         ]
         return self._page(request, found)
 

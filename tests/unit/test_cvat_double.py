@@ -75,6 +75,21 @@ def test_lists_page_with_full_next_urls(cvat: CvatDouble) -> None:
     assert _json(cvat, "/api/tasks?page=9") == (404, {"detail": "Invalid page."})
 
 
+def test_jobs_page_as_tasks_do_and_only_the_owner_sees_them(cvat: CvatDouble) -> None:
+    # Each task's JSON points at /api/jobs?task_id=N; the list itself pages like the others.
+    _, first = _json(cvat, "/api/jobs")
+    _, second = _json(cvat, "/api/jobs?page=2")
+    _, own = _json(cvat, "/api/jobs?task_id=4")
+    _, task = _json(cvat, "/api/tasks/4")
+
+    assert first["count"] == 4 and [j["task_id"] for j in first["results"]] == [4, 3]
+    assert first["next"] == f"{cvat.url}/api/jobs?page=2"
+    assert [j["task_id"] for j in second["results"]] == [2, 1] and second["next"] is None
+    assert [(j["task_id"], j["stop_frame"]) for j in own["results"]] == [(4, 6)]
+    assert task["jobs"]["url"] == f"{cvat.url}/api/jobs?task_id=4"
+    assert _json(cvat, "/api/jobs?task_id=5")[1]["count"] == 0  # bob's task: not listed
+
+
 def test_project_labels_carry_the_project_and_task_labels_the_task(cvat: CvatDouble) -> None:
     _, project = _json(cvat, "/api/labels?project_id=3&page_size=10")
     _, in_project = _json(cvat, "/api/labels?task_id=2&page_size=10")

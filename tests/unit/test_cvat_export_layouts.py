@@ -245,7 +245,8 @@ def test_an_alias_to_no_job_label_names_the_export(tmp_path: Path) -> None:
         )
 
 
-def test_a_label_mismatch_names_the_cvat_server_and_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url_in", ["spec", "credentials"])
+def test_a_label_mismatch_names_the_cvat_server_and_task(tmp_path: Path, url_in: str) -> None:
     pixels = np.full((8, 8, 3), 50, np.uint8)
     cvat = CvatDouble()
     cvat.tasks[8] = FakeTask(id=8, labels=[(21, "cat")], frames=[pixels], tags=[(0, 21)])
@@ -255,7 +256,11 @@ def test_a_label_mismatch_names_the_cvat_server_and_task(tmp_path: Path) -> None
     (secrets / "password").write_text("s3cret")
     cvat.start()
     try:
-        server = {"url": cvat.url, "taskIds": [8], "credentials": {"path": str(secrets)}}
+        server = {"taskIds": [8], "credentials": {"path": str(secrets)}}
+        if url_in == "spec":
+            server["url"] = cvat.url
+        else:  # the message names the server the reader found in the credentials
+            (secrets / "url").write_text(cvat.url)
         source = DataSource(cvat=CvatServerSource.model_validate(server))
         with pytest.raises(DataSourceError) as refused:
             load_site_data(
@@ -285,15 +290,17 @@ def test_a_label_mismatch_names_the_cvat_server_and_task(tmp_path: Path) -> None
             "CVAT https://cvat.a.internal, tasks 7, 8",
         ),
         ({"url": "http://cvat:8080/", "projectId": 12}, "CVAT http://cvat:8080/, project 12"),
-        ({"taskIds": [7]}, "CVAT (URL from the credentials), task 7"),
+        ({"taskIds": [7]}, "CVAT https://cvat.b.internal, task 7"),
     ],
 )
 def test_a_live_cvat_source_is_named_by_its_server_and_tasks(
     fields: dict[str, Any], named: str
 ) -> None:
     source = DataSource(cvat=CvatServerSource.model_validate(fields))
+    # Where the reader found the URL: the spec's, else the credentials' (here cvat.b).
+    read_at = fields.get("url", "https://cvat.b.internal")
 
-    assert describe_source(source) == named
+    assert describe_source(source, server=read_at) == named
 
 
 def test_a_live_cvat_source_never_shows_credentials_in_its_name() -> None:
@@ -302,5 +309,8 @@ def test_a_live_cvat_source_never_shows_credentials_in_its_name() -> None:
     leaked = server.model_copy(update={"url": "https://bob:pw@cvat.a.internal"})
 
     named = describe_source(DataSource(cvat=server).model_copy(update={"cvat": leaked}))
+    # The credentials' url is not checked by the spec: the one read there is redacted too.
+    from_credentials = describe_source(DataSource(cvat=server), server="https://bob:pw@cvat.b")
 
     assert named == "CVAT https://***@cvat.a.internal, task 7"
+    assert from_credentials == "CVAT https://***@cvat.b, task 7"

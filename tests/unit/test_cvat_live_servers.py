@@ -1,5 +1,6 @@
 """The live-CVAT reader against both server generations, shaped as real servers answer:
-keys sent as each generation wants, paged lists, per-chunk frame numbering, 403s."""
+keys sent as each generation wants, paged lists, per-chunk frame numbering, 403s; and its
+frames checked as an export's are: damaged chunks, pixel and format bounds, bad boxes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from flotilla.api import CvatServerSource
-from flotilla.data import DataSourceError
+from flotilla.data import DataSourceError, export_files
 from flotilla.data.cvat_live import read_cvat_frames
 from tests.unit.cvat_double import CvatDouble, FakeTask
 
@@ -127,3 +128,78 @@ def test_a_user_without_rights_is_told_it_is_forbidden(
         DataSourceError, match=rf"^CVAT http://127\.0\.0\.1:\d+, {where}: forbidden \(403\)"
     ):
         _read(cvat, tmp_path, KEY, **fields)
+
+
+# A live frame gets the checks an export's image and boxes get, and fails naming itself.
+
+
+def _read_offline(cvat: CvatDouble, tmp_path: Path) -> Any:
+    """Read task 9 from the cache alone, as a site does with updatePolicy never."""
+    return _read(cvat, tmp_path, {}, updatePolicy="never")
+
+
+def test_a_corrupt_cached_chunk_names_the_frame_and_the_folder_to_remove(
+    cvat: CvatDouble, tmp_path: Path
+) -> None:
+    _read(cvat, tmp_path, PASSWORD)
+    (task,) = (tmp_path / "cache").glob("servers/*/tasks/9")
+    (task / "chunks" / "1.zip").write_bytes(b"not a zip: a disk that lost its last write")
+    frames = _read_offline(cvat, tmp_path)
+
+    with pytest.raises(DataSourceError) as refused:
+        frames[40].load()  # entry 4 of chunk 1
+
+    assert str(refused.value) == (
+        f"CVAT {cvat.url}, task 9: frame 'frame_000040.png': cached chunk 1.zip, entry 4 "
+        f"cannot be read (File is not a zip file); the cache may be damaged: remove {task} "
+        "to fetch the task again"
+    )
+    assert int(np.asarray(frames[0].load()).max()) == 0  # chunk 0 is intact
+
+
+def test_a_frame_over_the_pixel_bound_of_exports_is_refused_before_decoding(
+    cvat: CvatDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_files, "MAX_IMAGE_PIXELS", 100)  # the frames are 16x8 = 128
+    frames = _read(cvat, tmp_path, PASSWORD)
+
+    with pytest.raises(
+        DataSourceError,
+        match=rf"^CVAT {cvat.url}, task 9: image 'frame_000000.png' has 16x8 = 128 pixels, "
+        "over the limit of 100 pixels$",
+    ):
+        frames[0].load()
+
+
+def test_a_frame_in_a_format_exports_refuse_is_refused(cvat: CvatDouble, tmp_path: Path) -> None:
+    cvat.tasks[9].original_format = "ppm"  # Pillow reads it; no camera or CVAT export writes it
+    frames = _read(cvat, tmp_path, PASSWORD)
+
+    with pytest.raises(
+        DataSourceError, match=rf"^CVAT {cvat.url}, task 9: cannot read image 'frame_000000.ppm'"
+    ):
+        frames[0].load()
+
+
+@pytest.mark.parametrize(
+    ("points", "refused"),
+    [
+        (
+            [1.0, float("nan"), 4.0, 4.0],
+            r"a rectangle of frame 'frame_000001.png': points \[1.0, nan, 4.0, 4.0\] hold a "
+            "number that is not finite",
+        ),
+        ([4.0, 1.0, 2.0, 4.0], r"a rectangle of frame 'frame_000001.png': xbr=2.0 lies before"),
+        ([2.0, 2.0, 40.0, 6.0], r"frame 'frame_000001.png': box .* reaches past the 16x8 image"),
+    ],
+    ids=["nan", "reversed", "past-the-edge"],
+)
+def test_a_box_exports_would_refuse_is_refused_naming_the_task_and_frame(
+    cvat: CvatDouble, tmp_path: Path, points: list[float], refused: str
+) -> None:
+    # The server's JSON is decoded by a parser that takes NaN: it would reach the detector.
+    cvat.tasks[40] = FakeTask(id=40, labels=[(5, "car")], frames=_frames(2), boxes=[(1, 5, points)])
+
+    with pytest.raises(DataSourceError, match=rf"^CVAT {cvat.url}, task 40: {refused}"):
+        for frame in _read(cvat, tmp_path, PASSWORD, taskIds=[40]):
+            frame.load()

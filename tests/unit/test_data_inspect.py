@@ -21,6 +21,13 @@ from flotilla.data.inspection_target import (
     EXPORT_ONLY_SHAPE,
 )
 from tests.unit.cvat_double import CvatDouble, FakeTask
+from tests.unit.cvat_exports_2x import (
+    Task,
+    frame,
+    write_coco_export,
+    write_project_export,
+    zipped,
+)
 
 JOB_LABELS = ["cat", "dog", "bird"]
 
@@ -334,6 +341,82 @@ def test_a_validation_subset_holding_every_frame_leaves_nothing_to_train(
     assert code == 1
     assert facts["split"]["train"] == 0
     assert any("nothing to train on" in p["message"] for p in facts["problems"])
+
+
+# --- exports as a CVAT 2.2x server writes them --------------------------------------------
+
+
+def test_a_2x_project_zip_is_read_with_each_task_s_subset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = [
+        Task(1, "day", "Train", [frame(0, 40, tags=["cat"]), frame(1, 60, tags=["dog"])]),
+        Task(2, "night", "Validation", [frame(0, 200, tags=["dog"])]),  # a shared file name
+    ]
+    folder = write_project_export(
+        tmp_path / "project", project_id=5, tasks=tasks, labels=["cat", "dog"]
+    )
+    export = zipped(folder)
+
+    code, facts = _json(capsys, str(export))
+
+    assert code == 0
+    assert facts["task"] == "classification"
+    assert facts["subsets"] == [
+        {"subset": "Train", "frames": 2},
+        {"subset": "Validation", "frames": 1},
+    ]
+    split = facts["split"]
+    assert (split["by"], split["train"], split["holdout"]) == ("validationSubset", 2, 1)
+
+
+def test_a_2x_coco_export_of_a_tag_task_exits_1_saying_what_to_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = Task(3, "tags", "", [frame(0, 40, tags=["cat"]), frame(1, 60, tags=["dog"])])
+    export = zipped(write_coco_export(tmp_path / "coco", tasks=[task], labels=["cat", "dog"]))
+
+    code, out, _ = _inspect(capsys, str(export))
+
+    assert code == 1
+    assert str(export) in out
+    assert "export the task as 'CVAT for images 1.1'" in " ".join(out.split())
+
+
+# --- a live site that fails ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["forbidden", "unreachable"])
+def test_a_failing_live_site_exits_1_naming_its_server_and_task(
+    failure: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cvat = CvatDouble()
+    cvat.tasks[30] = FakeTask(id=30, labels=[(11, "cat")], frames=[_pixels(0)], owner="bob")
+    cvat.start()
+    url = cvat.url
+    if failure == "unreachable":
+        cvat.stop()  # nothing listens on its port any more
+    monkeypatch.setenv("CVAT_USERNAME", "alice")
+    monkeypatch.setenv("CVAT_PASSWORD", "s3cret")
+    live = {"cvat": {"url": url, "taskIds": [30], "cacheDir": str(tmp_path / "cache")}}
+    job = _job(tmp_path, sites=[{"name": "site-c", "data": live}])
+    try:
+        code, out, err = _inspect(capsys, "site-c", "--job", str(job))
+    finally:
+        if failure != "unreachable":
+            cvat.stop()
+
+    said = " ".join(out.split())
+    assert code == 1, out + err
+    if failure == "forbidden":
+        assert f"site site-c: CVAT {url}, task 30: forbidden (403)" in said
+    else:  # the server is named; no task was reached
+        assert f"site site-c: CVAT {url}" in said and "unreachable" in said
+    assert "the client cannot train on this" in said
+    assert "s3cret" not in out + err
 
 
 # --- exit 2: bad arguments ---------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Box coordinates from an export, checked: real, finite numbers that make a box in its image.
+"""Box coordinates from an export or a live CVAT, checked: finite numbers that make a box.
 
 COCO gives ``bbox`` as JSON numbers ``[x, y, width, height]``, CVAT XML four corner
-attributes as text. Either way each coordinate must be a real number (not a string, not a
-bool), finite, and the box must lie in its image: a NaN reaches the detector's targets and
-crashes training, and a negative or huge box clipped to the image becomes a silent
-zero-size box. A box is checked against its image's size when the image is loaded.
+attributes as text, a live CVAT server ``points`` [xtl, ytl, xbr, ybr]. Either way each
+coordinate must be a real number (not a string, not a bool), finite, and the box must lie
+in its image: a NaN reaches the detector's targets and crashes training, and a negative or
+huge box clipped to the image becomes a silent zero-size box. A box is checked against its
+image's size when the image is loaded.
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ def coco_box(value: Any, *, label: str, where: str) -> RawBox:
 def xml_box(attributes: Mapping[str, str], *, label: str, where: str) -> RawBox:
     """A CVAT XML ``<box>`` from its xtl, ytl, xbr, ybr attributes."""
     corners = {name: _decimal(attributes.get(name), name=name, where=where) for name in _CORNERS}
+    return _corner_box(corners, label=label, where=where)
+
+
+def points_box(points: Any, *, label: str, where: str) -> RawBox:
+    """A live CVAT rectangle from its ``points`` [xtl, ytl, xbr, ybr]. The server's JSON is
+    read by a decoder that takes NaN and Infinity, so they are checked as in an export."""
+    if not (isinstance(points, list | tuple) and len(points) == 4 and all(map(_is_real, points))):
+        raise DataSourceError(f"{where}: points {shown(points)} are not four numbers")
+    corners = dict(zip(_CORNERS, map(_as_float, points), strict=True))
+    if not all(map(math.isfinite, corners.values())):
+        raise DataSourceError(f"{where}: points {shown(points)} hold a number that is not finite")
+    return _corner_box(corners, label=label, where=where)
+
+
+def _corner_box(corners: Mapping[str, float], *, label: str, where: str) -> RawBox:
+    """The box of four finite corners, when they lie in order and not left of or above it."""
     for name, number in corners.items():
         if number < -EDGE_TOLERANCE_PIXELS:
             raise DataSourceError(f"{where}: {name}={number} is left of or above the image")
@@ -53,7 +70,7 @@ def xml_box(attributes: Mapping[str, str], *, label: str, where: str) -> RawBox:
             raise DataSourceError(
                 f"{where}: {far}={corners[far]} lies before {near}={corners[near]}"
             )
-    return RawBox(label, *corners.values())
+    return RawBox(label, *(corners[name] for name in _CORNERS))
 
 
 def check_inside(boxes: Iterable[RawBox], *, width: int, height: int, where: str) -> None:

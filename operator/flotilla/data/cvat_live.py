@@ -8,7 +8,7 @@ purpose (it refuses servers older than itself); the server's version is logged, 
 missing endpoint fails with a message that says so, and ``cvat_signin`` signs in to
 either server generation. Every SDK or network error becomes a ``DataSourceError``
 naming the server, the task and what went wrong; credentials never appear in a message
-or a log line.
+or a log line. A frame's pixels and boxes get the checks an export's do (``cvat_live_frames``).
 """
 
 from __future__ import annotations
@@ -16,19 +16,30 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flotilla.api.data import CvatServerSource
 from flotilla.data.cvat_credentials import CvatCredentials, find_credentials
+from flotilla.data.cvat_live_frames import CachedTask
 from flotilla.data.cvat_signin import server_version, sign_in
 from flotilla.data.errors import DataSourceError
-from flotilla.data.frames import RawBox, RawFrame
+from flotilla.data.frames import RawFrame
 from flotilla.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 _sdk_log = logging.getLogger(__name__ + ".sdk")
 DEFAULT_CACHE_DIR = Path(".flotilla/cvat-cache")
+
+
+@dataclass(frozen=True)
+class CvatFrames:
+    """A live source's frames, and its server as messages name it: the URL the reader
+    used (from the spec or from the credentials), redacted."""
+
+    server: str
+    frames: list[RawFrame]
 
 
 def read_cvat_frames(
@@ -39,6 +50,17 @@ def read_cvat_frames(
     environ: Mapping[str, str] | None = None,
 ) -> list[RawFrame]:
     """Every frame of the source's tasks (or its project's tasks), with annotations."""
+    return read_cvat_source(site=site, source=source, cache_dir=cache_dir, environ=environ).frames
+
+
+def read_cvat_source(
+    *,
+    site: str,
+    source: CvatServerSource,
+    cache_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CvatFrames:
+    """``read_cvat_frames``, with the server the frames came from."""
     try:
         from cvat_sdk.datasets import UpdatePolicy
     except ImportError:
@@ -49,7 +71,8 @@ def read_cvat_frames(
     )
     policy = UpdatePolicy.NEVER if offline else UpdatePolicy.IF_MISSING_OR_STALE
     folder = Path(source.cache_dir) if source.cache_dir else cache_dir or DEFAULT_CACHE_DIR
-    where = f"CVAT {redact_urls(credentials.url)}"
+    server = redact_urls(credentials.url)
+    where = f"CVAT {server}"
     with _translated(where), cvat_client(credentials, cache_dir=folder, offline=offline) as client:
         task_ids = list(source.task_ids)
         if source.project_id is not None:
@@ -58,8 +81,8 @@ def read_cvat_frames(
         frames: list[RawFrame] = []
         for task_id in task_ids:
             with _translated(f"{where}, task {task_id}", cache_dir=folder):
-                frames += _task_frames(client, task_id, policy)
-        return frames
+                frames += _task_frames(client, task_id, policy, server=server)
+        return CvatFrames(server, frames)
 
 
 @contextlib.contextmanager
@@ -110,25 +133,44 @@ def _project_task_ids(client: Any, project_id: int, policy: Any) -> list[int]:
     return ids
 
 
-def _task_frames(client: Any, task_id: int, policy: Any) -> list[RawFrame]:
+def _task_frames(client: Any, task_id: int, policy: Any, *, server: str) -> list[RawFrame]:
     from cvat_sdk.datasets import TaskDataset
 
     dataset = TaskDataset(client, task_id, update_policy=policy)
     names = {label.id: label.name for label in dataset.labels}
     # TaskDataset keeps the task's model (from the server or its cache) here; there is no
     # public accessor, and asking the server again would not work offline.
-    subset = getattr(dataset._task, "subset", None) or None
+    task = dataset._task
+    subset = getattr(task, "subset", None) or None
+    cached = _cached_task(client, task, policy, server=server)
     frames = []
     for sample in dataset.samples:
         tags = tuple(names.get(tag.label_id, f"#{tag.label_id}") for tag in sample.annotations.tags)
-        boxes = tuple(
-            RawBox(names.get(shape.label_id, f"#{shape.label_id}"), *map(float, shape.points[:4]))
-            for shape in sample.annotations.shapes
-            if str(shape.type) == "rectangle" and len(shape.points) >= 4
+        boxes = cached.boxes(
+            sample.annotations.shapes,
+            names=lambda label_id: names.get(label_id, f"#{label_id}"),
+            frame=sample.frame_name,
         )
-        name = f"task-{task_id}/{sample.frame_name}"
-        frames.append(RawFrame(name, subset, tags, boxes, sample.media.load_image))
+        # Not sample.media.load_image: it skips the bounds every image from a site gets.
+        load = cached.loader(sample.frame_index, sample.frame_name, boxes)
+        frames.append(RawFrame(f"task-{task_id}/{sample.frame_name}", subset, tags, boxes, load))
     return frames
+
+
+def _cached_task(client: Any, task: Any, policy: Any, *, server: str) -> CachedTask:
+    from cvat_sdk.datasets.caching import make_cache_manager
+
+    cache = make_cache_manager(client, policy)
+    # The cache names a server's folder after its URL in base64, which would carry any
+    # user:password@ in it; then the message names the folder of every server instead.
+    task_dir = cache.task_dir(task.id)
+    refetch = task_dir if "@" not in client.api_map.host else task_dir.parents[2]
+    return CachedTask(
+        where=f"CVAT {server}, task {task.id}",
+        chunk_dir=cache.chunk_dir(task.id),
+        chunk_size=task.data_chunk_size,
+        refetch=refetch,
+    )
 
 
 _STATUS = {

@@ -4,7 +4,8 @@ An export (a folder, or the zip CVAT produces) comes from a site and is not trus
 annotations name the images to read, and a zip declares its own sizes. So every name is
 confined to the export, every file's size is checked before it is read and again while it
 is decompressed, XML is parsed with DTDs refused, XML and JSON nesting is bounded, and
-images are bounded in pixels. Every failure is a ``DataSourceError`` that names the
+images are bounded in pixels. A live CVAT's frames come through ``read_zip_member`` and
+``bounded_image`` too (``cvat_live_frames``). Every failure is a ``DataSourceError`` that names the
 export, the file or member, and the offending value; the client reports it to the
 aggregator and the site counts as absent.
 """
@@ -48,7 +49,7 @@ _IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 # zipfile lets each codec's own error through: zlib.error (deflate), LZMAError, OSError
 # (bzip2), EOFError (truncated), NotImplementedError (unknown method or zip version),
 # RuntimeError (encrypted), BadZipFile (bad CRC or header).
-_ZIP_ERRORS = (
+ZIP_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
     lzma.LZMAError,
@@ -129,24 +130,7 @@ class ExportFiles:
 
     def image(self, name: str) -> Image.Image:
         """The decoded image, refused before decoding when it has over MAX_IMAGE_PIXELS."""
-        raw = self.read(name)
-        try:
-            image = Image.open(io.BytesIO(raw), formats=_IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataSourceError(
-                    f"{self.source}: image {name!r} has {width}x{height} = {width * height} "
-                    f"pixels, over the limit of {MAX_IMAGE_PIXELS} pixels"
-                )
-            image.load()
-        except Image.DecompressionBombError as error:  # Pillow's own check, before ours
-            raise DataSourceError(
-                f"{self.source}: image {name!r} is over the limit of {MAX_IMAGE_PIXELS} pixels: "
-                f"{error}"
-            ) from None
-        except _IMAGE_ERRORS as error:
-            raise DataSourceError(f"{self.source}: cannot read image {name!r}: {error}") from None
-        return image
+        return bounded_image(self.read(name), where=str(self.source), name=name)
 
     def confine(self, name: str) -> PurePosixPath:
         """The name as a path inside the export, refused when it could lead anywhere else."""
@@ -192,16 +176,45 @@ class ExportFiles:
             info = archive.getinfo(name)
         except KeyError:
             raise DataSourceError(f"CVAT export {self.source} has no member {name!r}") from None
-        _check_size(f"{self.source}: member {name!r} declares", info.file_size)
-        try:
-            with archive.open(info) as member:
-                # zipfile stops at the declared size, then checks the CRC; reading at most one
-                # byte past the limit bounds memory whatever the stream holds.
-                data = member.read(MAX_MEMBER_BYTES + 1)
-        except _ZIP_ERRORS as error:
-            raise DataSourceError(f"{self.source}: member {name!r} is corrupt: {error}") from None
-        _check_size(f"{self.source}: member {name!r} expands to", len(data))
-        return data
+        return read_zip_member(archive, info, where=f"{self.source}: member {name!r}")
+
+
+def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, *, where: str) -> bytes:
+    """A zip member's bytes, within MAX_MEMBER_BYTES whatever size it declares; `where`
+    names the zip and the member."""
+    _check_size(f"{where} declares", info.file_size)
+    try:
+        with archive.open(info) as member:
+            # zipfile stops at the declared size, then checks the CRC; reading at most one
+            # byte past the limit bounds memory whatever the stream holds.
+            data = member.read(MAX_MEMBER_BYTES + 1)
+    except ZIP_ERRORS as error:
+        raise DataSourceError(f"{where} is corrupt: {error}") from None
+    _check_size(f"{where} expands to", len(data))
+    return data
+
+
+def bounded_image(raw: bytes, *, where: str, name: str) -> Image.Image:
+    """The image decoded from `raw`, in one of the formats cameras produce, refused before
+    decoding when it has over MAX_IMAGE_PIXELS. An export's images come through here, and so
+    do a live CVAT's frames: both come from a site and neither is trusted. `where` names the
+    export or the server and task, `name` the image."""
+    try:
+        image = Image.open(io.BytesIO(raw), formats=_IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataSourceError(
+                f"{where}: image {name!r} has {width}x{height} = {width * height} "
+                f"pixels, over the limit of {MAX_IMAGE_PIXELS} pixels"
+            )
+        image.load()
+    except Image.DecompressionBombError as error:  # Pillow's own check, before ours
+        raise DataSourceError(
+            f"{where}: image {name!r} is over the limit of {MAX_IMAGE_PIXELS} pixels: {error}"
+        ) from None
+    except _IMAGE_ERRORS as error:
+        raise DataSourceError(f"{where}: cannot read image {name!r}: {error}") from None
+    return image
 
 
 def _check_size(what: str, size: int) -> None:
@@ -214,7 +227,7 @@ def _open_zip(source: Path) -> zipfile.ZipFile:
         raise DataSourceError(f"CVAT export {source} is neither a folder nor a zip file")
     try:
         archive = zipfile.ZipFile(source)
-    except _ZIP_ERRORS as error:
+    except ZIP_ERRORS as error:
         raise DataSourceError(f"CVAT export {source} is not a readable zip: {error}") from None
     declared = sum(info.file_size for info in archive.infolist())
     if declared > MAX_ZIP_TOTAL_BYTES:

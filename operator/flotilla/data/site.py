@@ -60,9 +60,8 @@ def load_site_data(
     cache_dir: Path | None = None,
 ) -> SiteData:
     """Read, map and load a site's data; ``DataSourceError`` names the site on any failure."""
-    where = describe_source(source)
     try:
-        frames = _frames(site=site, source=source, cache_dir=cache_dir)
+        frames, where = _frames(site=site, source=source, cache_dir=cache_dir)
         label_map = _label_map(labels=labels, aliases=source.label_aliases, where=where)
         data = _build(frames, task=task, label_map=label_map, shape=shape, where=where)
     except DataSourceError as error:
@@ -76,14 +75,18 @@ def load_site_data(
     return data
 
 
-def describe_source(source: DataSource) -> str:
-    """How a message names a source: the export's path, or the CVAT server and its tasks."""
+def describe_source(source: DataSource, *, server: str | None = None) -> str:
+    """How a message names a source: the export's path, or the CVAT server and its tasks.
+
+    ``server`` is the URL the reader used, which may have come from the credentials;
+    without it (nothing read yet) the spec's URL names the server, if it has one.
+    """
     if source.cvat_export is not None:
         return f"CVAT export {source.cvat_export.path}"
     assert source.cvat is not None  # DataSource's validator: exactly one source
     cvat = source.cvat
-    # Without url in the spec the client reads it from the credentials, which stay unread here.
-    server = redact_urls(cvat.url) if cvat.url else "(URL from the credentials)"
+    url = server or cvat.url
+    server = redact_urls(url) if url else "(URL from the credentials)"
     if cvat.project_id is not None:
         return f"CVAT {server}, project {cvat.project_id}"
     ids = ", ".join(str(task_id) for task_id in cvat.task_ids)
@@ -97,13 +100,16 @@ def _label_map(*, labels: Sequence[str], aliases: Mapping[str, str], where: str)
         raise DataSourceError(f"{where}: {error}") from None
 
 
-def _frames(*, site: str, source: DataSource, cache_dir: Path | None) -> list[RawFrame]:
+def _frames(*, site: str, source: DataSource, cache_dir: Path | None) -> tuple[list[RawFrame], str]:
+    """The source's frames, and how messages name it (a live server by the URL it was read at)."""
     if source.cvat_export is not None:
-        return read_export(Path(source.cvat_export.path), format=source.cvat_export.format)
+        export = source.cvat_export
+        return read_export(Path(export.path), format=export.format), describe_source(source)
     assert source.cvat is not None  # DataSource's validator: exactly one source
-    from flotilla.data.cvat_live import read_cvat_frames  # cvat-sdk only when it is used
+    from flotilla.data.cvat_live import read_cvat_source  # cvat-sdk only when it is used
 
-    return read_cvat_frames(site=site, source=source.cvat, cache_dir=cache_dir)
+    read = read_cvat_source(site=site, source=source.cvat, cache_dir=cache_dir)
+    return read.frames, describe_source(source, server=read.server)
 
 
 def build_samples(
