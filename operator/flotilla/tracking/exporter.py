@@ -139,9 +139,12 @@ class TrackingExporter:
         backend = self._backend or self._make_backend()
         self._backend = backend
         run_id = self._open_run(backend, view)
+        # Checkpoints before the rounds' metrics: an aggregator lost between the two then
+        # finds a checkpoint no older than the last round MLflow shows, so it plays at most
+        # checkpointEveryRounds - 1 rounds again (metrics first, it could be one more).
+        self._log_checkpoints(backend, run_id, view)
         self._log_rounds(backend, run_id, view)
         self._log_federated(backend, run_id, view)
-        self._log_checkpoints(backend, run_id, view)
         if view.finished:
             self._finish(backend, run_id, view)
 

@@ -314,3 +314,26 @@ def test_a_keyed_job_with_an_unreadable_journal_finds_its_run_again(tmp_path: Pa
 
     assert len(mlflow.runs) == 1  # the cluster job's run, found by its key
     assert again.journal.run_key == "job-uid-1"
+
+
+def test_a_round_checkpoint_goes_up_before_that_round_metrics(tmp_path: Path) -> None:
+    """An aggregator lost between the two uploads finds a checkpoint no older than the last
+    round MLflow shows: it plays at most checkpointEveryRounds - 1 rounds again."""
+    calls: list[str] = []
+
+    class Recording(FakeMlflow):
+        def log_metrics(self, run_id: str, metrics: Sequence[Metric]) -> None:
+            super().log_metrics(run_id, metrics)
+            calls.append("metrics")
+
+        def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+            super().log_artifacts(run_id, local_dir, artifact_path)
+            calls.append(artifact_path)
+
+    (tmp_path / "checkpoints" / "round-000002").mkdir(parents=True)
+    exporter = _exporter(tmp_path, Recording(), checkpoint_every=2)
+
+    exporter.sync(_view(tmp_path, persisted=2))
+
+    assert calls[0] == "checkpoints/round-000002", calls
+    assert "metrics" in calls
