@@ -38,7 +38,8 @@ e2e: install
 	PYTEST=$(BIN)/pytest bash tests/e2e/run.sh
 
 # The Helm chart: files, and rendered by Helm's engine (helm-sdkpy, Python >= 3.12, in
-# .venv-helm, which tests/chart builds) and validated for Kubernetes 1.30. See charts/README.md.
+# .venv-helm, which tests/chart builds) and validated for Kubernetes 1.28 and 1.30 (strict
+# schemas, tests/chart/conftest.py KUBERNETES_VERSIONS). See charts/README.md.
 chart-check: install
 	$(BIN)/ruff check tests/chart
 	FLOTILLA_CHART_RENDER=required $(BIN)/pytest tests/chart -rs

@@ -28,6 +28,9 @@ HERE = Path(__file__).resolve().parent
 CHART = ROOT / "charts" / "flotilla"
 
 Render = Callable[..., dict[str, Any]]
+# The schemas every render is validated against: the oldest Kubernetes the chart admits
+# (Chart.yaml's kubeVersion >= 1.28; the e2e API server is v1.28.7) and 1.30.
+KUBERNETES_VERSIONS = ("1.28.7", "1.30.0")
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +50,8 @@ def helm_python() -> Path:
 @pytest.fixture(scope="session")
 def render(helm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Render:
     """render(values) -> {manifest, objects, notes, errors, unvalidated}; errors are the
-    kubernetes-validate errors for Kubernetes 1.28. Raises RenderFailed when Helm refuses."""
+    kubernetes-validate errors for each of KUBERNETES_VERSIONS, prefixed with the version.
+    Raises RenderFailed when Helm refuses."""
     directory = tmp_path_factory.mktemp("values")
 
     def run(values: dict[str, Any] | None = None, *files: Path) -> dict[str, Any]:
@@ -56,7 +60,8 @@ def render(helm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Rende
             extra = directory / f"values-{len(list(directory.iterdir()))}.yaml"
             extra.write_text(yaml.safe_dump(values))
             arguments += ["-f", str(extra)]
-        command = [str(helm_python), str(HERE / "render.py"), *arguments, "--validate", "1.28.7"]
+        validate = [arg for version in KUBERNETES_VERSIONS for arg in ("--validate", version)]
+        command = [str(helm_python), str(HERE / "render.py"), *arguments, *validate]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if not done.stdout.strip():
             raise RenderFailed(done.stderr)

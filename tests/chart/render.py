@@ -7,15 +7,18 @@ written anywhere): the release's manifest is exactly what `helm template` would 
 KMock needs two corrections for Helm: it reports Kubernetes 1.26 (the chart needs >= 1.28)
 and names the core group "/v1" in its discovery, which client-go cannot map.
 
-With --validate, every rendered object (and the chart's CRD) is checked against the
-Kubernetes OpenAPI schemas of that version by kubernetes-validate, in strict mode (unknown
-fields are errors). The Prometheus Operator's kinds have no schema there; they are listed
-as not validated and tests/chart/test_render.py checks their shape.
+With --validate (once per version), every rendered object (and the chart's CRD) is checked
+against the Kubernetes OpenAPI schemas of each version by kubernetes-validate, in strict
+mode (unknown fields are errors); the package ships the schemas, so this is offline. The
+chart reads no Capabilities, so one render stands for every version. The Prometheus
+Operator's kinds have no schema there; they are listed as not validated and
+tests/chart/test_render.py checks their shape.
 
 Needs helm-sdkpy, kmock, kubernetes-validate and PyYAML in a Python >= 3.12 (`make
-chart-check` builds .venv-helm). Prints one JSON object: manifest, notes, lint, errors, unvalidated.
+chart-check` builds .venv-helm). Prints one JSON object: manifest, notes, lint, validated (the
+versions), errors (each prefixed with its version), unvalidated.
 
-    .venv-helm/bin/python tests/chart/render.py [-f values.yaml]... [--validate 1.28.7]
+    .venv-helm/bin/python tests/chart/render.py [-f values.yaml]... [--validate 1.28.7]...
 """
 
 from __future__ import annotations
@@ -148,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--values", action="append", type=Path, default=[])
     parser.add_argument("--release", default="flotilla")
     parser.add_argument("--namespace", default="flotilla-system")
-    parser.add_argument("--validate", metavar="K8S_VERSION", help="e.g. 1.28.7")
+    parser.add_argument(
+        "--validate", metavar="K8S_VERSION", action="append", default=[], help="e.g. 1.28.7"
+    )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for path in args.values:
@@ -159,15 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         "manifest": manifest,
         "notes": release.get("info", {}).get("notes", ""),
         "lint": release["lint"],
+        "validated": args.validate,
         "errors": [],
         "unvalidated": [],
     }
-    if args.validate:
-        crds = [d for path in sorted((CHART / "crds").glob("*.yaml"))
-                for d in _documents(path.read_text())]  # fmt: skip
-        result["errors"], result["unvalidated"] = validate(
-            _documents(manifest) + crds, args.validate
-        )
+    crds = [d for path in sorted((CHART / "crds").glob("*.yaml"))
+            for d in _documents(path.read_text())]  # fmt: skip
+    for version in args.validate:
+        errors, unvalidated = validate(_documents(manifest) + crds, version)
+        result["errors"] += [f"{version}: {error}" for error in errors]
+        result["unvalidated"] = unvalidated  # the same kinds for every version
     json.dump(result, sys.stdout, indent=1)
     print()
     return 1 if result["errors"] else 0

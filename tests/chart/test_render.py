@@ -1,5 +1,5 @@
 """The chart rendered by Helm's own engine (tests/chart/render.py): valid for Kubernetes
-1.28, the same pod and rights as config/*.yaml, and what each toggle adds."""
+1.28 and 1.30, the same pod and rights as config/*.yaml, and what each toggle adds."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flotilla.api.loader import load_job
 from flotilla.k8s import aggregator_objects, objects
 from tests.rbac import config_roles, granted
 
-from .conftest import CHART, ROOT, Render, RenderFailed
+from .conftest import CHART, KUBERNETES_VERSIONS, ROOT, Render, RenderFailed
 
 ALL_ON = Path(__file__).resolve().parent / "values" / "all-on.yaml"
 
@@ -40,7 +40,8 @@ def all_on(render: Render) -> dict[str, Any]:
     return render(None, ALL_ON)
 
 
-def test_defaults_render_valid_kubernetes_1_28_objects(default: dict[str, Any]) -> None:
+def test_defaults_render_valid_kubernetes_1_28_and_1_30_objects(default: dict[str, Any]) -> None:
+    assert default["validated"] == list(KUBERNETES_VERSIONS) == ["1.28.7", "1.30.0"]
     assert default["errors"] == []
     assert default["unvalidated"] == []
     assert Counter(d["kind"] for d in default["objects"]) == {
@@ -59,6 +60,7 @@ def test_helm_lint_finds_nothing_worse_than_info(default: dict[str, Any]) -> Non
 
 
 def test_every_toggle_on_renders_valid_objects(all_on: dict[str, Any]) -> None:
+    assert all_on["validated"] == list(KUBERNETES_VERSIONS)
     assert all_on["errors"] == []
     assert sorted(all_on["unvalidated"]) == [
         "PodMonitor/flotilla-aggregators",

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from flotilla.fl.aggregator.statelock import LOCK_FILE
 from tests.integration.harness import Cluster, cluster, write_job
 
 pytestmark = pytest.mark.integration
 
 FIRST = ["site-a", "site-b", "site-c"]
-REFUSED_YET = "the aggregator does not know this site's token (yet)"
 
 
 def _swap_tokens(path: Path, tokens: dict[str, str]) -> None:
@@ -25,14 +25,6 @@ def _swap_tokens(path: Path, tokens: dict[str, str]) -> None:
     temporary = path.with_suffix(".new")
     temporary.write_text(json.dumps(tokens))
     os.replace(temporary, path)
-
-
-def _wait_log(path: Path, text: str, timeout: float = 60) -> None:
-    """Until a process wrote `text` to its log: the only sign it gives from outside."""
-    end = time.monotonic() + timeout
-    while not (path.exists() and text in path.read_text(errors="replace")):
-        assert time.monotonic() < end, f"{path.name} never said {text!r}"
-        time.sleep(0.1)
 
 
 def _answer_to(running: Cluster, site: str) -> int:
@@ -48,7 +40,19 @@ def _answer_to(running: Cluster, site: str) -> int:
         return int(error.code)
 
 
-def test_a_site_joins_and_another_leaves_the_running_aggregator(
+def _history(running: Cluster) -> list[dict[str, Any]]:
+    """Every completed round's record, as the running aggregator serves it."""
+    with urllib.request.urlopen(f"{running.url}/v1/history", timeout=10) as response:
+        history: list[dict[str, Any]] = json.loads(response.read())
+    return history
+
+
+def _lock_holder(running: Cluster) -> int:
+    """The pid the state directory's lock names: the aggregator process that holds the job."""
+    return int((running.state_dir / LOCK_FILE).read_text().split()[0])
+
+
+def test_a_fourth_site_joins_the_running_aggregator_at_the_next_round(
     tmp_path: Path, digits_dir: Path
 ) -> None:
     sites = [{"name": s, "data": {"cvatExport": {"path": str(digits_dir / s)}}} for s in FIRST]
@@ -58,35 +62,44 @@ def test_a_site_joins_and_another_leaves_the_running_aggregator(
         tmp_path / "job.yaml",
         data_dir=digits_dir,
         sites=FIRST,
-        rounds=4,
-        # Three answers a round, and site-c never comes: no round opens until site-d is in.
-        overrides={"sites": sites, "clients": {"minClients": 3, "joinGraceSeconds": 1}},
+        # Far more than are played: the test stops once site-d answered a round, and rounds of
+        # a third of a second may go by while the aggregator polls the tokens file (2 s).
+        rounds=50,
+        overrides={
+            "sites": sites,
+            # One epoch makes a round short. The grace is how long a round waits for a known
+            # site that is not there yet: site-d's client starting on two loaded cores.
+            "clients": {"minClients": 3, "joinGraceSeconds": 60, "roundDeadlineSeconds": 60},
+            "training": {"localEpochs": 1},
+        },
     )
     with cluster(tmp_path, job, FIRST) as running:
-        running.tokens["site-d"] = "token-site-d-0123456789abcdef"  # not in the file yet
         running.start_aggregator()
         assert running.aggregator is not None
         pid = running.aggregator.pid
-        running.start_client("site-a")
-        running.start_client("site-b")
-        running.start_client("site-d")  # refused (401) until its token is read: it waits
-        _wait_log(running.root / "site-d.log", REFUSED_YET)
-        assert _answer_to(running, "site-c") == 200
+        for site in FIRST:
+            running.start_client(site)
+        running.wait_for(lambda s: s["completedRounds"] >= 1, timeout=180)
 
-        _swap_tokens(
-            running.tokens_path, {s: running.tokens[s] for s in ("site-a", "site-b", "site-d")}
-        )
+        # The kubelet's refresh of the mounted Secret once site-d's node is labelled.
+        running.tokens["site-d"] = "token-site-d-0123456789abcdef"
+        _swap_tokens(running.tokens_path, running.tokens)
+        taken = running.wait_for(lambda s: s["clients"]["known"] == 4, timeout=30)
+        # The round in play then was sampled before site-d was known; the one after it is
+        # the next round, and site-d answers it (it is awaited, so the round waits for it).
+        next_round = taken["round"] + 1
+        running.start_client("site-d")
+        running.wait_for(lambda s: s["completedRounds"] >= next_round, timeout=180)
 
-        assert running.wait_aggregator(timeout=300) == 0, running.log("aggregator")
-        assert running.aggregator.pid == pid  # one process from start to end
-        summary = running.summary()
+        assert running.aggregator.poll() is None, running.log("aggregator")
+        assert _lock_holder(running) == pid  # the process that started the job still runs it
+        history = _history(running)
 
-    history = summary["history"]
-    assert [r["round"] for r in history] == [1, 2, 3, 4]
-    assert all(r["sites"] == ["site-a", "site-b", "site-d"] for r in history), history
-    log = running.log("aggregator")
-    assert "joined: site-d; left: site-c" in log
-    assert "token-site-d" not in log and "token-site-c" not in log
+    answered = {r["round"]: r["answered"] for r in history}
+    assert answered[1] == FIRST, history  # three sites before the join
+    assert answered[next_round] == [*FIRST, "site-d"], answered
+    assert "joined: site-d; left: none" in running.log("aggregator")
+    assert "token-site-d" not in running.log("aggregator")
 
 
 def test_a_removed_site_token_stops_working_at_once(tmp_path: Path, digits_dir: Path) -> None:

@@ -13,6 +13,21 @@ from flotilla.api import read_job
 from flotilla.cli.arguments import Subcommands, positive_float
 from flotilla.cli.exits import EXIT_USAGE
 
+TRACKING_DEFAULT_MEANING = (
+    "the MLflow server of jobs that name none (spec.tracking.trackingUri, or "
+    "MLFLOW_TRACKING_URI in runtime.aggregator.envFromSecret)"
+)
+
+
+def _add_default_tracking_uri(parser: argparse.ArgumentParser, text: str) -> None:
+    """The operator's --default-tracking-uri; `plan` takes it too, with the same meaning."""
+    parser.add_argument(
+        "--default-tracking-uri",
+        metavar="URI",
+        default=os.environ.get("FLOTILLA_DEFAULT_TRACKING_URI"),
+        help=text,
+    )
+
 
 def add_plan_parser(commands: Subcommands) -> None:
     plan = commands.add_parser(
@@ -39,6 +54,14 @@ def add_plan_parser(commands: Subcommands) -> None:
         help="the job's phase to plan for: Succeeded shows the objects made after success "
         "(the served model's Deployment and Service; no client pods) (default: %(default)s)",
     )
+    _add_default_tracking_uri(
+        plan,
+        "the operator's flag, to plan as an operator started with it: "
+        f"{TRACKING_DEFAULT_MEANING}, set as FLOTILLA_DEFAULT_TRACKING_URI on the aggregator "
+        "and serving containers; a chart-installed operator has the chart's, "
+        "http://<release>-mlflow.<namespace>.svc:5000 "
+        "(default: $FLOTILLA_DEFAULT_TRACKING_URI, else none)",
+    )
     plan.set_defaults(handler=_plan)
 
 
@@ -64,12 +87,9 @@ def add_operator_parser(commands: Subcommands) -> None:
         default=8080,
         help="serve Prometheus /metrics on this port (default: %(default)s)",
     )
-    operator.add_argument(
-        "--default-tracking-uri",
-        metavar="URI",
-        default=os.environ.get("FLOTILLA_DEFAULT_TRACKING_URI"),
-        help="the MLflow server of jobs that name none (spec.tracking.trackingUri, or "
-        "MLFLOW_TRACKING_URI in runtime.aggregator.envFromSecret); the chart sets its own "
+    _add_default_tracking_uri(
+        operator,
+        f"{TRACKING_DEFAULT_MEANING}; the chart sets its own "
         "(default: $FLOTILLA_DEFAULT_TRACKING_URI, else none: such jobs record nothing)",
     )
     operator.add_argument(
@@ -94,6 +114,7 @@ def add_crd_parser(commands: Subcommands) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from flotilla.k8s.objects import ClusterDefaults
     from flotilla.k8s.preview import manifest, parse_node, preview
 
     job = read_job(args.job)  # paths as the cluster holds them, not resolved for this machine
@@ -103,7 +124,13 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"flotilla plan: {error}", file=sys.stderr)
         return EXIT_USAGE
     namespace = args.namespace or job.metadata.namespace or "default"
-    plan = preview(job, nodes, namespace=namespace, succeeded=args.status_phase == "Succeeded")
+    plan = preview(
+        job,
+        nodes,
+        namespace=namespace,
+        succeeded=args.status_phase == "Succeeded",
+        defaults=ClusterDefaults(tracking_uri=args.default_tracking_uri or None),
+    )
     if not plan.placements:
         print("flotilla plan: no node matches spec.clients.nodeSelector", file=sys.stderr)
     for site, problem in plan.unplaceable.items():

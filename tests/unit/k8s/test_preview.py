@@ -4,12 +4,17 @@ the operator generates at apply time shown as placeholders."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from flotilla.api import read_job
+from flotilla.api.tracking import DEFAULT_TRACKING_URI_ENV
 from flotilla.cli import main
+from flotilla.k8s import aggregator_objects
 from flotilla.k8s.nodes import NodeInfo
+from flotilla.k8s.objects import ClusterDefaults
 from flotilla.k8s.preview import GENERATED, parse_node
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -84,3 +89,56 @@ def test_plan_after_success_shows_the_served_model_and_no_clients(
     main(["plan", EXAMPLE, "--node", node])
     running = list(yaml.safe_load_all(capsys.readouterr().out))
     assert not [o for o in running if "-model" in o["metadata"]["name"]]
+
+
+CHART_MLFLOW = "http://flotilla-mlflow.flotilla-system.svc:5000"  # the chart's default server
+
+
+def _default_tracking_uris(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each Deployment's FLOTILLA_DEFAULT_TRACKING_URI values, over all its containers."""
+    return {
+        o["metadata"]["name"]: [
+            e["value"]
+            for c in o["spec"]["template"]["spec"]["containers"]
+            for e in c.get("env") or []
+            if e["name"] == DEFAULT_TRACKING_URI_ENV
+        ]
+        for o in objects
+        if o["kind"] == "Deployment"
+    }
+
+
+def test_plan_takes_the_operator_default_tracking_uri_as_the_chart_sets_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DEFAULT_TRACKING_URI_ENV, raising=False)
+    node = "edge-1,flotilla.dev/edge=true,flotilla.dev/site=site-a"
+    succeeded = ["plan", EXAMPLE, "--node", node, "--status-phase", "Succeeded"]
+
+    assert main([*succeeded, "--default-tracking-uri", CHART_MLFLOW]) == 0
+    planned = list(yaml.safe_load_all(capsys.readouterr().out))
+    # As a chart-installed operator makes them: the aggregator and the served model.
+    assert _default_tracking_uris(planned) == {
+        "digits-aggregator": [CHART_MLFLOW],
+        "digits-model": [CHART_MLFLOW],
+    }
+    # The aggregator Deployment the operator itself builds with that default (its uid aside).
+    job = read_job(Path(EXAMPLE))
+    where = {"namespace": job.metadata.namespace or "default", "uid": GENERATED}
+    placed = job.model_copy(update={"metadata": job.metadata.model_copy(update=where)})
+    operators = aggregator_objects.deployment(placed, ClusterDefaults(tracking_uri=CHART_MLFLOW))
+    (aggregator,) = [
+        o
+        for o in planned
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "digits-aggregator"
+    ]
+    assert aggregator == operators
+
+    # Without the flag, the operator's own default: $FLOTILLA_DEFAULT_TRACKING_URI, else none.
+    assert main(succeeded) == 0
+    plain = _default_tracking_uris(list(yaml.safe_load_all(capsys.readouterr().out)))
+    assert plain == {"digits-aggregator": [], "digits-model": []}
+    monkeypatch.setenv(DEFAULT_TRACKING_URI_ENV, "http://mlflow.example:5000")
+    assert main(succeeded) == 0
+    from_env = _default_tracking_uris(list(yaml.safe_load_all(capsys.readouterr().out)))
+    assert set(map(tuple, from_env.values())) == {("http://mlflow.example:5000",)}
