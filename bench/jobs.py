@@ -47,9 +47,17 @@ def model_env(model: str) -> dict[str, str]:
 
 
 def overhead_job(
-    *, root: Path, data: Path, model: str, clients: int, rounds: int, tls: bool = False
+    *,
+    root: Path,
+    data: Path,
+    model: str,
+    clients: int,
+    rounds: int,
+    tls: bool = False,
+    receive_buffers: int | None = None,
 ) -> Path:
-    """N sites reading the same export; one SGD step of local work."""
+    """N sites reading the same export; one SGD step of local work. `receive_buffers`:
+    spec.limits.receiveBuffers (None: the default)."""
     synthetic = MODELS[model] is not None
     spec: dict[str, Any] = {
         "rounds": rounds,
@@ -71,6 +79,8 @@ def overhead_job(
         "strategy": {"name": "fedavg"},
     }
     spec["model"]["input"] = {"channels": 1, "height": 8, "width": 8}
+    if receive_buffers is not None:
+        spec["limits"] = {"receiveBuffers": receive_buffers}
     transport = "tls" if tls else "plain"
     return write(root / f"overhead-{model}-{clients}-{transport}.yaml", spec, tls=tls)
 

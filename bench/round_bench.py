@@ -76,8 +76,17 @@ def measure(
     root: Path,
     profile: Path | None,
     tls: bool = False,
+    receive_buffers: int | None = None,
 ) -> dict[str, Any]:
-    job = overhead_job(root=root, data=data, model=model, clients=clients, rounds=rounds, tls=tls)
+    job = overhead_job(
+        root=root,
+        data=data,
+        model=model,
+        clients=clients,
+        rounds=rounds,
+        tls=tls,
+        receive_buffers=receive_buffers,
+    )
     sites = [f"site-{i:02d}" for i in range(clients)]
     transport = "tls" if tls else "plain"
     scratch = Path(tempfile.mkdtemp(prefix=f"flotilla-{model}-{clients}-{transport}-", dir=root))
@@ -185,6 +194,7 @@ def one_job(
         root=root,
         profile=args.profile,
         tls=transport == "tls",
+        receive_buffers=args.receive_buffers,
     )
     return {**m, "label": label, "model_bytes": params * 4}
 
@@ -203,6 +213,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, help="run the aggregator under py-spy, writing profiles here"
+    )
+    parser.add_argument(
+        "--receive-buffers",
+        type=int,
+        help="spec.limits.receiveBuffers of every job (default: the spec's default)",
     )
     args = parser.parse_args()
     from flotilla.data.digits_example import write_digits_example

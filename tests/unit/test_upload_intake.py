@@ -18,13 +18,29 @@ from flotilla.fl.aggregator.pace import Progress, UploadPace
 from tests.inprocess import Aggregator, aggregator, digits_job
 
 SITES = ["site-a", "site-b", "site-c"]
-QUICK = UploadPace(idle_seconds=1.0, grace_seconds=0.5, min_bytes_per_second=1024)
+QUICK = UploadPace(
+    idle_seconds=1.0, grace_seconds=0.5, min_bytes_per_second=1024, slow_link_after_seconds=0.5
+)
 
 
-def _job(*, deadline: float, min_clients: int) -> FederatedJob:
+def _job(*, deadline: float, min_clients: int, buffers: int | None = None) -> FederatedJob:
     # A long grace: round 1 opens once all three sites are there, so all are sampled.
     clients = {"minClients": min_clients, "joinGraceSeconds": 60, "roundDeadlineSeconds": deadline}
-    return digits_job(SITES, rounds=1, spec={"clients": clients})
+    spec: dict[str, Any] = {"clients": clients}
+    if buffers is not None:
+        spec["limits"] = {"receiveBuffers": buffers}
+    return digits_job(SITES, rounds=1, spec=spec)
+
+
+def test_the_aggregator_receives_as_many_bodies_at_once_as_the_spec_allows(
+    tmp_path: Path,
+) -> None:
+    async def buffers(job: FederatedJob) -> int:
+        async with aggregator(job, tmp_path / str(id(job))) as running:
+            return running.engine.intake.buffers
+
+    assert asyncio.run(buffers(_job(deadline=5, min_clients=1))) == 2, "the default"
+    assert asyncio.run(buffers(_job(deadline=5, min_clients=1, buffers=1))) == 1
 
 
 async def _slow_put(
@@ -115,7 +131,8 @@ def test_a_site_trickling_two_uploads_holds_no_round_past_its_deadline(tmp_path:
 
 def test_slow_honest_uploads_cannot_starve_a_waiting_site(tmp_path: Path) -> None:
     """Two sites at 4 KiB/s (above the floor) could not arrive before the round closes:
-    while a third waits, the one furthest off pace gives its buffer up."""
+    while a third waits, the one furthest off pace gives its buffer up. (Both slow sites
+    hold a buffer: the second is made for site-b once site-a's link is judged slow.)"""
     deadline = 4.0
 
     async def play() -> tuple[list[int], int, list[str]]:

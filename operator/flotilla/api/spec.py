@@ -138,6 +138,10 @@ class CompressionSpec(ApiModel):
 class LimitsSpec(ApiModel):
     # The squared norm of a delta is taken in float32 (max 3.4e38): 1e12 squared is 1e24.
     max_update_norm: float | None = Field(default=None, gt=0, le=1e12)
+    # The most upload bodies the aggregator receives at once, into a model-sized buffer
+    # each (the others wait, held by TCP). One is made up front and keeps the fold busy on
+    # a LAN; the others only while every holder is on a slow link (fl/aggregator/pool.py).
+    receive_buffers: int = Field(default=2, ge=1, le=64)
 
 
 class FederatedJobSpec(ApiModel):

@@ -56,6 +56,13 @@ class SafetensorsReceiver:
         except zstandard.ZstdError as error:
             raise WireError(f"the zstd stream is corrupt: {error}") from None
 
+    def reach(self, wire_bytes: int) -> int:
+        """How far into the buffer feeding `wire_bytes` more may write: a zstd body's
+        next bytes may decompress to the rest of the data."""
+        if self._decompressor is not None:
+            return self._layout.data_size
+        return min(self._filled + wire_bytes, self._layout.data_size)
+
     @property
     def payload_bytes(self) -> int:
         """Payload bytes (the safetensors body, decompressed) received so far."""

@@ -17,6 +17,7 @@ from flotilla.fl.aggregator.desk import ClientDesk
 from flotilla.fl.aggregator.fold import RoundFold
 from flotilla.fl.aggregator.intake import UpdateIntake
 from flotilla.fl.aggregator.ledger import Ledger
+from flotilla.fl.aggregator.pace import UploadPace
 from flotilla.fl.aggregator.records import RoundRecord
 from flotilla.fl.aggregator.roster import Roster
 from flotilla.fl.aggregator.state import EngineState, Phase
@@ -242,15 +243,23 @@ def test_the_ledger_comes_back_whole_from_its_state() -> None:
 def test_the_intake_checks_and_hands_on_an_update_and_frees_its_buffer() -> None:
     intake = UpdateIntake(LAYOUT, max_norm=None)
 
-    async def play() -> tuple[dict[str, torch.Tensor], int, set[str]]:
+    async def play() -> tuple[dict[str, torch.Tensor], int, set[str], set[str]]:
         body = _body(3.0)
-        async with intake.receive(_pieces(body), terms=_terms("a", body), zstd=False) as got:
-            during = intake.receiving()
-            values = {name: t.clone() for name, t in got.update.tensors.items()}
-            return values, got.wire_bytes, during
+        gate = asyncio.Event()
+        receiving = intake.receive(_pieces(body, gate), terms=_terms("a", body), zstd=False)
+        entered = asyncio.create_task(receiving.__aenter__())
+        await asyncio.sleep(0)
+        arriving = intake.receiving()
+        gate.set()
+        got = await asyncio.wait_for(entered, 5)
+        # With the update on its way to the fold, the buffer is the next upload's (fence.py).
+        folding = intake.receiving()
+        values = {name: t.clone() for name, t in got.update.tensors.items()}
+        await receiving.__aexit__(None, None, None)
+        return values, got.wire_bytes, arriving, folding
 
-    values, wire_bytes, during = asyncio.run(play())
-    assert during == {"a"} and intake.receiving() == set()
+    values, wire_bytes, arriving, folding = asyncio.run(play())
+    assert arriving == {"a"} and folding == set() and intake.receiving() == set()
     assert wire_bytes == len(_body(3.0))
     for tensor in values.values():
         assert torch.equal(tensor, torch.full_like(tensor, 3.0))
@@ -309,7 +318,9 @@ def test_the_intake_refuses_a_second_upload_of_the_same_site_while_one_is_on() -
 
 
 def test_the_intake_grants_its_buffers_in_arrival_order() -> None:
-    intake = UpdateIntake(LAYOUT, max_norm=None)  # two receive buffers
+    # Two buffers, the second made at once for b: a's stalled body counts as a slow link.
+    pace = UploadPace(slow_link_bytes_per_second=1e12, slow_link_after_seconds=0.01)
+    intake = UpdateIntake(LAYOUT, max_norm=None, buffers=2, pace=pace)
     order: list[str] = []
 
     async def play() -> None:
@@ -327,7 +338,10 @@ def test_the_intake_grants_its_buffers_in_arrival_order() -> None:
             async with asyncio.timeout(5):  # each arrives once the one before has queued
                 while len(intake._uploads) < arrived:
                     await asyncio.sleep(0)
-        assert intake.receiving() == {"a", "b"}
+            if site == "b":
+                async with asyncio.timeout(5):
+                    while intake.receiving() != {"a", "b"}:
+                        await asyncio.sleep(0.01)
         gates["d"].set()  # both waiting bodies could flow: the freed buffer goes to c,
         gates["c"].set()  # which came first, and d waits on
         gates["a"].set()

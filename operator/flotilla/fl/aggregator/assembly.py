@@ -77,6 +77,7 @@ def assemble(
         update_layout,
         max_norm=job.spec.limits.max_update_norm,
         parking=store.directory.parent / "uploads",  # broken uploads, until resumed
+        buffers=job.spec.limits.receive_buffers,
     )
     fold = RoundFold(rule=strategy.rule, layout=layout, privacy=privacy)
     buffered_spec = job.spec.strategy.buffered

@@ -109,7 +109,10 @@ class BufferedAggregation:
                     base = round_number - 1
                     update = BufferedUpdate(report=report, base=base, staleness=staleness)
                     await self._fold.add(
-                        received.update, examples=report.examples, staleness=staleness
+                        received.update,
+                        examples=report.examples,
+                        staleness=staleness,
+                        release=received.release,
                     )
                     self.buffer.add(update, upload_id=upload_id)
                     await self._write_down()

@@ -171,7 +171,7 @@ class ClientDesk:
         receiving = self._intake.receive(body, terms=terms, zstd=zstd, minus=minus)
         async with receiving as received, self._fold.turn():
             state.check_open(site, round_number)  # the round may have closed meanwhile
-            await self._fold.add(received.update, examples=examples)
+            await self._fold.add(received.update, examples=examples, release=received.release)
             state.answer(self._report(site, received, examples, metrics))
         return {"accepted": True, "round": round_number, "updateNorm": received.update.norm}
 

@@ -13,6 +13,7 @@ Buffered aggregation (buffered.py) folds the same way, each delta scaled by its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -65,9 +66,17 @@ class RoundFold:
             return None
         return self._accumulator, self._weight, self._aggregate.count
 
-    async def add(self, update: DecodedUpdate, *, examples: int, staleness: int = 0) -> None:
+    async def add(
+        self,
+        update: DecodedUpdate,
+        *,
+        examples: int,
+        staleness: int = 0,
+        release: Callable[[str], None] | None = None,
+    ) -> None:
         """Fold one checked update, weighted by its examples (uniformly under DP), scaled by
-        its staleness (buffered aggregation; 0 counts fully)."""
+        its staleness (buffered aggregation; 0 counts fully). `release`: told each tensor
+        the fold is done reading (RoundAggregate.add)."""
         assert self._lock.locked(), "fold in a turn()"
         aggregate = self._aggregate
         assert aggregate is not None, "no round is open"
@@ -81,7 +90,12 @@ class RoundFold:
         if staleness:
             scales = staleness_scales(scales, update.tensors, staleness=staleness)
         await asyncio.to_thread(
-            aggregate.add, update.tensors, weight=weight, scales=scales, minus=update.minus
+            aggregate.add,
+            update.tensors,
+            weight=weight,
+            scales=scales,
+            minus=update.minus,
+            release=release,
         )
         self._weight += weight
 

@@ -2,17 +2,20 @@
 
 The pool holds a fixed number of receive buffers (pool.py), so memory stays flat however
 many clients upload at once: an upload waits for a free buffer, in arrival order, and TCP
-backpressure holds its sender meanwhile. A buffer is held fairly: one upload per site at a
-time (a second is refused at once), a body that does not keep its pace (pace.py) is cut
-off and its buffer handed to the next in line, and no upload outlives its round. A broken
-upload is parked for its client to resume (resuming.py). A payload that fails any check
-raises a `Refused` (errors.py) and never reaches the aggregate.
+backpressure holds its sender meanwhile. A checked upload hands its buffer on as it goes to
+the fold, and the next body is written only where the fold has read (fence.py). A buffer is
+held fairly: one upload per site at a time (a second is refused at once), a body that does
+not keep its pace (pace.py) is cut off and its buffer handed to the next in line, and no
+upload outlives its round. A broken upload is parked for its client to resume (resuming.py).
+A payload that fails any check raises a `Refused` (errors.py) and never reaches the
+aggregate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +34,18 @@ from flotilla.fl.aggregator.errors import (
     TooLarge,
     UploadInProgress,
 )
+from flotilla.fl.aggregator.fence import ReadFence, ReadProgress
 from flotilla.fl.aggregator.links import LinkHealth
 from flotilla.fl.aggregator.pace import Progress, UploadPace
 from flotilla.fl.aggregator.parking import Parked, ParkingLot
-from flotilla.fl.aggregator.pool import ReceivePool
+from flotilla.fl.aggregator.pool import RECEIVE_BUFFERS, ReceivePool, Slot
 from flotilla.fl.aggregator.resuming import Resumes
 from flotilla.fl.aggregator.terms import ReceivedUpdate, UploadTerms
 from flotilla.fl.codec import decode_update
 from flotilla.fl.receive import SafetensorsReceiver
 from flotilla.fl.wire import Layout, WireError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +55,8 @@ class _Lease:
     timer: asyncio.Timeout | None = None
     rule: str = ""
     superseded: bool = False
+    fenced: bool = False  # waiting for the fold to read on: the server's time, not the body's
+    handed_on: bool = False  # its buffer went to the next upload with its update to the fold
 
 
 @dataclass
@@ -57,7 +65,7 @@ class _Upload:
 
     upload_id: str | None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    waiter: asyncio.Future[memoryview] | None = None
+    waiter: asyncio.Future[Slot] | None = None
     lease: _Lease | None = None
 
 
@@ -73,16 +81,23 @@ class UpdateIntake:
         max_norm: float | None,
         pace: UploadPace | None = None,
         parking: Path | None = None,
+        buffers: int = RECEIVE_BUFFERS,
     ) -> None:
-        """`parking`: where broken uploads wait for their clients (None: not resumable)."""
+        """`parking`: where broken uploads wait for their clients (None: not resumable);
+        `buffers`: how many bodies may arrive at once, a model-sized buffer each."""
         self.layout = layout
         self.pace = pace or UploadPace()
         self.links = LinkHealth()
         self.resumes = Resumes(ParkingLot(parking), links=self.links)
         self._max_norm = max_norm
-        self._pool = ReceivePool(layout.data_size)
+        self._pool = ReceivePool(layout.data_size, count=buffers)
         self._uploads: dict[str, _Upload] = {}  # one per site, waiting or receiving
         self._leases: list[_Lease] = []
+
+    @property
+    def buffers(self) -> int:
+        """The most bodies received at once (spec.limits.receiveBuffers)."""
+        return self._pool.count
 
     @property
     def parking(self) -> ParkingLot:
@@ -120,7 +135,9 @@ class UpdateIntake:
         zstd: bool,
         minus: Mapping[str, torch.Tensor] | None = None,
     ) -> AsyncIterator[ReceivedUpdate]:
-        """Yields the checked update; its tensors are views valid inside the block only.
+        """Yields the checked update; its tensors are views valid inside the block only,
+        and only until the fold calls its `release` with their names (the buffer is the
+        next upload's by then).
 
         `minus`: the body is trained weights; the delta is them minus this (the round's
         global model), which the update carries for the rule that folds it."""
@@ -135,19 +152,29 @@ class UpdateIntake:
         try:
             parked = self.resumes.claim(terms, zstd=zstd)
             try:
-                async with self._lease(terms, parked, upload) as (lease, buffer):
-                    receiver = SafetensorsReceiver(self.layout, buffer, zstd=zstd)
+                async with self._lease(terms, parked, upload) as (lease, slot):
+                    receiver = SafetensorsReceiver(self.layout, slot.buffer, zstd=zstd)
                     if parked is not None:
+                        await slot.fence.reach(slot.fence.size)
                         await self.resumes.restore(parked, receiver, terms)
-                    offsets = await self._read_or_park(lease, body, receiver, terms, zstd=zstd)
-                    views = self.layout.views(buffer, offsets=offsets, base=0)
+                    offsets = await self._read_or_park(
+                        lease, body, receiver, slot, terms, zstd=zstd
+                    )
+                    views = self.layout.views(slot.buffer, offsets=offsets, base=0)
                     try:
                         decoded = await asyncio.to_thread(
                             decode_update, views, max_norm=self._max_norm, minus=minus
                         )
                     except WireError as error:
                         raise BadValues(str(error)) from None
-                    yield ReceivedUpdate(update=decoded, wire_bytes=receiver.wire_bytes)
+                    fence = self._hand_on(lease, slot)
+                    release = ReadProgress(fence, offsets, asyncio.get_running_loop())
+                    try:
+                        yield ReceivedUpdate(
+                            update=decoded, wire_bytes=receiver.wire_bytes, release=release
+                        )
+                    finally:
+                        fence.release()
             finally:
                 if parked is not None:
                     self.parking.forget(parked)
@@ -158,12 +185,12 @@ class UpdateIntake:
     @contextlib.asynccontextmanager
     async def _lease(
         self, terms: UploadTerms, parked: Parked | None, upload: _Upload
-    ) -> AsyncIterator[tuple[_Lease, memoryview]]:
+    ) -> AsyncIterator[tuple[_Lease, Slot]]:
         """A receive buffer, in turn, and the pace its body must keep (a resumed upload's
         carries over from where it broke off)."""
         loop = asyncio.get_running_loop()
         until = loop.time() + terms.seconds_left
-        buffer = await self._take(terms.site, until, upload)
+        slot = await self._take(terms.site, until, upload)
         now = loop.time()
         if parked is None:
             size = terms.size or self.layout.total_size
@@ -180,17 +207,28 @@ class UpdateIntake:
         lease = upload.lease = _Lease(terms.site, progress)
         self._leases.append(lease)
         try:
-            yield lease, buffer
+            yield lease, slot
         finally:
-            self._leases.remove(lease)
             upload.lease = None
-            self._give(buffer)
+            if not lease.handed_on:
+                self._leases.remove(lease)
+                self._give(slot)  # with the fence it came with: its last reader may read on
+
+    def _hand_on(self, lease: _Lease, slot: Slot) -> ReadFence:
+        """The body is in and checked, and goes to the fold: its buffer goes to the next
+        upload now, which writes only where the fold has read (the fence returned)."""
+        fence = ReadFence(len(slot.buffer))
+        lease.handed_on = True
+        self._leases.remove(lease)
+        self._give(Slot(slot.buffer, fence))
+        return fence
 
     async def _read_or_park(
         self,
         lease: _Lease,
         body: AsyncIterator[bytes],
         receiver: SafetensorsReceiver,
+        slot: Slot,
         terms: UploadTerms,
         *,
         zstd: bool,
@@ -198,7 +236,7 @@ class UpdateIntake:
         loop = asyncio.get_running_loop()
         began, start = loop.time(), receiver.wire_bytes
         try:
-            offsets = await self._read(lease, body, receiver)
+            offsets = await self._read(lease, body, receiver, slot.fence)
         except _Broken as broken:
             self.links.of(terms.site).upload_resets += 1
             await self.resumes.park(terms, receiver, zstd=zstd, started=lease.progress.started)
@@ -226,7 +264,11 @@ class UpdateIntake:
         await current.done.wait()
 
     async def _read(
-        self, lease: _Lease, body: AsyncIterator[bytes], receiver: SafetensorsReceiver
+        self,
+        lease: _Lease,
+        body: AsyncIterator[bytes],
+        receiver: SafetensorsReceiver,
+        fence: ReadFence,
     ) -> dict[str, tuple[int, int]]:
         loop = asyncio.get_running_loop()
         try:
@@ -235,9 +277,13 @@ class UpdateIntake:
                 try:
                     async for chunk in body:
                         lease.progress.got(len(chunk), now=loop.time())
-                        self._reschedule()
+                        self._grow_for_slow_links()
                         if receiver.wire_bytes + len(chunk) > self.max_body_bytes:
                             raise TooLarge(f"the body exceeds {self.max_body_bytes} bytes")
+                        reach = receiver.reach(len(chunk))
+                        if reach > fence.read:
+                            await self._behind(lease, fence, reach)
+                        self._reschedule()
                         receiver.feed(chunk)
                     return receiver.finish()
                 except WireError as error:
@@ -261,6 +307,41 @@ class UpdateIntake:
         finally:
             lease.timer = None
 
+    async def _behind(self, lease: _Lease, fence: ReadFence, reach: int) -> None:
+        """Until the fold has read the buffer up to `reach`: the body's pace waits too."""
+        assert lease.timer is not None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        lease.fenced = True
+        # A timer that fired is cutting the upload (or a new connection took its place):
+        # the wait below ends at once; rescheduling it would raise.
+        if not lease.superseded and not lease.timer.expired():
+            lease.timer.reschedule(None)
+        try:
+            await fence.reach(reach)
+        finally:
+            lease.fenced = False
+            lease.progress.waited(loop.time() - began)
+
+    def _grow_for_slow_links(self) -> None:
+        """While uploads wait, another buffer when every holder is held up by its own link
+        (pool.py): bodies from slow links then arrive side by side."""
+        pool = self._pool
+        if not pool.waiting or not pool.can_grow or not self._leases:
+            return
+        now = asyncio.get_running_loop().time()
+        # A holder behind the fence waits for the fold, which frees it in milliseconds.
+        slow = all(not lease.fenced and lease.progress.slow_link(now=now) for lease in self._leases)
+        if slow and pool.grow():
+            log.info(
+                "receive buffer %d of at most %d made: %s upload on slow links, %d waiting",
+                pool.made,
+                pool.count,
+                ", ".join(sorted(lease.site for lease in self._leases)),
+                pool.waiting,
+            )
+            self._reschedule()  # one waiter fewer
+
     def _reschedule(self) -> None:
         """Set each reading lease's deadline. While uploads wait, the holders that fall
         behind their pace first (one per waiter) must also stay on pace or yield."""
@@ -269,16 +350,32 @@ class UpdateIntake:
         for lease in self._leases:
             # A timer that fired is expiring (its upload is being cut): rescheduling it would
             # raise RuntimeError, and from _take or _give that lost or leaked a buffer.
-            if lease.timer is not None and not lease.superseded and not lease.timer.expired():
+            if (
+                lease.timer is not None
+                and not lease.superseded
+                and not lease.fenced
+                and not lease.timer.expired()
+            ):
                 when, lease.rule = lease.progress.due(contended=lease in contended)
                 lease.timer.reschedule(when)
 
-    async def _take(self, site: str, until: float, upload: _Upload) -> memoryview:
-        buffer = self._pool.get_nowait()
-        if buffer is not None:
-            return buffer
+    async def _take(self, site: str, until: float, upload: _Upload) -> Slot:
+        slot = self._pool.get_nowait()
+        if slot is not None:
+            return slot
         waiter = upload.waiter = self._pool.queue()
         self._reschedule()
+        # Holders are judged as their bytes come; a stalled one sends none, so look again
+        # now and then while this waits.
+        loop, every = asyncio.get_running_loop(), self.pace.slow_link_after_seconds
+        judge: list[asyncio.TimerHandle] = []
+
+        def look_again() -> None:
+            self._grow_for_slow_links()
+            if not waiter.done() and self._pool.can_grow:
+                judge[:] = [loop.call_later(every, look_again)]
+
+        judge.append(loop.call_later(every, look_again))
         try:
             async with asyncio.timeout_at(until):
                 return await waiter
@@ -291,10 +388,11 @@ class UpdateIntake:
                 ) from None
             raise
         finally:
+            judge[0].cancel()
             upload.waiter = None
             self._pool.leave(waiter)
             self._reschedule()
 
-    def _give(self, buffer: memoryview) -> None:
-        if self._pool.give(buffer):
+    def _give(self, slot: Slot) -> None:
+        if self._pool.give(slot):
             self._reschedule()  # one waiter fewer: a holder may no longer have to yield

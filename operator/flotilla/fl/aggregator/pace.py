@@ -24,6 +24,13 @@ class UploadPace:
     # 2 KiB/s (16 kbit/s): below any link worth training on (2G GPRS carries 5 KB/s), far
     # above the 0.5 B/s of a trickle. A 1 MB int8 update takes under 9 minutes at the floor.
     min_bytes_per_second: float = 2048.0
+    # A holder below 100 Mbit/s over at least two seconds is held up by its own link, not
+    # by the aggregator's: a second receive buffer lets another body arrive alongside it
+    # (pool.py). A cluster's aggregator has 1 Gbit/s or more. Two seconds: a body done
+    # sooner is not worth a model of memory to overlap (and a sender briefly starved of
+    # CPU is not judged a slow link), while a slow link's upload takes tens of seconds.
+    slow_link_bytes_per_second: float = 12.5e6
+    slow_link_after_seconds: float = 2.0
 
 
 class Progress:
@@ -47,10 +54,27 @@ class Progress:
         self.until = until  # its round's end
         self.received = received
         self._last = started if now is None else now
+        self._held_since = self._last  # this connection's, for `slow_link`
+        self._held_from = received
 
     def got(self, count: int, *, now: float) -> None:
         self.received += count
         self._last = now
+
+    def waited(self, seconds: float) -> None:
+        """The server held the body back this long (its buffer was still being read): the
+        time is not the body's, so every rule moves on by it."""
+        self.started += seconds
+        self._last += seconds
+        self._held_since += seconds
+
+    def slow_link(self, *, now: float) -> bool:
+        """Its link is what holds it up: below the slow-link rate since this connection
+        took its buffer, judged after `slow_link_after_seconds`."""
+        held = now - self._held_since
+        got = self.received - self._held_from
+        pace = self.pace
+        return held >= pace.slow_link_after_seconds and got < pace.slow_link_bytes_per_second * held
 
     def due_on_pace(self) -> float:
         """When it falls behind the pace that lands its last byte as the round closes."""

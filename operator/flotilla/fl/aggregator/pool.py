@@ -1,7 +1,8 @@
 """The receive buffers: a fixed few, made on first use and handed out in arrival order.
 
 How a buffer is held (pace, yielding, one per site) is the intake's business (intake.py);
-this only keeps the buffers and the line of uploads waiting for one.
+this only keeps the buffers, each with the fence of its last reader (fence.py), and the
+line of uploads waiting for one.
 """
 
 from __future__ import annotations
@@ -9,17 +10,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import dataclass
 
-# Two, however many clients a round samples. Memory is the design's promise (one model, not
-# clients x model), and a buffer is busy only while bytes arrive and the fold runs: at LAN
-# speeds that is milliseconds, so two keep the fold busy while the next body arrives.
-# When clients outnumber buffers, fairness comes from how a buffer is held, not from more of
-# them: a site holds at most one; a slow body keeps a floor rate or is cut; and while others
-# wait, a holder that would not arrive before its round closes yields (503, so the client
-# retries). A holder on pace keeps its buffer: cutting it would throw its bytes away.
-# Resumable uploads must keep this: a paused upload holds no pool buffer between
-# connections, and its site's one slot and its pace carry over to the resumed one.
+from flotilla.fl.aggregator.fence import ReadFence
+
+# At most two by default (spec.limits.receiveBuffers), however many clients a round samples.
+# Memory is the design's promise (one model, not clients x model), and a buffer is busy only
+# while bytes arrive: it is handed on as its update goes to the fold, whose reading the next
+# body follows behind (fence.py), so one buffer keeps the fold busy while the next body
+# arrives. Only the first is made up front; another is made for a waiting upload when every
+# holder's own link is what holds it up (pace.py's slow link: the aggregator could take a
+# second body at once without slowing the first), so a LAN keeps one model of receive memory
+# and slow links get bodies arriving side by side. When clients outnumber buffers, fairness
+# comes from how a buffer is held, not from more of them: a site holds at most one; a slow
+# body keeps a floor rate or is cut; and while others wait, a holder that would not arrive
+# before its round closes yields (503, so the client retries). A holder on pace keeps its
+# buffer: cutting it would throw its bytes away. Resumable uploads must keep this: a paused
+# upload holds no pool buffer between connections, and its site's one slot and its pace
+# carry over to the resumed one.
 RECEIVE_BUFFERS = 2
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A receive buffer and how far its last holder has read it: write only below that."""
+
+    buffer: memoryview
+    fence: ReadFence
 
 
 class ReceivePool:
@@ -27,30 +44,53 @@ class ReceivePool:
         self._size = size
         self._count = count
         self._made = 0
-        self._free: list[memoryview] = []
-        self._waiters: deque[asyncio.Future[memoryview]] = deque()
+        self._free: list[Slot] = []
+        self._waiters: deque[asyncio.Future[Slot]] = deque()
 
     @property
     def waiting(self) -> int:
         """Uploads in line for a buffer."""
         return len(self._waiters)
 
-    def get_nowait(self) -> memoryview | None:
-        """A free buffer (made if fewer than `count` exist), or None when all are held."""
+    @property
+    def count(self) -> int:
+        """The most buffers it makes."""
+        return self._count
+
+    @property
+    def made(self) -> int:
+        return self._made
+
+    @property
+    def can_grow(self) -> bool:
+        return self._made < self._count
+
+    def get_nowait(self) -> Slot | None:
+        """A free buffer (the first is made on first use), or None when all are held."""
         if self._free:
             return self._free.pop()
-        if self._made < self._count:
-            self._made += 1
-            return memoryview(bytearray(self._size))
+        if self._made == 0:
+            return self._make()
         return None
 
-    def queue(self) -> asyncio.Future[memoryview]:
+    def grow(self) -> bool:
+        """One more buffer, for the longest waiting upload, if fewer than `count` exist and
+        one waits. True when that happened."""
+        if not self._waiters or not self.can_grow:
+            return False
+        return self.give(self._make())
+
+    def _make(self) -> Slot:
+        self._made += 1
+        return Slot(memoryview(bytearray(self._size)), ReadFence.clear(self._size))
+
+    def queue(self) -> asyncio.Future[Slot]:
         """A place in line: the future gets a buffer when one is given back."""
-        waiter: asyncio.Future[memoryview] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return waiter
 
-    def abandon(self, waiter: asyncio.Future[memoryview]) -> bool:
+    def abandon(self, waiter: asyncio.Future[Slot]) -> bool:
         """The waiter gave up; a buffer handed over just as it did is passed on. True when
         that happened (the line changed)."""
         handed = waiter.done() and not waiter.cancelled() and waiter.exception() is None
@@ -59,17 +99,17 @@ class ReceivePool:
         waiter.cancel()
         return handed
 
-    def leave(self, waiter: asyncio.Future[memoryview]) -> None:
+    def leave(self, waiter: asyncio.Future[Slot]) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
-    def give(self, buffer: memoryview) -> bool:
+    def give(self, slot: Slot) -> bool:
         """To the longest waiting upload (first come, first served), else back to the pool.
         True when a waiter took it (one waiter fewer)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(buffer)
+                waiter.set_result(slot)
                 return True
-        self._free.append(buffer)
+        self._free.append(slot)
         return False

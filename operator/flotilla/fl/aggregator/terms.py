@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flotilla.fl.codec import DecodedUpdate
@@ -39,7 +40,10 @@ class UploadTerms:
 
 @dataclass(frozen=True)
 class ReceivedUpdate:
-    """A body received and checked: the update, ready to fold, and its bytes on the wire."""
+    """A body received and checked: the update, ready to fold, and its bytes on the wire.
+    `release`, called with a tensor's name once the fold is done reading it, lets the next
+    upload's bytes into that part of the receive buffer (fence.py)."""
 
     update: DecodedUpdate
     wire_bytes: int
+    release: Callable[[str], None] | None = None

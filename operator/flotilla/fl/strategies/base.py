@@ -16,7 +16,7 @@ every delta at once (median, trimmed mean, Krum) copy what they are given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Protocol
 
 import torch
@@ -44,6 +44,7 @@ class RoundAggregate(Protocol):
         weight: float,
         scales: Mapping[str, float],
         minus: TensorMap | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         """Fold one client's delta.
 
@@ -54,7 +55,9 @@ class RoundAggregate(Protocol):
         when it is None. `minus` is given when a client sent its trained weights: it is
         the round's global model, the same for every such client, and stays unchanged
         until `finish` returns (a rule may keep a reference). `weight` is the client's
-        example count.
+        example count. `release`, when given, is called with each name of `delta` as soon
+        as the rule will not read that tensor again (the receive buffer under it is
+        refilled from then on), in the model's layout order where the rule can.
         """
         ...
 

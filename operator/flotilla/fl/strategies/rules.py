@@ -13,7 +13,7 @@ itself: "mean around median" (MeaMed) and Phocas, Xie, Koyejo and Gupta 2018.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -94,6 +94,7 @@ class _WeightedMeanRound(_Round):
         weight: float,
         scales: Mapping[str, float],
         minus: TensorMap | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         if not math.isfinite(weight) or weight < 0:
             raise AggregationError(f"weight must be finite and >= 0, got {weight}")
@@ -107,6 +108,8 @@ class _WeightedMeanRound(_Round):
             # add_ reads float16 and int8 `other` into the float32 target directly,
             # so the delta is folded without a dequantized copy.
             target.add_(delta[name], alpha=coefficient)
+            if release is not None:
+                release(name)
             if minus is not None:
                 self._minus_coefficients[name] += coefficient
         self._total_weight += weight
@@ -168,6 +171,7 @@ class _CollectingRound(_Round):
         weight: float,
         scales: Mapping[str, float],
         minus: TensorMap | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         del weight  # robust rules are unweighted: a client's claimed count is not trusted
         self._start_add(delta)
@@ -179,6 +183,8 @@ class _CollectingRound(_Round):
                 tensor = torch.sub(delta[name].to(torch.float32), minus[name])
             else:
                 tensor = delta[name].to(dtype=torch.float32, copy=True)
+            if release is not None:
+                release(name)
             scale = scales.get(name, 1.0)
             if scale != 1.0:
                 tensor.mul_(scale)
