@@ -23,7 +23,7 @@ from flotilla.k8s import serving
 from flotilla.k8s.objects import ClusterDefaults
 from tests.exports import load_classification
 from tests.integration.harness import cluster, run_tracked, write_job
-from tests.integration.mlflow_processes import ServingContainer, TrackingServer
+from tests.integration.mlflow_processes import READY_SECONDS, ServingContainer, TrackingServer
 
 pytestmark = pytest.mark.integration
 
@@ -154,13 +154,32 @@ def test_a_restarted_aggregator_continues_the_same_run_without_duplicate_steps(
     assert "resumed from checkpoint" in running.log("aggregator")
 
 
+ROUNDS_THROUGH_OUTAGE = 6  # 1 logged before the outage, 2 in it, 3 more while it ends
+
+
 def test_rounds_go_on_while_mlflow_is_down_and_none_is_missing_after(
     tmp_path: Path, digits_dir: Path
 ) -> None:
     server = TrackingServer(tmp_path / "mlflow-down")
     server.root.mkdir()
     server.start_server()
-    job = _tracked_job(tmp_path, digits_dir, name="outage", rounds=8, training={"localEpochs": 8})
+    # The job only has to outlast the first failed sync by two rounds (`down` below): what
+    # it waits for after is MLflow's restart (~10 s idle, far more on a loaded machine) and
+    # the exporter's next retry (backoff 1, 2, 4, 8, 16 s), not rounds. Long rounds kept
+    # the clients busy on the cores the restarting server needs. The flush at the end gets
+    # the server's own start-up bound instead of the default 60 s, so that a job that ends
+    # before MLflow is back still waits for it, however slowly it starts.
+    job = _tracked_job(
+        tmp_path,
+        digits_dir,
+        name="outage",
+        rounds=ROUNDS_THROUGH_OUTAGE,
+        tracking={
+            "experiment": "exp-outage",
+            "checkpointEveryRounds": 2,
+            "flushTimeoutSeconds": READY_SECONDS,
+        },
+    )
     try:
         with cluster(tmp_path, job, SITES) as running:
             running.start_aggregator("--tracking-uri", server.url)
@@ -188,9 +207,9 @@ def test_rounds_go_on_while_mlflow_is_down_and_none_is_missing_after(
         client = MlflowClient(server.url)
         run_id = summary["mlflowRunId"]
         for key in ROUND_METRICS:
-            assert _steps(client, run_id, key) == list(range(1, 9)), key
+            assert _steps(client, run_id, key) == list(range(1, ROUNDS_THROUGH_OUTAGE + 1)), key
         version = client.get_model_version_by_alias("outage", "candidate")
-        assert version.tags["flotilla.round"] == "8"
+        assert version.tags["flotilla.round"] == str(ROUNDS_THROUGH_OUTAGE)
     finally:
         server.stop()
 

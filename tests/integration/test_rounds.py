@@ -60,11 +60,18 @@ def test_a_client_killed_mid_round_lets_the_round_close_at_its_deadline(
         sites=SITES,
         rounds=4,
         overrides={
-            # A round opens as soon as every known client is back, so a long grace costs nothing
-            # while all three live; only the rounds after the kill wait it out.
-            "clients": {"minClients": 2, "roundDeadlineSeconds": deadline, "joinGraceSeconds": 8},
-            # Long enough local work that the victim is still training when killed.
-            "training": {"localEpochs": 25},
+            # A round opens as soon as every known client is back, so the grace costs nothing
+            # while all three live; each round after the kill waits it out for the dead one
+            # (2 rounds x 8 s was 40% of this test). A shorter grace only matters at the start:
+            # a client not ready by then misses round 1, and the wait below takes the first
+            # later round with all three sampled. After the kill, minClients=2 still waits
+            # for both survivors, and the `sites` asserts fail a round that left one out.
+            "clients": {"minClients": 2, "roundDeadlineSeconds": deadline, "joinGraceSeconds": 4},
+            # Long enough local work that the victim is still training when killed: it is
+            # killed within milliseconds of the round opening, and 10 epochs take 0.5-3 s.
+            # Not longer: the survivors must answer within the deadline on a loaded machine
+            # (at 25 epochs, one took 6 s a round under load and a survivor missed it).
+            "training": {"localEpochs": 10},
         },
     )
     with cluster(tmp_path, job, SITES) as running:
