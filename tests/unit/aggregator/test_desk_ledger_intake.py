@@ -112,6 +112,25 @@ def test_the_desk_asks_a_new_site_for_its_report_then_has_it_wait_for_a_round() 
     assert d.action("b") == "report", "b has not said how its data is"
 
 
+def test_a_waiting_task_long_poll_answers_at_once_when_the_aggregator_stops() -> None:
+    d = Desk(["a", "b"])
+    d.ready("a")
+
+    async def play() -> tuple[bool, dict[str, Any], dict[str, Any]]:
+        polling = asyncio.create_task(d.desk.wait_task("a", timeout=3600))
+        await asyncio.sleep(0)
+        waiting = not polling.done()
+        d.state.changes.close()  # what the aggregator does on a signal (main.py)
+        task = await asyncio.wait_for(polling, 5)
+        # And a long-poll that comes after does not wait either.
+        later = await asyncio.wait_for(d.desk.wait_task("a", timeout=3600), 5)
+        return waiting, task, later
+
+    waiting, task, later = asyncio.run(play())
+    assert waiting, "the long-poll waited for a round before the stop"
+    assert task["action"] == later["action"] == "wait"
+
+
 def test_the_desk_asks_the_sampled_sites_to_train_until_their_update_is_folded() -> None:
     d = Desk(["a", "b", "c"])
     d.ready("a", "b", "c")

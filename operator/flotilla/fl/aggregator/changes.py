@@ -48,10 +48,22 @@ class Changes:
         self._seq = 0
         self._changed = asyncio.Event()
         self._phase_changed = asyncio.Event()
+        self._closed = False
 
     @property
     def seq(self) -> int:
         return self._seq
+
+    @property
+    def closed(self) -> bool:
+        """The aggregator is stopping: nothing will change any more."""
+        return self._closed
+
+    def close(self) -> None:
+        """Wake every wait; the long-polls (which check `closed` before they wait) answer
+        now, so the HTTP server's shutdown does not wait them out (main.py)."""
+        self._closed = True
+        self.bump(phase=True)
 
     def bump(self, *, phase: bool = False) -> None:
         """A change; `phase`: one of the phase, which also wakes `wait(phase=True)`."""

@@ -100,8 +100,8 @@ class ClientDesk:
         """The site's next action, once it has one (long-poll): never "wait" before timeout.
         Only a phase change turns a "wait" into something else (the site's own report and
         upload are its own requests), so only one wakes this."""
-        end = self._clock() + timeout
-        while (task := self.task_for(site))["action"] == "wait":
+        end, changes = self._clock() + timeout, self._state.changes
+        while (task := self.task_for(site))["action"] == "wait" and not changes.closed:
             remaining = end - self._clock()
             if remaining <= 0:
                 break
@@ -111,9 +111,13 @@ class ClientDesk:
     async def wait_released(self, *, timeout: float) -> None:
         """Give connected clients a moment to learn that the job ended, those whose data
         failed too: otherwise they would retry a gone aggregator until they give up."""
-        end = self._clock() + timeout
-        while not self._roster.all_released() and (remaining := end - self._clock()) > 0:
-            await self._state.changes.wait(remaining)
+        end, changes = self._clock() + timeout, self._state.changes
+        while (
+            not self._roster.all_released()
+            and not changes.closed
+            and (remaining := end - self._clock()) > 0
+        ):
+            await changes.wait(remaining)
 
     def receive_site_report(self, site: str, report: Mapping[str, Any]) -> None:
         """A client says its data is ready (with its label report) or why it is not."""

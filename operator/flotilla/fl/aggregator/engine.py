@@ -127,6 +127,7 @@ class RoundEngine:
         while (
             self.changes.seq <= after
             and not self.state.finished
+            and not self.changes.closed
             and (remaining := end - self.clock()) > 0
         ):
             await self.changes.wait(remaining)

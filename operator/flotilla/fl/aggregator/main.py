@@ -221,6 +221,9 @@ async def _serve_engine(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Long-polls (/v1/task, /v1/status) answer now: the server's shutdown would wait
+        # SHUTDOWN_SECONDS for them, and every Ctrl-C or pod stop took that long.
+        engine.changes.close()
         await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
