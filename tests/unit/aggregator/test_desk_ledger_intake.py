@@ -373,4 +373,7 @@ def test_the_intake_grants_its_buffers_in_arrival_order() -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
     asyncio.run(play())
-    assert order[0] == "a" and order[-1] == "d" and sorted(order) == list("abcd")
+    # c came before d, so it got the first buffer freed (a's); when b ends relative to d is
+    # up to the loop (d goes on from c's buffer as soon as c's update goes to the fold).
+    assert order[0] == "a" and order.index("c") < order.index("d")
+    assert sorted(order) == list("abcd")
