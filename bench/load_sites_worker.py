@@ -197,7 +197,8 @@ class Site:
         path = f"/v1/rounds/{event['round']}/update"
         event["answer"] = "sent"
         try:
-            await self.call("PUT", path, _json, body=body.data, headers=headers)
+            # Its body held back until asked for, as the real client does (continued.py).
+            await self.call("PUT", path, _json, body=body.data, headers=headers, expect100=True)
             event["answer"] = "accepted"
         except Refused as refused:
             event["answer"] = refused.reason

@@ -2,19 +2,20 @@
 
 A model-sized body moves between the product's client transport (`AggregatorConnection`:
 blocking http.client, `download_into` and `upload`) and an aiohttp server set up as the
-aggregator's (Python HTTP parser, the model written in `server.SEND_CHUNK` pieces, an
-update read with `http_input.pieces` into a preallocated buffer), in two processes on
-127.0.0.1, so each side has a core as in a round. Per transport: the best downloads and
-uploads in GB/s (`--passes` passes over every variant in turn, `--repeats` transfers
-each, so a load that drifts meets every variant alike), against the loopback floor of the
-same transport measured in the same passes (floor.py); and the CPU seconds per GB that the
-server and the client spent (all transfers; CPU time, unlike wall time, hardly moves with
-other work on the machine). Then each lever alone, its CPU against this run's baseline
-of the same transport (TLS; plain too for the levers that are not TLS's own):
+aggregator's (Python HTTP parser, the model written in a small fleet's send pieces
+(connection_buffers.py), an update read with `http_continue.pieces` into a preallocated
+buffer), in two processes on 127.0.0.1, so each side has a core as in a round. Per
+transport: the best downloads and uploads in GB/s (`--passes` passes over every variant in
+turn, `--repeats` transfers each, so a load that drifts meets every variant alike), against
+the loopback floor of the same transport measured in the same passes (floor.py); and the CPU
+seconds per GB that the server and the client spent (all transfers; CPU time, unlike wall
+time, hardly moves with other work on the machine). Then each lever alone, its CPU against
+this run's baseline of the same transport (TLS; plain too for the levers that are not TLS's
+own):
 
     read-16k    the client reads a download in 16 KiB pieces (transport.read_piece: a 64th
                 of the model, at most 1 MiB; 16 KiB until 2026-12-03)
-    send-4m     the server writes the model in 4 MiB pieces (server.SEND_CHUNK: 1 MiB)
+    send-4m     the server writes the model in 4 MiB pieces (a small fleet's: 1 MiB)
     sslbuf-1m   asyncio's SSL layer reads the socket 1 MiB at a time (sslproto: 256 KiB)
     aes128      TLS_AES_128_GCM_SHA256 preferred to AES-256 (OPENSSL_CONF, both ends)
     uvloop      the server runs on uvloop (its own SSL layer); needs uvloop importable
@@ -63,11 +64,11 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
 
     from aiohttp import web
 
-    from flotilla.fl.aggregator.http_input import pieces
-    from flotilla.fl.aggregator.server import SEND_CHUNK
+    from flotilla.fl.aggregator.connection_buffers import ConnectionBuffers
+    from flotilla.fl.aggregator.http_continue import pieces
     from flotilla.fl.tls import server_context
 
-    chunk = 4 << 20 if "send-4m" in levers else SEND_CHUNK
+    chunk = 4 << 20 if "send-4m" in levers else ConnectionBuffers.for_fleet(1).send_piece
     if "sslbuf-1m" in levers:
         asyncio.sslproto.SSLProtocol.max_size = 1 << 20
     payload = memoryview(bytearray(os.urandom(1 << 20)) * (size >> 20))
@@ -84,7 +85,7 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
 
     async def update(request: web.Request) -> web.Response:
         got = 0
-        async for data in pieces(request.content):
+        async for data in pieces(request):
             into[got : got + len(data)] = data
             got += len(data)
         return web.json_response({"received": got})

@@ -69,6 +69,21 @@ class Aggregator:
     def headers(self, site: str, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[site]}", **extra}
 
+    def raw_update_head(
+        self, site: str, size: int, *, round_number: int = 1, extra: tuple[str, ...] = ()
+    ) -> bytes:
+        """An update PUT's request head as a raw socket sends it, `extra` header lines last."""
+        head = [
+            f"PUT /v1/rounds/{round_number}/update HTTP/1.1",
+            f"Host: {self.client.server.host}",
+            f"Content-Length: {size}",
+            f"Authorization: Bearer {self.tokens[site]}",
+            "X-Flotilla-Examples: 10",
+            "X-Flotilla-Metrics: {}",
+            *extra,
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode()
+
     async def request(
         self, method: str, path: str, *, site: str | None = None, **kwargs: Any
     ) -> tuple[int, bytes]:

@@ -55,15 +55,7 @@ async def _slow_put(
     """PUT `body` `piece` bytes every `every` seconds; (status, JSON answer), or 0 on a reset."""
     server = running.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    head = [
-        f"PUT /v1/rounds/{round_number}/update HTTP/1.1",
-        f"Host: {server.host}",
-        f"Content-Length: {len(body)}",
-        f"Authorization: Bearer {running.tokens[site]}",
-        "X-Flotilla-Examples: 10",
-        "X-Flotilla-Metrics: {}",
-    ]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    writer.write(running.raw_update_head(site, len(body), round_number=round_number))
 
     async def send() -> None:
         with contextlib.suppress(OSError):

@@ -373,7 +373,8 @@ def test_the_intake_grants_its_buffers_in_arrival_order() -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
     asyncio.run(play())
-    # c came before d, so it got the first buffer freed (a's); when b ends relative to d is
-    # up to the loop (d goes on from c's buffer as soon as c's update goes to the fold).
-    assert order[0] == "a" and order.index("c") < order.index("d")
+    # c came before d, so it got the first buffer freed (a's), checked in play(). Which of
+    # c and d finishes first is up to the loop and the machine's load: once b is released,
+    # d reads into b's buffer while c's update may still be decoding in its thread.
+    assert order[0] == "a"
     assert sorted(order) == list("abcd")

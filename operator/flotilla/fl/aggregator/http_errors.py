@@ -3,8 +3,8 @@
 The one place that knows both: the engine raises domain refusals, the clients read the
 status and the `reason` of a JSON body `{"error": message, "reason": reason}`. A refused
 body is read to its end at the uploads' pace (so the client reads the answer, not a
-reset), unless the refusal cut it off: then the answer goes at once and the connection
-is closed.
+reset), unless the refusal cut it off or the client holds the body back until asked for it
+(http_continue.py): then the answer goes at once and the connection is closed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
-from flotilla.fl.aggregator import errors
+from flotilla.fl.aggregator import errors, http_continue
 from flotilla.fl.aggregator.intake import UpdateIntake
 from flotilla.fl.aggregator.pace import Progress
 
@@ -84,13 +84,15 @@ def refusals(*, intake: UpdateIntake, on_refused: Callable[[str], None]) -> Midd
         except errors.Refused as refused:
             status, reason = answer_for(refused)
             on_refused(reason)
-            if request.method in ("PUT", "POST") and not refused.cut:
+            withheld = http_continue.withheld(request)  # the body never left the client
+            cut = refused.cut or withheld
+            if request.method in ("PUT", "POST") and not cut:
                 await _drain(request, intake)
             log.info(
                 "%s %s refused (%d %s): %s", request.method, request.path, status, reason, refused
             )
             response = web.json_response({"error": str(refused), "reason": reason}, status=status)
-            if refused.cut:  # answer now, then hang up without reading the rest of the body
+            if cut:  # answer now, then hang up without reading the rest of the body
                 response.force_close()
                 await response.prepare(request)
                 await response.write_eof()

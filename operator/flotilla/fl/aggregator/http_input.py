@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from flotilla.fl.aggregator.errors import (
@@ -131,16 +130,6 @@ def checked_id(raw: str) -> str:
         return checked_upload_id(raw)
     except RangeError as error:
         raise BadUploadId(str(error)) from None
-
-
-async def pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The body piece by piece, as the socket delivered it. Unlike `iter_any`, which joins
-    every piece waiting into one new bytes object, this copies nothing: under load (many
-    clients uploading while the fold runs) that join was a second copy of the backlog."""
-    while not content.at_eof():
-        data, _ = await content.readchunk()  # (b"", ...) at an HTTP chunk's end or the body's
-        if data:
-            yield data
 
 
 async def json_object(request: web.Request, what: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from flotilla.api import FederatedJob
 from flotilla.fl.aggregator.checkpoint import CheckpointError, CheckpointStore
+from flotilla.fl.aggregator.connection_buffers import FleetSizedBuffers
 from flotilla.fl.aggregator.ending import (
     RELEASE_CLIENTS_SECONDS,
     SHUTDOWN_SECONDS,
@@ -162,9 +163,13 @@ async def _serve_engine(
     tokens_file: Path | None,
 ) -> int:
     job = engine.job
-    watcher = (
-        TokenFileWatcher(tokens_file, book, on_change=engine.set_sites) if tokens_file else None
-    )
+    buffers = FleetSizedBuffers(len(book.sites), sets_tls_reads=True)
+
+    def sites_changed(sites: Sequence[str]) -> None:
+        engine.set_sites(sites)
+        buffers.resize(len(sites))
+
+    watcher = TokenFileWatcher(tokens_file, book, on_change=sites_changed) if tokens_file else None
     exporter = attach_exporter(
         engine,
         state_dir=options.state_dir,
@@ -178,7 +183,13 @@ async def _serve_engine(
     # Long keep-alive: an idle connection is how the aggregator knows a training
     # client is still there; its close is how it learns that the client died.
     runner = web.AppRunner(
-        build_app(engine, tokens=book, metrics=metrics, serve_metrics=metrics_runner is None),
+        build_app(
+            engine,
+            tokens=book,
+            metrics=metrics,
+            serve_metrics=metrics_runner is None,
+            buffers=buffers,
+        ),
         keepalive_timeout=3600,
         access_log=None,
         shutdown_timeout=SHUTDOWN_SECONDS,

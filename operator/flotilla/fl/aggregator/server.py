@@ -28,7 +28,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from flotilla.fl.aggregator import http_continue
 from flotilla.fl.aggregator import http_input as read
+from flotilla.fl.aggregator.connection_buffers import FleetSizedBuffers
 from flotilla.fl.aggregator.engine import RoundEngine
 from flotilla.fl.aggregator.errors import BadEncoding, BadUpdateKind, TooLarge
 from flotilla.fl.aggregator.http_errors import content_encoded, refusals
@@ -40,13 +42,11 @@ from flotilla.fl.resume import ContentRange
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 20.0
-# What a slow reader can hold in its transport buffer: the per-client memory of a download
-# (4 MiB pieces measured as 4.3 MiB per extra client in bench/round_bench.py).
-SEND_CHUNK = 1 << 20
 
 ENGINE = web.AppKey("engine", RoundEngine)
 TOKENS = web.AppKey("tokens", TokenBook)
 METRICS = web.AppKey("metrics", AggregatorMetrics)
+BUFFERS = web.AppKey("buffers", FleetSizedBuffers)
 # /v1/job's answer but the caller's name, serialized once: every site asks it on joining,
 # and the spec through pydantic cost ~1.5 ms a join (1.5 s of a round at 1,000 sites).
 JOB_JSON = web.AppKey("job_json", str)
@@ -58,12 +58,16 @@ def build_app(
     tokens: TokenBook,
     metrics: AggregatorMetrics,
     serve_metrics: bool = True,
+    buffers: FleetSizedBuffers | None = None,
 ) -> web.Application:
-    """`tokens`: each site's bearer token, as they are now (they may change as it runs)."""
+    """`tokens`: each site's bearer token, as they are now (they may change as it runs).
+    `buffers`: what each connection may hold, as the fleet is now (sized for `tokens`'
+    sites if not given)."""
     app = web.Application(middlewares=[refusals(intake=engine.intake, on_refused=metrics.rejected)])
     app[ENGINE] = engine
     app[TOKENS] = tokens
     app[METRICS] = metrics
+    app[BUFFERS] = buffers or FleetSizedBuffers(len(tokens.sites))
     app[JOB_JSON] = json.dumps(
         {"spec": engine.job.to_dict(), "layoutHeader": engine.layout.header[8:].decode().rstrip()}
     )
@@ -75,7 +79,9 @@ def build_app(
     app.router.add_get("/v1/job", _job)
     app.router.add_get("/v1/task", _task)
     app.router.add_get("/v1/model/{version}", _model)
-    app.router.add_put("/v1/rounds/{round}/update", _update)
+    app.router.add_put(
+        "/v1/rounds/{round}/update", _update, expect_handler=http_continue.ask_when_read
+    )
     app.router.add_get("/v1/rounds/{round}/update", _upload_held)
     app.router.add_post("/v1/evaluations/{version}", _evaluation)
     app.router.add_post("/v1/site-report", _site_report)
@@ -149,10 +155,11 @@ async def _model(request: web.Request) -> web.StreamResponse:
     response.content_length = len(payload) - start
     await response.prepare(request)
     # Bounded pieces: a slow reader holds at most one piece in its transport
-    # buffer, not a whole model copy per client.
+    # buffer, not a whole model copy per client (connection_buffers.py).
+    size = request.app[BUFFERS].current.send_piece
     try:
-        for piece in range(start, len(payload), SEND_CHUNK):
-            await response.write(payload[piece : piece + SEND_CHUNK])
+        for piece in range(start, len(payload), size):
+            await response.write(payload[piece : piece + size])
         await response.write_eof()
     except (OSError, aiohttp.ClientError):
         engine.intake.links.of(site).download_resets += 1
@@ -190,7 +197,7 @@ async def _update(request: web.Request) -> web.Response:
     result = await engine.desk.receive_update(
         site=site,
         round_number=read.path_int(request, "round"),
-        body=read.pieces(request.content),
+        body=http_continue.pieces(request),
         zstd=encoding == "zstd",
         examples=examples,
         metrics=metrics,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from flotilla.fl.client.continued import expect_continue
 from flotilla.fl.resume import (
     RESUME_FROM_HEADER,
     RESUME_REFUSALS,
@@ -227,8 +228,7 @@ class AggregatorConnection:
                     if refused.reason not in RESUME_REFUSALS:
                         raise
                     log.info("the aggregator cannot resume this upload (%s): from byte 0", refused)
-            response = self._request("PUT", path, body=body, headers=fixed)
-            return _json_body(response)
+            return self._put(path, body=body, headers=fixed)
 
         return self._with_retries(attempt)
 
@@ -264,8 +264,7 @@ class AggregatorConnection:
             RESUME_FROM_HEADER: str(held),
         }
         log.info("resuming the upload at byte %d of %d", start, len(body))
-        response = self._request("PUT", path, body=body[start:], headers=resumed)
-        answer = _json_body(response)
+        answer = self._put(path, body=body[start:], headers=resumed)
         self.stats.resumed_bytes["up"] += start
         return answer
 
@@ -291,6 +290,31 @@ class AggregatorConnection:
         except BaseException:
             self.close()
             raise
+
+    def _put(self, path: str, *, body: memoryview, headers: Mapping[str, str]) -> dict[str, Any]:
+        """PUT `body` once the aggregator asks for it (`Expect: 100-continue`, continued.py):
+        an upload waiting for a receive buffer there holds its body here."""
+        conn = self._connection()
+        conn.timeout = self._timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        all_headers = self._headers | dict(headers)
+        all_headers |= {"Content-Length": str(len(body)), "Expect": "100-continue"}
+        try:
+            conn.request("PUT", self._prefix + path, headers=all_headers)  # the headers only
+            early = expect_continue(conn, method="PUT", patience=self._timeout)
+            if early is None:
+                conn.send(body)
+                response = conn.getresponse()
+        except BaseException:
+            self.close()
+            raise
+        if early is None:
+            return _json_body(response)
+        try:  # answered before the body: this connection cannot carry another request
+            return _json_body(early)
+        finally:
+            self.close()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

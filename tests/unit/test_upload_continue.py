@@ -1,0 +1,176 @@
+"""`Expect: 100-continue` at the aggregator: an upload's body is asked for only once a
+receive buffer is its, and a refusal before then is the final answer (http_continue.py).
+
+A real aiohttp server in the test's loop; the uploads are raw sockets, so every byte the
+aggregator sends before its final answer is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from flotilla.fl.aggregator.http_continue import CONTINUE
+from tests.inprocess import Aggregator, aggregator, digits_job
+
+SITES = ["site-a", "site-b", "site-c"]
+
+
+class RawUpload:
+    """One upload on its own connection, its headers first, its body when the test says."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> None:
+        self.reader, self.writer, self.body = reader, writer, body
+        self.sent = 0  # body bytes written
+
+    @classmethod
+    async def start(
+        cls,
+        running: Aggregator,
+        site: str,
+        body: bytes,
+        *,
+        round_number: int = 1,
+        expect: str | None = "100-continue",
+    ) -> RawUpload:
+        server = running.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        extra = () if expect is None else (f"Expect: {expect}",)
+        writer.write(
+            running.raw_update_head(site, len(body), round_number=round_number, extra=extra)
+        )
+        await writer.drain()
+        return cls(reader, writer, body)
+
+    async def first_line(self) -> bytes:
+        return await self.reader.readline()
+
+    async def asked_for_body(self) -> bool:
+        """The aggregator's next words: 100 Continue (True), or its final answer (False,
+        put back for `answer`)."""
+        line = await self.first_line()
+        if line + await self.reader.readexactly(2) == CONTINUE:
+            return True
+        self._status_line = line
+        return False
+
+    async def send(self, *, piece: int = 1 << 16, every: float = 0.0) -> None:
+        for start in range(0, len(self.body), piece):
+            self.writer.write(self.body[start : start + piece])
+            await self.writer.drain()
+            self.sent = min(start + piece, len(self.body))
+            if every:
+                await asyncio.sleep(every)
+
+    async def answer(self) -> tuple[int, dict[str, Any]]:
+        status_line = getattr(self, "_status_line", None) or await self.first_line()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return int(status_line.split()[1]), json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _job(buffers: int) -> Any:
+    clients = {"minClients": 3, "joinGraceSeconds": 60, "roundDeadlineSeconds": 30}
+    spec = {"clients": clients, "limits": {"receiveBuffers": buffers}}
+    return digits_job(SITES, rounds=1, spec=spec)
+
+
+def test_a_waiting_upload_is_asked_for_its_body_only_once_a_buffer_is_its(
+    tmp_path: Path,
+) -> None:
+    """One receive buffer, held by site-a's body arriving in pieces: site-b's 100 Continue
+    comes after site-a's last byte, not when its headers arrive (aiohttp's default), so
+    its body waited at the client, not in the aggregator's buffers."""
+
+    async def play() -> tuple[int, int, list[tuple[int, dict[str, Any]]], list[str]]:
+        async with aggregator(_job(buffers=1), tmp_path) as running:
+            await running.join()
+            body = bytes(running.delta(0.01))
+            first = await RawUpload.start(running, "site-a", body)
+            assert await first.asked_for_body()
+            second = await RawUpload.start(running, "site-b", body)
+
+            async def sent_when_b_is_asked() -> int:
+                assert await second.asked_for_body()
+                return first.sent
+
+            async with asyncio.timeout(20):
+                sent, _ = await asyncio.gather(
+                    sent_when_b_is_asked(), first.send(piece=len(body) // 8 + 1, every=0.05)
+                )
+                await second.send()
+                answers = [await first.answer(), await second.answer()]
+                await running.upload("site-c", body)
+                await running.until(lambda e: e.persisted == 1)
+            first.close()
+            second.close()
+            return sent, len(body), answers, running.engine.ledger.rounds[0].answered
+
+    sent, size, answers, answered = asyncio.run(play())
+    assert sent == size, f"site-b was asked for its body when site-a had sent {sent} of {size}"
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert sorted(answered) == SITES
+
+
+def test_a_refusal_before_the_body_is_the_final_answer_and_no_body_is_awaited(
+    tmp_path: Path,
+) -> None:
+    """An upload for a round that is not open: the refusal comes instead of 100 Continue,
+    at once (no body to drain at the uploads' pace), and the connection closes."""
+
+    async def play() -> tuple[bool, tuple[int, dict[str, Any]], bytes]:
+        async with aggregator(_job(buffers=2), tmp_path) as running:
+            await running.join()
+            upload = await RawUpload.start(running, "site-a", b"x" * 4096, round_number=7)
+            async with asyncio.timeout(5):
+                asked = await upload.asked_for_body()
+                answer = await upload.answer()
+                rest = await upload.reader.read()  # b"": the aggregator hung up
+            upload.close()
+            return asked, answer, rest
+
+    asked, (status, answer), rest = asyncio.run(play())
+    assert not asked
+    assert (status, answer["reason"]) == (409, "round_closed")
+    assert rest == b""
+
+
+def test_an_expectation_other_than_100_continue_is_refused(tmp_path: Path) -> None:
+    async def play() -> int:
+        async with aggregator(_job(buffers=2), tmp_path) as running:
+            await running.join()
+            upload = await RawUpload.start(running, "site-a", b"x", expect="200-ok")
+            async with asyncio.timeout(5):
+                status = int((await upload.first_line()).split()[1])
+            upload.close()
+            return status
+
+    assert asyncio.run(play()) == 417
+
+
+def test_an_upload_without_expect_is_read_as_before(tmp_path: Path) -> None:
+    async def play() -> tuple[int, dict[str, Any]]:
+        async with aggregator(_job(buffers=1), tmp_path) as running:
+            await running.join()
+            upload = await RawUpload.start(
+                running, "site-a", bytes(running.delta(0.01)), expect=None
+            )
+            async with asyncio.timeout(10):
+                await upload.send()
+                answer = await upload.answer()
+            upload.close()
+            return answer
+
+    status, answer = asyncio.run(play())
+    assert status == 200, answer
