@@ -7,6 +7,8 @@ tests/unit/test_upload_continue.py."""
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 import threading
 import time
@@ -190,5 +192,28 @@ def test_interim_headers_and_a_late_100_after_the_body_are_skipped() -> None:
         connection = _connection(url)
         accepted = connection.upload("/v1/rounds/1/update", BODY, {})
         connection.close()
+    assert accepted == {"accepted": True}
+    assert seen.bodies == [bytes(BODY)]
+
+
+def test_a_client_with_over_a_thousand_files_open_still_waits_for_the_100() -> None:
+    """select.select refuses descriptors past 1023; the wait must not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"this machine's hard open-files limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        with double(_asks_then_accepts) as (url, seen):
+            while not held or held[-1] < 1100:
+                held.append(os.dup(0))
+            connection = _connection(url)
+            accepted = connection.upload("/v1/rounds/1/update", BODY, {})
+            connection.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert accepted == {"accepted": True}
     assert seen.bodies == [bytes(BODY)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import http.client
 import io
-import select
+import selectors
 import socket
 import ssl
 from typing import Any
@@ -32,7 +32,7 @@ def expect_continue(
     if sock is None:
         raise http.client.NotConnected()
     pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-    if not pending and not select.select([sock], [], [], patience)[0]:
+    if not pending and not _readable(sock, patience):
         return None
     # Unbuffered, so nothing past the interim answer is read: the final answer that
     # follows the body is read by http.client, from the socket.
@@ -46,6 +46,14 @@ def expect_continue(
     response = http.client.HTTPResponse(_Replaying(status, reader), method=method)  # type: ignore[arg-type]
     response.begin()
     return response
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    # A selector, not select.select, which refuses descriptors past 1023 (a client with
+    # many files open: data loaders, caches).
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
 
 
 def _is_continue(status: bytes) -> bool:
