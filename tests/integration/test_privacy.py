@@ -53,6 +53,7 @@ ALLOWED_HEADERS = {
     "x-flotilla-compression",
     "x-flotilla-update",  # "weights" (float32) or "delta": what the body's tensors hold
     "x-flotilla-site",  # the site's own name, checked against its token (docs/security.md)
+    "expect",  # "100-continue" on an update: its body waits until asked for
     # Resumable transfers (docs/round-engine.md): a random id and byte counts, nothing else.
     "x-flotilla-upload-id",
     "x-flotilla-zstd-frame-bytes",
@@ -211,6 +212,7 @@ def test_no_image_or_annotation_crosses_the_wire(tmp_path: Path, digits_dir: Pat
             assert set(request.headers) <= ALLOWED_HEADERS, request.headers
             assert request.headers.get("x-flotilla-site", SITES[0]) in SITES
             assert request.headers.get("x-flotilla-update", "delta") in ("delta", "weights")
+            assert request.headers.get("expect", "100-continue") == "100-continue"
             for name, form in RESUME_VALUES.items():
                 value = request.headers.get(name)
                 assert value is None or re.fullmatch(form, value), (name, value)
