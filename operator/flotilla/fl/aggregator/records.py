@@ -4,7 +4,7 @@ summaries are built from. Plain data, JSON in and out."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flotilla.fl.learning import SCORES
@@ -57,7 +57,27 @@ class RoundRecord:
     buffer: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Copied by hand, not by dataclasses.asdict, which deep-copies every value: 6 ms a
+        # record at 1,000 sites against 0.1 ms. Each status, history and summary builds
+        # records, and each round's checkpoint all of them, on the event loop: 0.6 s at
+        # round 100 with asdict.
+        return {
+            "round": self.round,
+            "sampled": list(self.sampled),
+            "answered": list(self.answered),
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "duration_seconds": self.duration_seconds,
+            "aggregation_seconds": self.aggregation_seconds,
+            "bytes_received": self.bytes_received,
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "central": _plain(self.central),
+            "federated": _plain(self.federated),
+            "clients": {site: dict(values) for site, values in self.clients.items()},
+            "privacy": _plain(self.privacy),
+            "buffer": _plain(self.buffer),
+        }
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> RoundRecord:
@@ -82,6 +102,15 @@ class RoundRecord:
 
     def headline(self) -> dict[str, float | None]:
         return {"loss": self.loss, "accuracy": self.accuracy, "map50": self.map50}
+
+
+def _plain(value: Any) -> Any:
+    """A copy of nested dicts and lists of JSON values."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def summarize_round(
