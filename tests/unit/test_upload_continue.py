@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from flotilla.fl.aggregator import intake
 from flotilla.fl.aggregator.http_continue import CONTINUE
 from tests.inprocess import Aggregator, aggregator, digits_job
 
@@ -86,40 +89,48 @@ def _job(buffers: int) -> Any:
     return digits_job(SITES, rounds=1, spec=spec)
 
 
-def test_a_waiting_upload_is_asked_for_its_body_only_once_a_buffer_is_its(
-    tmp_path: Path,
+def test_waiting_uploads_past_those_asked_ahead_are_asked_once_a_buffer_is_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One receive buffer, held by site-a's body arriving in pieces: site-b's 100 Continue
-    comes after site-a's last byte, not when its headers arrive (aiohttp's default), so
-    its body waited at the client, not in the aggregator's buffers."""
+    """One receive buffer, held by site-a's body arriving in pieces, and one waiting body
+    asked for ahead: site-b, waiting first, is asked at once (its bytes may wait in socket
+    buffers, as a slow link wants); site-c's 100 Continue comes only after site-a's last
+    byte, not when its headers arrive (aiohttp's default): its body waited at the client."""
+    monkeypatch.setattr(intake, "BODIES_ASKED_AHEAD", 1)
 
-    async def play() -> tuple[int, int, list[tuple[int, dict[str, Any]]], list[str]]:
+    async def play() -> tuple[int, int, int, list[tuple[int, dict[str, Any]]], list[str]]:
         async with aggregator(_job(buffers=1), tmp_path) as running:
             await running.join()
             body = bytes(running.delta(0.01))
             first = await RawUpload.start(running, "site-a", body)
             assert await first.asked_for_body()
             second = await RawUpload.start(running, "site-b", body)
-
-            async def sent_when_b_is_asked() -> int:
+            async with asyncio.timeout(20):
                 assert await second.asked_for_body()
+            sent_when_b_asked = first.sent
+            third = await RawUpload.start(running, "site-c", body)
+
+            async def sent_when_c_is_asked() -> int:
+                assert await third.asked_for_body()
                 return first.sent
 
             async with asyncio.timeout(20):
-                sent, _ = await asyncio.gather(
-                    sent_when_b_is_asked(), first.send(piece=len(body) // 8 + 1, every=0.05)
-                )
                 await second.send()
-                answers = [await first.answer(), await second.answer()]
-                await running.upload("site-c", body)
+                sent, _ = await asyncio.gather(
+                    sent_when_c_is_asked(), first.send(piece=len(body) // 8 + 1, every=0.05)
+                )
+                await third.send()
+                answers = [await upload.answer() for upload in (first, second, third)]
                 await running.until(lambda e: e.persisted == 1)
-            first.close()
-            second.close()
-            return sent, len(body), answers, running.engine.ledger.rounds[0].answered
+            for upload in (first, second, third):
+                upload.close()
+            rounds = running.engine.ledger.rounds
+            return sent_when_b_asked, sent, len(body), answers, rounds[0].answered
 
-    sent, size, answers, answered = asyncio.run(play())
-    assert sent == size, f"site-b was asked for its body when site-a had sent {sent} of {size}"
-    assert [status for status, _ in answers] == [200, 200], answers
+    sent_when_b_asked, sent, size, answers, answered = asyncio.run(play())
+    assert sent_when_b_asked == 0, "site-b, asked ahead, was asked only later"
+    assert sent == size, f"site-c was asked for its body when site-a had sent {sent} of {size}"
+    assert [status for status, _ in answers] == [200, 200, 200], answers
     assert sorted(answered) == SITES
 
 

@@ -14,6 +14,7 @@ without serialization, and a client's delta is uploaded from its buffer as is.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -88,11 +89,13 @@ class Layout:
         header = struct.pack("<Q", len(text)) + text
         return Layout(tensors=tuple(ordered), header=header, offsets=offsets)
 
-    @property
+    # Cached: the receiver asks for them on every piece of every upload, and a model of
+    # hundreds of tensors summed them all each time.
+    @functools.cached_property
     def data_size(self) -> int:
         return sum(spec.nbytes for spec in self.tensors)
 
-    @property
+    @functools.cached_property
     def total_size(self) -> int:
         return len(self.header) + self.data_size
 

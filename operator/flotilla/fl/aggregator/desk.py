@@ -12,7 +12,7 @@ the open buffer with its staleness.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Any
 
 from flotilla.fl.aggregator.buffered import BufferedAggregation
@@ -137,7 +137,7 @@ class ClientDesk:
         *,
         site: str,
         round_number: int,
-        body: AsyncIterator[bytes],
+        body: AsyncIterable[bytes],
         zstd: bool,
         examples: int,
         metrics: Mapping[str, Any],
@@ -184,7 +184,7 @@ class ClientDesk:
         *,
         site: str,
         round_number: int,
-        body: AsyncIterator[bytes],
+        body: AsyncIterable[bytes],
         zstd: bool,
         examples: int,
         metrics: Mapping[str, Any],

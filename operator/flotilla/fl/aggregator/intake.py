@@ -1,8 +1,9 @@
 """Update intake: an upload's bytes into a pooled buffer, checked, ready to fold.
 
 The pool holds a fixed number of receive buffers (pool.py), so memory stays flat however
-many clients upload at once: an upload waits for a free buffer, in arrival order, and TCP
-backpressure holds its sender meanwhile. A checked upload hands its buffer on as it goes to
+many clients upload at once: an upload waits for a free buffer, in arrival order, its body
+held back at its client (`Expect: 100-continue`) beyond the first few waiting, which TCP
+backpressure holds. A checked upload hands its buffer on as it goes to
 the fold, and the next body is written only where the fold has read (fence.py). A buffer is
 held fairly: one upload per site at a time (a second is refused at once), a body that does
 not keep its pace (pace.py) is cut off and its buffer handed to the next in line, and no
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 import aiohttp.web
@@ -46,6 +48,20 @@ from flotilla.fl.receive import SafetensorsReceiver
 from flotilla.fl.wire import Layout, WireError
 
 log = logging.getLogger(__name__)
+
+# Waiting uploads whose bodies are asked for before a buffer is theirs: their first bytes
+# wait in socket buffers (at most a connection's read buffer here, the rest in kernels and
+# on the link), so a slow link is busy while it waits. Beyond these, a waiting upload's
+# client holds its body (http_continue.py): 1,000 waiting bodies in socket buffers put the
+# host in TCP memory pressure.
+BODIES_ASKED_AHEAD = 8
+
+
+@runtime_checkable
+class AsksForBody(Protocol):
+    """A body its client sends only when asked (HTTP's `Expect: 100-continue`)."""
+
+    async def ask(self) -> None: ...
 
 
 @dataclass
@@ -93,6 +109,7 @@ class UpdateIntake:
         self._pool = ReceivePool(layout.data_size, count=buffers)
         self._uploads: dict[str, _Upload] = {}  # one per site, waiting or receiving
         self._leases: list[_Lease] = []
+        self._asked_ahead = 0  # waiting uploads whose bodies were asked for
 
     @property
     def buffers(self) -> int:
@@ -129,7 +146,7 @@ class UpdateIntake:
     @contextlib.asynccontextmanager
     async def receive(
         self,
-        body: AsyncIterator[bytes],
+        body: AsyncIterable[bytes],
         *,
         terms: UploadTerms,
         zstd: bool,
@@ -152,7 +169,8 @@ class UpdateIntake:
         try:
             parked = self.resumes.claim(terms, zstd=zstd)
             try:
-                async with self._lease(terms, parked, upload) as (lease, slot):
+                asks = body.ask if isinstance(body, AsksForBody) else None
+                async with self._lease(terms, parked, upload, asks) as (lease, slot):
                     receiver = SafetensorsReceiver(self.layout, slot.buffer, zstd=zstd)
                     if parked is not None:
                         await slot.fence.reach(slot.fence.size)
@@ -184,13 +202,17 @@ class UpdateIntake:
 
     @contextlib.asynccontextmanager
     async def _lease(
-        self, terms: UploadTerms, parked: Parked | None, upload: _Upload
+        self,
+        terms: UploadTerms,
+        parked: Parked | None,
+        upload: _Upload,
+        asks: Callable[[], Awaitable[None]] | None,
     ) -> AsyncIterator[tuple[_Lease, Slot]]:
         """A receive buffer, in turn, and the pace its body must keep (a resumed upload's
-        carries over from where it broke off)."""
+        carries over from where it broke off). `asks`: asks the client for its body."""
         loop = asyncio.get_running_loop()
         until = loop.time() + terms.seconds_left
-        slot = await self._take(terms.site, until, upload)
+        slot = await self._take(terms.site, until, upload, asks)
         now = loop.time()
         if parked is None:
             size = terms.size or self.layout.total_size
@@ -226,7 +248,7 @@ class UpdateIntake:
     async def _read_or_park(
         self,
         lease: _Lease,
-        body: AsyncIterator[bytes],
+        body: AsyncIterable[bytes],
         receiver: SafetensorsReceiver,
         slot: Slot,
         terms: UploadTerms,
@@ -266,7 +288,7 @@ class UpdateIntake:
     async def _read(
         self,
         lease: _Lease,
-        body: AsyncIterator[bytes],
+        body: AsyncIterable[bytes],
         receiver: SafetensorsReceiver,
         fence: ReadFence,
     ) -> dict[str, tuple[int, int]]:
@@ -359,12 +381,20 @@ class UpdateIntake:
                 when, lease.rule = lease.progress.due(contended=lease in contended)
                 lease.timer.reschedule(when)
 
-    async def _take(self, site: str, until: float, upload: _Upload) -> Slot:
+    async def _take(
+        self,
+        site: str,
+        until: float,
+        upload: _Upload,
+        asks: Callable[[], Awaitable[None]] | None,
+    ) -> Slot:
         slot = self._pool.get_nowait()
         if slot is not None:
             return slot
         waiter = upload.waiter = self._pool.queue()
         self._reschedule()
+        ahead = asks is not None and self._asked_ahead < BODIES_ASKED_AHEAD
+        self._asked_ahead += ahead
         # Holders are judged as their bytes come; a stalled one sends none, so look again
         # now and then while this waits.
         loop, every = asyncio.get_running_loop(), self.pace.slow_link_after_seconds
@@ -377,6 +407,8 @@ class UpdateIntake:
 
         judge.append(loop.call_later(every, look_again))
         try:
+            if ahead and asks is not None:
+                await asks()
             async with asyncio.timeout_at(until):
                 return await waiter
         except BaseException as error:
@@ -388,6 +420,7 @@ class UpdateIntake:
                 ) from None
             raise
         finally:
+            self._asked_ahead -= ahead
             judge[0].cancel()
             upload.waiter = None
             self._pool.leave(waiter)

@@ -197,7 +197,7 @@ async def _update(request: web.Request) -> web.Response:
     result = await engine.desk.receive_update(
         site=site,
         round_number=read.path_int(request, "round"),
-        body=http_continue.pieces(request),
+        body=http_continue.RequestBody(request),
         zstd=encoding == "zstd",
         examples=examples,
         metrics=metrics,
