@@ -10,15 +10,20 @@ import json
 import os
 import resource
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from flotilla.fl.certs import make_tls
 from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused, Backoff
+from flotilla.fl.tls import client_context, server_context
 
 BODY = memoryview(bytes(range(256)) * 64)  # 16 KiB
 
@@ -61,17 +66,31 @@ def _read_body(conn: socket.socket, size: int) -> bytes:
 Behaviour = Callable[[socket.socket, bytes, Seen], None]
 
 
+TLS = make_tls(common_name="aggregator", ip_addresses=["127.0.0.1"])
+
+
+def _server_tls(tmp: Path) -> ssl.SSLContext:
+    (tmp / "tls.crt").write_text(TLS.cert)
+    (tmp / "tls.key").write_text(TLS.key)
+    return server_context(tmp / "tls.crt", tmp / "tls.key")
+
+
 @contextmanager
-def double(behaviour: Behaviour) -> Iterator[tuple[str, Seen]]:
-    """A server on 127.0.0.1 that reads each request's head and hands it to `behaviour`."""
+def double(behaviour: Behaviour, *, tls: bool = False) -> Iterator[tuple[str, Seen]]:
+    """A server on 127.0.0.1 that reads each request's head and hands it to `behaviour`;
+    with `tls`, over TLS with a certificate of the `TLS` CA."""
     seen = Seen()
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(10)
+    with tempfile.TemporaryDirectory() as tmp:
+        context = _server_tls(Path(tmp)) if tls else None
 
     def serve() -> None:
         while True:
             try:
                 conn, _ = server.accept()
+                if context is not None:
+                    conn = context.wrap_socket(conn, server_side=True)
             except OSError:
                 return
             seen.connections += 1
@@ -84,7 +103,7 @@ def double(behaviour: Behaviour) -> Iterator[tuple[str, Seen]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.getsockname()[1]}", seen
     finally:
         server.shutdown(socket.SHUT_RDWR)  # wakes the accept; the thread ends its connection
         server.close()
@@ -105,11 +124,15 @@ def _asks_then_accepts(conn: socket.socket, head: bytes, seen: Seen) -> None:
 
 
 def _connection(url: str, *, timeout: float = 10.0) -> AggregatorConnection:
-    return AggregatorConnection(url, "t0ken", timeout=timeout, backoff=Backoff(give_up_after=5))
+    trust = client_context(ca_data=TLS.ca) if url.startswith("https") else None
+    return AggregatorConnection(
+        url, "t0ken", timeout=timeout, backoff=Backoff(give_up_after=5), ssl_context=trust
+    )
 
 
-def test_the_body_leaves_once_asked_for_and_the_connection_is_kept() -> None:
-    with double(_asks_then_accepts) as (url, seen):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_the_body_leaves_once_asked_for_and_the_connection_is_kept(tls: bool) -> None:
+    with double(_asks_then_accepts, tls=tls) as (url, seen):
         connection = _connection(url)
         first = connection.upload("/v1/rounds/1/update", BODY, {"X-Flotilla-Examples": "1"})
         second = connection.upload("/v1/rounds/2/update", BODY, {"X-Flotilla-Examples": "1"})
@@ -120,7 +143,8 @@ def test_the_body_leaves_once_asked_for_and_the_connection_is_kept() -> None:
     assert seen.connections == 1
 
 
-def test_a_refusal_before_the_body_is_raised_and_no_body_is_sent() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_refusal_before_the_body_is_raised_and_no_body_is_sent(tls: bool) -> None:
     def refuses(conn: socket.socket, head: bytes, seen: Seen) -> None:
         conn.sendall(_answer(409, {"error": "round 7 is not open", "reason": "round_closed"}))
         conn.settimeout(0.5)  # the client hangs up; anything it sent first is recorded
@@ -129,7 +153,7 @@ def test_a_refusal_before_the_body_is_raised_and_no_body_is_sent() -> None:
         except TimeoutError:
             seen.bodies.append(b"(timed out)")
 
-    with double(refuses) as (url, seen):
+    with double(refuses, tls=tls) as (url, seen):
         connection = _connection(url)
         with pytest.raises(AggregatorRefused) as refused:
             connection.upload("/v1/rounds/7/update", BODY, {})
