@@ -3,7 +3,7 @@
 A model-sized body moves between the product's client transport (`AggregatorConnection`:
 blocking http.client, `download_into` and `upload`) and an aiohttp server set up as the
 aggregator's (Python HTTP parser, the model written in a small fleet's send pieces
-(connection_buffers.py), an update read with `http_continue.pieces` into a preallocated
+(connection_buffers.py), an update read with `http_continue.RequestBody` into a preallocated
 buffer), in two processes on 127.0.0.1, so each side has a core as in a round. Per
 transport: the best downloads and uploads in GB/s (`--passes` passes over every variant in
 turn, `--repeats` transfers each, so a load that drifts meets every variant alike), against
@@ -65,7 +65,7 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
     from aiohttp import web
 
     from flotilla.fl.aggregator.connection_buffers import ConnectionBuffers
-    from flotilla.fl.aggregator.http_continue import pieces
+    from flotilla.fl.aggregator.http_continue import RequestBody
     from flotilla.fl.tls import server_context
 
     chunk = 4 << 20 if "send-4m" in levers else ConnectionBuffers.for_fleet(1).send_piece
@@ -85,7 +85,7 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
 
     async def update(request: web.Request) -> web.Response:
         got = 0
-        async for data in pieces(request):
+        async for data in RequestBody(request):
             into[got : got + len(data)] = data
             got += len(data)
         return web.json_response({"received": got})

@@ -6,6 +6,7 @@ tests/unit/test_upload_continue.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -22,7 +23,12 @@ from pathlib import Path
 import pytest
 
 from flotilla.fl.certs import make_tls
-from flotilla.fl.client.transport import AggregatorConnection, AggregatorRefused, Backoff
+from flotilla.fl.client.transport import (
+    AggregatorConnection,
+    AggregatorRefused,
+    AggregatorUnavailable,
+    Backoff,
+)
 from flotilla.fl.tls import client_context, server_context
 
 BODY = memoryview(bytes(range(256)) * 64)  # 16 KiB
@@ -94,7 +100,7 @@ def double(behaviour: Behaviour, *, tls: bool = False) -> Iterator[tuple[str, Se
             except OSError:
                 return
             seen.connections += 1
-            with conn:
+            with conn, contextlib.suppress(OSError):  # a client that hung up mid-answer
                 conn.settimeout(10)
                 while head := _read_head(conn):
                     seen.heads.append(head)
@@ -241,3 +247,20 @@ def test_a_client_with_over_a_thousand_files_open_still_waits_for_the_100() -> N
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert accepted == {"accepted": True}
     assert seen.bodies == [bytes(BODY)]
+
+
+def test_an_interim_answer_with_endless_headers_is_refused_not_read_for_ever() -> None:
+    def endless(conn: socket.socket, head: bytes, seen: Seen) -> None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n" + b"X-More: yes\r\n" * 200)
+        seen.bodies.append(b"")
+
+    with double(endless) as (url, _):
+        connection = AggregatorConnection(
+            url,
+            "t0ken",
+            timeout=5,
+            backoff=Backoff(give_up_after=1e-6),  # its first error
+        )
+        with pytest.raises(AggregatorUnavailable, match="over 100 headers"):
+            connection.upload("/v1/rounds/1/update", BODY, {})
+        connection.close()

@@ -28,7 +28,8 @@ _ASKED = web.RequestKey("flotilla_body_asked_for", bool)
 
 async def ask_when_read(request: web.Request) -> None:
     """The update route's expect handler: 100 Continue is not sent here, at the request's
-    arrival (aiohttp's default), but by `pieces` when the body is first read."""
+    arrival (aiohttp's default), but by `RequestBody.ask`: when the intake asks for it or
+    first reads it."""
     expect = request.headers.get("Expect", "")
     if expect.strip().lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Expect {expect[:64]!r} is not supported")
@@ -54,7 +55,7 @@ class RequestBody:
     async def ask(self) -> None:
         """Ask the client for its body now, if it waits to be asked and was not yet."""
         request = self._request
-        if _expects_continue(request) and not request.get(_ASKED, False):
+        if withheld(request):
             request[_ASKED] = True
             # A client gone meanwhile: its read (or its lease's pace) finds out.
             with contextlib.suppress(ConnectionError):

@@ -18,7 +18,8 @@ import socket
 import ssl
 from typing import Any
 
-_MAX_LINE = 65536  # http.client's own bound on a status or header line
+_MAX_LINE = 65536  # http.client's own bounds on a status or header line
+_MAX_HEADERS = 100  # and on header lines
 
 
 def expect_continue(
@@ -39,8 +40,11 @@ def expect_continue(
     reader = sock.makefile("rb", buffering=0)
     status = reader.readline(_MAX_LINE + 1)
     if _is_continue(status):
-        while reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
-            pass  # the interim answer's headers, if any
+        for _ in range(_MAX_HEADERS + 1):  # the interim answer's headers, if any
+            if reader.readline(_MAX_LINE + 1) in (b"\r\n", b"\n", b""):
+                break
+        else:
+            raise http.client.HTTPException(f"the 100 Continue had over {_MAX_HEADERS} headers")
         reader.close()  # the file only: the socket stays open
         return None
     response = http.client.HTTPResponse(_Replaying(status, reader), method=method)  # type: ignore[arg-type]

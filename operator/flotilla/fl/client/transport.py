@@ -277,10 +277,7 @@ class AggregatorConnection:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> http.client.HTTPResponse:
-        conn = self._connection()
-        conn.timeout = timeout or self._timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(conn.timeout)
+        conn = self._connection(timeout or self._timeout)
         all_headers = self._headers | dict(headers or {})
         if body is not None:
             all_headers["Content-Length"] = str(len(body))
@@ -294,10 +291,7 @@ class AggregatorConnection:
     def _put(self, path: str, *, body: memoryview, headers: Mapping[str, str]) -> dict[str, Any]:
         """PUT `body` once the aggregator asks for it (`Expect: 100-continue`, continued.py):
         an upload waiting for a receive buffer there holds its body here."""
-        conn = self._connection()
-        conn.timeout = self._timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(conn.timeout)
+        conn = self._connection(self._timeout)
         all_headers = self._headers | dict(headers)
         all_headers |= {"Content-Length": str(len(body)), "Expect": "100-continue"}
         try:
@@ -316,7 +310,9 @@ class AggregatorConnection:
         finally:
             self.close()
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        """The kept-alive connection (dialled when there is none), with `timeout` per
+        socket operation from now on."""
         if self._conn is None:
             if self._scheme == "https":
                 self._conn = http.client.HTTPSConnection(
@@ -326,6 +322,9 @@ class AggregatorConnection:
                 self._conn = http.client.HTTPConnection(
                     self._host, self._port, timeout=self._timeout
                 )
+        self._conn.timeout = timeout
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
         return self._conn
 
     def _hint(self, error: BaseException) -> str:
