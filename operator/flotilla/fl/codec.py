@@ -16,7 +16,15 @@ import torch
 import zstandard
 
 from flotilla.fl.resume import ZSTD_FRAME_BYTES, Restarts
-from flotilla.fl.wire import SCALE_SUFFIX, Buffer, Layout, WireDtype, WireError, update_layout
+from flotilla.fl.wire import (
+    SCALE_SUFFIX,
+    Buffer,
+    Layout,
+    WireDtype,
+    WireError,
+    flat_pair,
+    update_layout,
+)
 
 # float32 values per piece of a weights upload's norm: 1 MiB, which stays in cache
 # between the subtraction that writes it and the dot product that reads it.
@@ -132,10 +140,47 @@ def decode_update(
         for name, t in views.items()
         if name.endswith(SCALE_SUFFIX)
     }
-    tensors = {name: t for name, t in views.items() if not name.endswith(SCALE_SUFFIX)}
+    # Without scales, the views themselves: their `flat` view goes on to the fold.
+    tensors = (
+        {name: t for name, t in views.items() if not name.endswith(SCALE_SUFFIX)}
+        if scales
+        else views
+    )
     for name, scale in scales.items():
         if not math.isfinite(scale) or scale < 0:
             raise WireError(f"tensor {name!r}: int8 scale {scale!r} is not a finite number >= 0")
+    total = _whole_squares(tensors, minus) if not scales else None
+    if total is None or not total <= FLOAT32_MAX:  # NaN too: find and name the tensor
+        total = _squares_by_tensor(tensors, scales, minus)
+    norm = math.sqrt(total)
+    if max_norm is not None and norm > max_norm:
+        raise WireError(f"update norm {norm:.4g} exceeds the job's limit maxUpdateNorm={max_norm}")
+    return DecodedUpdate(tensors=tensors, scales=scales, norm=norm, minus=minus)
+
+
+def _whole_squares(
+    tensors: Mapping[str, torch.Tensor], minus: Mapping[str, torch.Tensor] | None
+) -> float | None:
+    """The squared norm of the whole delta in one pass over its flat view (wire.TensorViews),
+    or None without one. Within float32's range it is every tensor's within it too."""
+    if minus is None:
+        flat = getattr(tensors, "flat", None)
+        if flat is None:
+            return None
+        return float(torch.linalg.vector_norm(flat, dtype=torch.float32)) ** 2
+    pair = flat_pair(tensors, minus)
+    if pair is None:
+        return None
+    return _squared_distance(*pair, torch.empty(min(NORM_CHUNK, pair[0].numel())))
+
+
+def _squares_by_tensor(
+    tensors: Mapping[str, torch.Tensor],
+    scales: Mapping[str, float],
+    minus: Mapping[str, torch.Tensor] | None,
+) -> float:
+    """The squared norm, tensor by tensor; raises naming the first that is not finite or
+    leaves float32's range."""
     largest = max((t.numel() for t in tensors.values()), default=0)
     scratch = torch.empty(min(NORM_CHUNK, largest) if minus is not None else 0)
     total = 0.0
@@ -159,10 +204,7 @@ def decode_update(
                 f"exceeds {FLOAT32_MAX:.3g}"
             )
         total += squares
-    norm = math.sqrt(total)
-    if max_norm is not None and norm > max_norm:
-        raise WireError(f"update norm {norm:.4g} exceeds the job's limit maxUpdateNorm={max_norm}")
-    return DecodedUpdate(tensors=tensors, scales=scales, norm=norm, minus=minus)
+    return total
 
 
 def _squared_distance(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> float:

@@ -59,6 +59,32 @@ class TensorSpec:
         return self.numel * _ELEMENT_SIZE[self.code]
 
 
+class TensorViews(dict[str, torch.Tensor]):
+    """A layout's tensors over one buffer, by name, in the layout's order.
+
+    `flat`: one 1-D view over all of them, when they share a dtype and lie back to back in
+    that order (always so for a layout's own offsets; a sender may order its body
+    otherwise). Two such maps of one model's tensors match element for element, so a pass
+    over a whole update is one torch operation, not one per tensor: for a model of small
+    tensors, the per-operation cost is most of a fold (bench/fold_small.py).
+    """
+
+    flat: torch.Tensor | None = None
+
+
+def flat_pair(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`a` and `b` as two 1-D views matching element for element, if both have one
+    (`TensorViews.flat`) over the same names in the same order and shapes; else None."""
+    flat_a, flat_b = getattr(a, "flat", None), getattr(b, "flat", None)
+    if flat_a is None or flat_b is None or flat_a.numel() != flat_b.numel():
+        return None
+    if list(a) != list(b) or any(t.shape != b[name].shape for name, t in a.items()):
+        return None
+    return flat_a, flat_b
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each tensor lives in a safetensors file; immutable, shared per job."""
@@ -125,13 +151,16 @@ class Layout:
         *,
         offsets: Mapping[str, tuple[int, int]] | None = None,
         base: int | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> TensorViews:
         """Zero-copy tensors over `buffer`: writing to them writes the buffer."""
         offsets = self.offsets if offsets is None else offsets
         base = len(self.header) if base is None else base
-        views: dict[str, torch.Tensor] = {}
+        views = TensorViews()
+        back_to_back, position = len({spec.code for spec in self.tensors}) == 1, None
         for spec in self.tensors:
-            start, _ = offsets[spec.name]
+            start, end = offsets[spec.name]
+            back_to_back = back_to_back and position in (None, start)
+            position = end
             flat = (
                 torch.frombuffer(
                     buffer, dtype=_TORCH_DTYPES[spec.code], count=spec.numel, offset=base + start
@@ -140,6 +169,15 @@ class Layout:
                 else torch.empty(0, dtype=_TORCH_DTYPES[spec.code])
             )
             views[spec.name] = flat.view(spec.shape)
+        numel = sum(spec.numel for spec in self.tensors)
+        if back_to_back and numel:
+            first = self.tensors[0]
+            views.flat = torch.frombuffer(
+                buffer,
+                dtype=_TORCH_DTYPES[first.code],
+                count=numel,
+                offset=base + offsets[first.name][0],
+            )
         return views
 
 

@@ -78,6 +78,39 @@ def test_the_fence_moves_over_the_longest_run_read_from_the_start() -> None:
     assert asyncio.run(play()) == [0, 8, 12]
 
 
+def test_progress_wakes_the_loop_once_while_a_wake_up_is_pending() -> None:
+    class CountingLoop:
+        def __init__(self) -> None:
+            self.pending: list[object] = []
+
+        def call_soon_threadsafe(self, callback: object, *args: object) -> None:
+            self.pending.append((callback, args))
+
+        def run(self) -> None:
+            pending, self.pending = self.pending, []
+            for callback, args in pending:
+                callback(*args)  # type: ignore[operator]
+
+    async def play() -> None:
+        fence, loop = ReadFence(12), CountingLoop()
+        progress = ReadProgress(
+            fence,
+            {"x": (0, 4), "y": (4, 8), "z": (8, 12)},
+            loop,  # type: ignore[arg-type]
+        )
+        progress("x")
+        progress("y")
+        assert len(loop.pending) == 1 and fence.read == 0
+        loop.run()
+        assert fence.read == 8  # the latest end, not the one when it was scheduled
+        progress("z")
+        assert len(loop.pending) == 1
+        loop.run()
+        assert fence.read == 12
+
+    asyncio.run(play())
+
+
 def test_a_writer_waits_for_the_fence_and_a_released_one_lets_it_all() -> None:
     async def play() -> list[str]:
         fence, order = ReadFence(10), []

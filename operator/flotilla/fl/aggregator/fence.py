@@ -65,6 +65,11 @@ class ReadProgress:
         self._loop = loop
         self._read: set[str] = set()
         self._next = 0  # spans before this one are read
+        self._end = 0  # bytes read from the start, as far as the fold knows
+        # One wake-up of the loop in flight at a time: the callback moves the fence to the
+        # latest `_end`, so a fold of many small tensors does not write to the loop's
+        # self-pipe once per tensor.
+        self._scheduled = False
 
     def __call__(self, name: str) -> None:
         self._read.add(name)
@@ -72,5 +77,14 @@ class ReadProgress:
         while self._next < len(self._spans) and self._spans[self._next][0] in self._read:
             self._next += 1
         if self._next > start:
-            end = self._spans[self._next - 1][1][1]
-            self._loop.call_soon_threadsafe(self._fence.advance, end)
+            self._end = self._spans[self._next - 1][1][1]
+            # Set `_end` before reading `_scheduled`; `_advance` clears it before reading
+            # `_end`: either this sees it set and `_advance` then reads the new end, or
+            # this schedules another.
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon_threadsafe(self._advance)
+
+    def _advance(self) -> None:
+        self._scheduled = False
+        self._fence.advance(self._end)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from flotilla.fl.aggregator.offload import update_pass
 from flotilla.fl.aggregator.privacy import DifferentialPrivacy
 from flotilla.fl.aggregator.spare import SpareModelBuffer
 from flotilla.fl.codec import DecodedUpdate
@@ -89,7 +90,8 @@ class RoundFold:
             scales = self._privacy.clipped_scales(scales, update.tensors, norm=update.norm)
         if staleness:
             scales = staleness_scales(scales, update.tensors, staleness=staleness)
-        await asyncio.to_thread(
+        await update_pass(
+            self._layout.data_size,
             aggregate.add,
             update.tensors,
             weight=weight,

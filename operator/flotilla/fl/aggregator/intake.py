@@ -38,6 +38,7 @@ from flotilla.fl.aggregator.errors import (
 )
 from flotilla.fl.aggregator.fence import ReadFence, ReadProgress
 from flotilla.fl.aggregator.links import LinkHealth
+from flotilla.fl.aggregator.offload import update_pass
 from flotilla.fl.aggregator.pace import Progress, UploadPace
 from flotilla.fl.aggregator.parking import Parked, ParkingLot
 from flotilla.fl.aggregator.pool import RECEIVE_BUFFERS, ReceivePool, Slot
@@ -180,8 +181,12 @@ class UpdateIntake:
                     )
                     views = self.layout.views(slot.buffer, offsets=offsets, base=0)
                     try:
-                        decoded = await asyncio.to_thread(
-                            decode_update, views, max_norm=self._max_norm, minus=minus
+                        decoded = await update_pass(
+                            self.layout.data_size,
+                            decode_update,
+                            views,
+                            max_norm=self._max_norm,
+                            minus=minus,
                         )
                     except WireError as error:
                         raise BadValues(str(error)) from None
