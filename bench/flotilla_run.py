@@ -81,6 +81,8 @@ def run_flotilla(
             "0",
             "--ready-line",
             "--no-tracking",
+            # As `flotilla run` starts it, unless the links are shaped to stand for far ones.
+            *([] if dial else ["--clients-on-this-host"]),
             *serve_tls,
         ],
         stdout=subprocess.PIPE,

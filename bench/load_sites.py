@@ -115,8 +115,9 @@ def write_job(
 def start_aggregator(
     *, job: Path, scratch: Path, env: dict[str, str], tls_args: list[str], profile: Path | None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`flotilla aggregator` as `flotilla run` starts it; returns it and its URL. With
-    `profile`, under cProfile (its event-loop thread only), the stats written there."""
+    """`flotilla aggregator` as `flotilla run` starts it, but for sites that stand for
+    remote ones (no --clients-on-this-host); returns it and its URL. With `profile`, under
+    cProfile (its event-loop thread only), the stats written there."""
     profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     command = [
         *(sys.executable, *profiler, "-m", "flotilla", "aggregator", "--job", str(job)),

@@ -67,6 +67,12 @@ def _listening_flags(aggregator: argparse.ArgumentParser) -> None:
     aggregator.add_argument(
         "--tls-key", type=Path, help="the PEM private key of --tls-cert (keep it 0600)"
     )
+    aggregator.add_argument(
+        "--clients-on-this-host",
+        action="store_true",
+        help="every client runs on this machine (flotilla run sets it): an upload that comes "
+        "in slowly is then a busy CPU, not a slow link, and gets no extra receive buffer",
+    )
     aggregator.add_argument("--host", default="0.0.0.0")
     aggregator.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     aggregator.add_argument(
@@ -108,6 +114,7 @@ def _aggregator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        clients_on_this_host=args.clients_on_this_host,
     )
     try:
         tokens = load_tokens(args.tokens_file)

@@ -209,6 +209,7 @@ async def _start_aggregator(
             "0",
             "--exit-when-done",
             "--ready-line",
+            "--clients-on-this-host",
             *extra,
         ],
         log_path=logs / "aggregator.log",

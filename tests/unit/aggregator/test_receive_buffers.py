@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 
+from flotilla.api import load_job
+from flotilla.cli import build_parser
 from flotilla.fl.aggregator.intake import UpdateIntake
+from flotilla.fl.aggregator.main import AggregatorOptions, build_engine
 from flotilla.fl.aggregator.pace import Progress, UploadPace
 from flotilla.fl.aggregator.pool import ReceivePool
 from flotilla.fl.aggregator.terms import UploadTerms
 from flotilla.fl.wire import Layout, TensorSpec
 
+JOB = Path(__file__).resolve().parents[3] / "examples" / "digits.yaml"
 LAYOUT = Layout.of([TensorSpec("w", (64,), "F32"), TensorSpec("b", (8,), "F32")])
 # Every holder counts as slow once it has held its buffer 50 ms, or none ever does.
 SLOW = UploadPace(slow_link_bytes_per_second=1e12, slow_link_after_seconds=0.05)
@@ -100,3 +106,31 @@ def test_an_upload_waiting_behind_a_slow_link_gets_a_second_buffer() -> None:
 
 def test_an_upload_waiting_behind_a_fast_link_waits_for_the_one_buffer() -> None:
     assert _race(FAST) == ["b still waiting", "a", "b"]
+
+
+def _engine_pace(tmp_path: Path, *, on_this_host: bool) -> UploadPace:
+    job = load_job(JOB)
+    evaluation = job.spec.evaluation.model_copy(update={"test_data": None})
+    spec = job.spec.model_copy(update={"evaluation": evaluation})
+    options = AggregatorOptions(
+        state_dir=tmp_path / str(on_this_host), tracking=False, clients_on_this_host=on_this_host
+    )
+    engine = build_engine(job.model_copy(update={"spec": spec}), sites=["a"], options=options)
+    return engine.intake.pace
+
+
+def test_clients_on_this_host_never_get_a_buffer_for_a_slow_link(tmp_path: Path) -> None:
+    # flotilla run's clients share the aggregator's CPU: on two cores, 32 clients of a
+    # 50M model came in below the slow-link rate and took a second model of memory.
+    assert _engine_pace(tmp_path, on_this_host=False) == UploadPace()
+    local = _engine_pace(tmp_path, on_this_host=True)
+
+    assert _race(replace(local, slow_link_after_seconds=0.05)) == ["b still waiting", "a", "b"]
+    stalled = Progress(local, size=10**9, started=0.0, until=10**6)
+    assert not stalled.slow_link(now=1000.0), "no byte in 1,000 s: still not a slow link"
+
+
+def test_the_aggregator_cli_takes_clients_on_this_host() -> None:
+    command = ["aggregator", "--job", "j.yaml", "--tokens-file", "t", "--state-dir", "s"]
+    assert build_parser().parse_args([*command, "--clients-on-this-host"]).clients_on_this_host
+    assert not build_parser().parse_args(command).clients_on_this_host

@@ -28,6 +28,7 @@ from flotilla.fl.aggregator.fold import RoundFold
 from flotilla.fl.aggregator.intake import UpdateIntake
 from flotilla.fl.aggregator.journal import BufferJournal
 from flotilla.fl.aggregator.ledger import Ledger
+from flotilla.fl.aggregator.pace import UploadPace
 from flotilla.fl.aggregator.persist import Persister
 from flotilla.fl.aggregator.privacy import DifferentialPrivacy
 from flotilla.fl.aggregator.roster import Roster
@@ -63,6 +64,7 @@ def assemble(
     store: CheckpointStore,
     evaluator: Evaluator | None,
     clock: Clock,
+    upload_pace: UploadPace | None = None,
 ) -> EngineParts:
     changes = Changes(clock)
     state = EngineState(
@@ -78,6 +80,7 @@ def assemble(
         max_norm=job.spec.limits.max_update_norm,
         parking=store.directory.parent / "uploads",  # broken uploads, until resumed
         buffers=job.spec.limits.receive_buffers,
+        pace=upload_pace,
     )
     fold = RoundFold(rule=strategy.rule, layout=layout, privacy=privacy)
     buffered_spec = job.spec.strategy.buffered

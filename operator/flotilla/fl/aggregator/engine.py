@@ -32,6 +32,7 @@ from flotilla.fl.aggregator.assembly import assemble
 from flotilla.fl.aggregator.changes import Clock, MonotonicClock
 from flotilla.fl.aggregator.checkpoint import CheckpointStore
 from flotilla.fl.aggregator.evaluation import Evaluator
+from flotilla.fl.aggregator.pace import UploadPace
 from flotilla.fl.aggregator.persist import fmt
 from flotilla.fl.aggregator.records import ClientReport, summarize_round
 from flotilla.fl.aggregator.resuming import ANY_ROUND
@@ -59,7 +60,9 @@ class RoundEngine:
         store: CheckpointStore,
         evaluator: Evaluator | None = None,
         clock: Clock | None = None,
+        upload_pace: UploadPace | None = None,
     ) -> None:
+        """`upload_pace`: the rules an upload's body must keep (pace.py; None: defaults)."""
         self.job, self.strategy, self.layout = job, strategy, layout
         self.update_layout = update_layout(layout, job.spec.compression.dtype)
         self.clock = clock = clock or MonotonicClock()
@@ -74,6 +77,7 @@ class RoundEngine:
             store=store,
             evaluator=evaluator,
             clock=clock,
+            upload_pace=upload_pace,
         )
         self.changes, self.state, self.roster = parts.changes, parts.state, parts.roster
         self.ledger, self.privacy, self.intake = parts.ledger, parts.privacy, parts.intake

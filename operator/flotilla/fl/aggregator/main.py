@@ -25,6 +25,7 @@ from flotilla.fl.aggregator.ending import (
 from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
+from flotilla.fl.aggregator.pace import UploadPace
 from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.statelock import StateDirBusy, lock_state_dir
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
@@ -58,6 +59,9 @@ class AggregatorOptions:
     # HTTPS with this certificate and key; both None: plain HTTP (spec.security.tls disabled).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Every client runs on this machine (`flotilla run`): an upload that comes in slowly
+    # is a busy CPU, not a slow link, so no receive buffer is added for it (pace.py).
+    clients_on_this_host: bool = False
 
 
 def check_transport(job: FederatedJob, options: AggregatorOptions) -> None:
@@ -88,6 +92,9 @@ def build_engine(job: FederatedJob, *, sites: list[str], options: AggregatorOpti
         initial_model=model,
         store=store,
         evaluator=evaluator,
+        upload_pace=UploadPace(slow_link_bytes_per_second=0.0)
+        if options.clients_on_this_host
+        else None,
     )
     # The engine's restore is the last check: a checkpoint it refuses is skipped like a
     # corrupt one. None good at all raises CheckpointError: the job stops (checkpoint.py).
