@@ -20,6 +20,8 @@ own):
     aes128      TLS_AES_128_GCM_SHA256 preferred to AES-256 (OPENSSL_CONF, both ends)
     uvloop      the server runs on uvloop (its own SSL layer); needs uvloop importable
                 (`pip install --target DIR uvloop`, then FLOTILLA_BENCH_EXTRAS=DIR)
+    sslsocket   the server's TLS over non-blocking ssl.SSLSockets, no memory BIOs
+                (bench/socket_tls.py, a prototype)
 
     .venv/bin/python bench/tls_paths.py [--mb 256] [--repeats 3] [--passes 3] [--levers ...]
     .venv/bin/python bench/tls_paths.py --profile /tmp/prof   # the server under py-spy
@@ -44,7 +46,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 EXTRAS = os.environ.get("FLOTILLA_BENCH_EXTRAS", "")
-LEVERS = ("read-16k", "send-4m", "sslbuf-1m", "aes128", "uvloop")
+LEVERS = ("read-16k", "send-4m", "sslbuf-1m", "aes128", "sslsocket", "uvloop")
 PLAIN_TOO = ("read-16k", "send-4m", "uvloop")  # levers that are not TLS's own: plain rows too
 AES128 = """openssl_conf = default_conf
 [default_conf]
@@ -97,8 +99,14 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
         runner = web.AppRunner(app, keepalive_timeout=3600, access_log=None)
         await runner.setup()
         tls = server_context(pki / "tls.crt", pki / "tls.key") if pki else None
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
-        print(f"PORT {runner.addresses[0][1]} {os.getpid()}", flush=True)
+        if tls is not None and "sslsocket" in levers:
+            import socket_tls
+
+            port = socket_tls.serve(runner.server, tls).getsockname()[1]  # type: ignore[arg-type]
+        else:
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+            port = runner.addresses[0][1]
+        print(f"PORT {port} {os.getpid()}", flush=True)
         await asyncio.Event().wait()
 
     if "uvloop" in levers:  # not a dependency: only where FLOTILLA_BENCH_EXTRAS has it
