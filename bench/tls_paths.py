@@ -16,12 +16,14 @@ own):
     read-16k    the client reads a download in 16 KiB pieces (transport.read_piece: a 64th
                 of the model, at most 1 MiB; 16 KiB until 2026-12-03)
     send-4m     the server writes the model in 4 MiB pieces (a small fleet's: 1 MiB)
-    sslbuf-1m   asyncio's SSL layer reads the socket 1 MiB at a time (sslproto: 256 KiB)
+    sslbuf-1m   asyncio's SSL layer reads the socket 1 MiB at a time (sslproto: 256 KiB;
+                with asyncio-tls only)
     aes128      TLS_AES_128_GCM_SHA256 preferred to AES-256 (OPENSSL_CONF, both ends)
     uvloop      the server runs on uvloop (its own SSL layer); needs uvloop importable
                 (`pip install --target DIR uvloop`, then FLOTILLA_BENCH_EXTRAS=DIR)
-    sslsocket   the server's TLS over non-blocking ssl.SSLSockets, no memory BIOs
-                (bench/socket_tls.py, a prototype)
+    asyncio-tls the server's TLS through asyncio's own layer (memory BIOs), as the
+                aggregator served it until 2026-12-04; by default it is the product's
+                (aggregator/tls_transport.py: OpenSSL on the socket itself)
 
     .venv/bin/python bench/tls_paths.py [--mb 256] [--repeats 3] [--passes 3] [--levers ...]
     .venv/bin/python bench/tls_paths.py --profile /tmp/prof   # the server under py-spy
@@ -46,7 +48,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 EXTRAS = os.environ.get("FLOTILLA_BENCH_EXTRAS", "")
-LEVERS = ("read-16k", "send-4m", "sslbuf-1m", "aes128", "sslsocket", "uvloop")
+LEVERS = ("read-16k", "send-4m", "asyncio-tls", "sslbuf-1m", "aes128", "uvloop")
 PLAIN_TOO = ("read-16k", "send-4m", "uvloop")  # levers that are not TLS's own: plain rows too
 AES128 = """openssl_conf = default_conf
 [default_conf]
@@ -68,6 +70,7 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
 
     from flotilla.fl.aggregator.connection_buffers import ConnectionBuffers
     from flotilla.fl.aggregator.http_continue import RequestBody
+    from flotilla.fl.aggregator.tls_transport import serve_tls
     from flotilla.fl.tls import server_context
 
     chunk = 4 << 20 if "send-4m" in levers else ConnectionBuffers.for_fleet(1).send_piece
@@ -99,11 +102,9 @@ def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
         runner = web.AppRunner(app, keepalive_timeout=3600, access_log=None)
         await runner.setup()
         tls = server_context(pki / "tls.crt", pki / "tls.key") if pki else None
-        if tls is not None and "sslsocket" in levers:
-            import socket_tls
-
-            port = socket_tls.serve(runner.server, tls).getsockname()[1]  # type: ignore[arg-type]
-        else:
+        if tls is not None and not levers & {"asyncio-tls", "sslbuf-1m", "uvloop"}:
+            port = serve_tls(runner.server, tls, "127.0.0.1", 0).address[1]  # type: ignore[arg-type]
+        else:  # asyncio's TLS layer (or plain HTTP)
             await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
             port = runner.addresses[0][1]
         print(f"PORT {port} {os.getpid()}", flush=True)

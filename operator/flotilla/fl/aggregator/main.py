@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -28,6 +29,7 @@ from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.pace import UploadPace
 from flotilla.fl.aggregator.server import build_app
 from flotilla.fl.aggregator.statelock import StateDirBusy, lock_state_dir
+from flotilla.fl.aggregator.tls_transport import serve_tls
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
 from flotilla.fl.aggregator.tracked import (
     attach_exporter,
@@ -170,7 +172,7 @@ async def _serve_engine(
     tokens_file: Path | None,
 ) -> int:
     job = engine.job
-    buffers = FleetSizedBuffers(len(book.sites), sets_tls_reads=True)
+    buffers = FleetSizedBuffers(len(book.sites))
 
     def sites_changed(sites: Sequence[str]) -> None:
         engine.set_sites(sites)
@@ -207,9 +209,13 @@ async def _serve_engine(
         if options.tls_cert and options.tls_key
         else None
     )
-    site = web.TCPSite(runner, options.host, options.port, ssl_context=tls)
-    await site.start()
-    address = runner.addresses[0]
+    # TLS on OpenSSL's own socket reads and writes (tls_transport.py); plain HTTP as aiohttp
+    # serves it.
+    protocols = cast(Callable[[], asyncio.Protocol], runner.server)
+    tls_server = serve_tls(protocols, tls, options.host, options.port) if tls else None
+    if tls_server is None:
+        await web.TCPSite(runner, options.host, options.port).start()
+    address = tls_server.address if tls_server else runner.addresses[0]
     on_ready(f"{'https' if tls else 'http'}://{address[0]}:{address[1]}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -242,6 +248,8 @@ async def _serve_engine(
         # Long-polls (/v1/task, /v1/status) answer now: the server's shutdown would wait
         # SHUTDOWN_SECONDS for them, and every Ctrl-C or pod stop took that long.
         engine.changes.close()
+        if tls_server is not None:
+            tls_server.close()
         await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
