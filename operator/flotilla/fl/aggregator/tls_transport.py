@@ -313,6 +313,7 @@ class TlsServer:
                 return
             raw.setblocking(False)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock: socket.socket = raw
             try:
                 sock = self._context.wrap_socket(
                     raw, server_side=True, do_handshake_on_connect=False
@@ -322,7 +323,7 @@ class TlsServer:
                 )
             except OSError as error:  # the client reset before we looked at it
                 log.debug("a connection closed as it was accepted: %s", error)
-                raw.close()
+                sock.close()
 
     def _resume_accepting(self) -> None:
         if self._listener.fileno() != -1:
