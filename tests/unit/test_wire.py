@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 
@@ -10,6 +11,7 @@ import torch
 import zstandard
 from safetensors.torch import load, save
 
+from flotilla.fl import wire
 from flotilla.fl.codec import NORM_CHUNK, UpdateEncoder, decode_update
 from flotilla.fl.receive import SafetensorsReceiver
 from flotilla.fl.wire import WireError, model_layout, parse_header, update_layout
@@ -293,3 +295,20 @@ def test_receiver_refuses_a_header_integer_too_long_to_parse() -> None:
 
     with pytest.raises(WireError, match="not valid JSON"):  # was a plain ValueError: a 500
         parse_header(header, layout)
+
+
+def test_the_layouts_own_header_parses_to_its_offsets_and_an_equal_one_is_checked_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = model_layout({"a": torch.zeros(3), "b": torch.zeros(2, 2)})
+    with monkeypatch.context() as patched:  # the layout's own bytes are not decoded again
+        patched.setattr(wire.json, "loads", lambda _: pytest.fail("decoded"))
+        assert parse_header(layout.header_block, layout) == layout.offsets
+    # The same tensors written by another encoder (other order, other spacing): checked.
+    entries = json.loads(layout.header_block)
+    respaced = json.dumps(dict(reversed(list(entries.items()))), indent=1).encode()
+    assert respaced != layout.header_block
+    assert parse_header(respaced, layout) == layout.offsets
+    entries["a"]["shape"] = [4]
+    with pytest.raises(WireError, match="shape"):
+        parse_header(json.dumps(entries).encode(), layout)

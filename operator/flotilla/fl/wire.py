@@ -122,6 +122,11 @@ class Layout:
         return sum(spec.nbytes for spec in self.tensors)
 
     @functools.cached_property
+    def header_block(self) -> bytes:
+        """The header without its 8-byte length: the JSON text, padded."""
+        return self.header[8:]
+
+    @functools.cached_property
     def total_size(self) -> int:
         return len(self.header) + self.data_size
 
@@ -209,6 +214,10 @@ def parse_header(raw: bytes, expected: Layout) -> dict[str, tuple[int, int]]:
     but every name, dtype and shape must be the layout's, and the tensors must
     tile the data section exactly (no gaps, no overlaps, no trailing bytes).
     """
+    if raw == expected.header_block:
+        # The layout's own header, byte for byte, as clients send it: valid as made. At
+        # 1,000 sites, decoding and checking it for every upload was ~5% of the event loop.
+        return dict(expected.offsets)
     try:
         header = json.loads(raw)
     except ValueError as error:  # not JSON, not UTF-8, or an integer of over 4300 digits

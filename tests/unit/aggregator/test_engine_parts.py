@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import struct
 
 import pytest
 import torch
 
 from flotilla.fl.aggregator import errors
 from flotilla.fl.aggregator.changes import Changes
+from flotilla.fl.aggregator.fence import ReadFence
 from flotilla.fl.aggregator.fold import RoundFold
 from flotilla.fl.aggregator.http_errors import ANSWERS, answer_for
 from flotilla.fl.aggregator.pace import Progress, UploadPace
@@ -249,6 +251,40 @@ def test_buffers_go_to_the_uploads_waiting_in_arrival_order() -> None:
         assert not pool.give(held) and pool.get_nowait() is held
 
     asyncio.run(play())
+
+
+def test_a_waiter_that_gives_up_leaves_the_line_and_one_handed_a_buffer_is_out_already() -> None:
+    async def play() -> None:
+        pool = ReceivePool(16, count=1)
+        held = pool.get_nowait()
+        assert held is not None
+        first, second, third = pool.queue(), pool.queue(), pool.queue()
+        second.cancel()  # timed out in line
+        pool.leave(second)
+        assert pool.waiting == 2
+        assert pool.give(held) and first.result() is held
+        pool.leave(first)  # handed its buffer: give() took it off the front
+        assert pool.waiting == 1
+        assert pool.give(held) and third.result() is held
+
+    asyncio.run(play())
+
+
+def test_a_buffers_views_are_made_once_for_the_same_offsets_and_kept_across_fences() -> None:
+    pool = ReceivePool(LAYOUT.data_size, count=1)
+    slot = pool.get_nowait()
+    assert slot is not None
+    views = slot.views(LAYOUT, dict(LAYOUT.offsets))
+    views["b"].fill_(2.0)
+    assert bytes(slot.buffer[-4:]) == struct.pack("<f", 2.0)  # over the buffer itself
+    again = slot.refenced(ReadFence(len(slot.buffer)))
+    assert again.views(LAYOUT, dict(LAYOUT.offsets)) is views
+    # A body in another order: its own views, over the same bytes.
+    w_bytes, b_bytes = LAYOUT.offsets["w"][1], LAYOUT.offsets["b"][1] - LAYOUT.offsets["b"][0]
+    other = {"b": (0, b_bytes), "w": (b_bytes, b_bytes + w_bytes)}
+    reordered = again.views(LAYOUT, other)
+    assert reordered is not views and reordered.flat is None
+    assert reordered["b"].data_ptr() == views["w"].data_ptr()
 
 
 # -- refusals and their HTTP answers ---------------------------------------------------------

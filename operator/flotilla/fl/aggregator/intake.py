@@ -181,7 +181,7 @@ class UpdateIntake:
                     offsets = await self._read_or_park(
                         lease, body, receiver, slot, terms, zstd=zstd
                     )
-                    views = self.layout.views(slot.buffer, offsets=offsets, base=0)
+                    views = slot.views(self.layout, offsets)
                     try:
                         decoded = await update_pass(
                             self.layout.data_size,
@@ -249,7 +249,7 @@ class UpdateIntake:
         fence = ReadFence(len(slot.buffer))
         lease.handed_on = True
         self._leases.remove(lease)
-        self._give(Slot(slot.buffer, fence))
+        self._give(slot.refenced(fence))
         return fence
 
     async def _read_or_park(

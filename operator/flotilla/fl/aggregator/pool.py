@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from flotilla.fl.aggregator.fence import ReadFence
+from flotilla.fl.wire import Layout, TensorViews
 
 # At most two by default (spec.limits.receiveBuffers), however many clients a round samples.
 # Memory is the design's promise (one model, not clients x model), and a buffer is busy only
@@ -37,6 +39,25 @@ class Slot:
 
     buffer: memoryview
     fence: ReadFence
+    # The last tensor views made over this buffer, with the offsets they were made for:
+    # bodies mostly come in the layout's order, and a torch view per tensor per upload was
+    # ~7% of the event loop at 1,000 sites (bench/README.md, "The collector"). Kept across
+    # fences (`refenced`): the buffer is the same.
+    _views: list[object] = field(default_factory=list, compare=False, repr=False)
+
+    def views(self, layout: Layout, offsets: Mapping[str, tuple[int, int]]) -> TensorViews:
+        """`layout`'s tensors over this buffer's data at `offsets` (a body's, relative to
+        the buffer's start)."""
+        kept = self._views
+        if kept and kept[0] is layout and kept[1] == offsets:
+            return kept[2]  # type: ignore[return-value]
+        views = layout.views(self.buffer, offsets=offsets, base=0)
+        kept[:] = [layout, dict(offsets), views]
+        return views
+
+    def refenced(self, fence: ReadFence) -> Slot:
+        """This buffer behind another reader's fence."""
+        return Slot(self.buffer, fence, self._views)
 
 
 class ReceivePool:
@@ -100,6 +121,11 @@ class ReceivePool:
         return handed
 
     def leave(self, waiter: asyncio.Future[Slot]) -> None:
+        """Out of the line. One that was handed a buffer is out already (`give` took it off
+        the front): looking for it would scan the whole line and then build the ValueError's
+        message from the future's repr, ~2% of the loop at 1,000 sites."""
+        if waiter.done() and not waiter.cancelled():
+            return
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
