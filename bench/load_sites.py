@@ -27,7 +27,7 @@ held at 64 KiB (SOCKET_BUFFER): a real site's are in its own kernel, not the agg
 
     .venv/bin/python bench/load_sites.py [--models cnn,1m] [--clients 100,300,1000]
         [--rounds 4] [--processes 2] [--transport tls|plain] [--train-seconds 0.5]
-        [--deadline 300] [--keep DIR] [--profile DIR]
+        [--deadline 300] [--keep DIR] [--profile DIR] [--pin]
 
 The bench raises its own open-files limit to the hard limit, for its worker processes; the
 aggregator raises its own at start. A job whose round fails is not retried
@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,34 @@ def write_job(
     return path
 
 
+def pinned_to(cores: set[int] | None) -> Callable[[], None] | None:
+    """A child's pre-exec step that binds it (and the threads it will start) to `cores`."""
+    return None if cores is None else lambda: os.sched_setaffinity(0, cores)
+
+
+def core_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """With `pin`, the aggregator's cores and the generator's: core 0 for the aggregator
+    alone (its sites stand for other machines, whose CPU is not the aggregator's), the
+    others for the generator. Without, both float over every core."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin or len(cores) < 2:
+        return None, None
+    return {cores[0]}, set(cores[1:])
+
+
 def start_aggregator(
-    *, job: Path, scratch: Path, env: dict[str, str], tls_args: list[str], profile: Path | None
+    *,
+    job: Path,
+    scratch: Path,
+    env: dict[str, str],
+    tls_args: list[str],
+    profile: Path | None,
+    cores: set[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`flotilla aggregator` as `flotilla run` starts it, but for sites that stand for
     remote ones (no --clients-on-this-host); returns it and its URL. With `profile`, under
-    cProfile (its event-loop thread only), the stats written there."""
+    cProfile (its event-loop thread only), the stats written there; with `cores`, bound to
+    them."""
     profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     command = [
         *(sys.executable, *profiler, "-m", "flotilla", "aggregator", "--job", str(job)),
@@ -126,7 +149,12 @@ def start_aggregator(
     ]
     with open(scratch / "aggregator.log", "wb") as log:
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            preexec_fn=pinned_to(cores),
         )
     assert process.stdout is not None
     line = process.stdout.readline().decode()
@@ -142,7 +170,13 @@ def get_json(url: str, context: Any, timeout: float = 60) -> Any:
 
 
 def start_workers(
-    config: RunConfig, *, url: str, ca: Path | None, tokens: dict[str, str], scratch: Path
+    config: RunConfig,
+    *,
+    url: str,
+    ca: Path | None,
+    tokens: dict[str, str],
+    scratch: Path,
+    cores: set[int] | None = None,
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     names = sorted(tokens)
     workers = []
@@ -165,6 +199,7 @@ def start_workers(
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **model_env(config.model)},
                 start_new_session=True,
+                preexec_fn=pinned_to(cores),
             )
         workers.append((process, Path(settings["out"])))
     return workers
@@ -216,7 +251,9 @@ def run_one(config: RunConfig, root: Path) -> dict[str, Any]:
     )
     tls = write_local_tls(scratch / "tls") if config.tls else None
     env = {**os.environ, **model_env(config.model), "FLOTILLA_LOG_LEVEL": "WARNING"}
+    aggregator_cores, generator_cores = core_split(config.pin)
     aggregator, url = start_aggregator(
+        cores=aggregator_cores,
         job=job,
         scratch=scratch,
         env=env,
@@ -232,7 +269,12 @@ def run_one(config: RunConfig, root: Path) -> dict[str, Any]:
         pressures = tcp_memory_pressures()
         with Watch(aggregator.pid, port=int(url.rsplit(":", 1)[1])) as watch:
             workers = start_workers(
-                config, url=url, ca=tls.ca if tls else None, tokens=tokens, scratch=scratch
+                config,
+                url=url,
+                ca=tls.ca if tls else None,
+                tokens=tokens,
+                scratch=scratch,
+                cores=generator_cores,
             )
             watch.workers = [w.pid for w, _ in workers]
             phase = wait_for_end(url, context, [w for w, _ in workers], config.timeout)
@@ -284,13 +326,20 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="run the aggregator under cProfile, writing stats here"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the aggregator alone on core 0, the generator on the others (its sites stand "
+        "for other machines)",
+    )
     args = parser.parse_args()
     limit = raise_fd_limit()
     print(
         f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "
         f"{time.strftime('%Y-%m-%d %H:%M')}; {args.transport}; open files limit {limit} "
         f"(the aggregator inherits it); fake training {args.train_seconds:g} s; "
-        f"{args.processes} generator processes\n"
+        f"{args.processes} generator processes"
+        f"{'; aggregator pinned to core 0, generator to the rest' if args.pin else ''}\n"
     )
     print(HEADER)
     print("|" + " --- |" * (HEADER.count("|") - 1))
@@ -317,6 +366,7 @@ def main() -> None:
                     timeout=args.timeout,
                     deadline=args.deadline,
                     profile=args.profile.resolve() if args.profile else None,
+                    pin=args.pin,
                 )
                 results.append(run_one(config, root))
                 print(row(results[-1], args.train_seconds), flush=True)

@@ -48,3 +48,4 @@ class RunConfig:
     timeout: float
     deadline: float
     profile: Path | None = None
+    pin: bool = False  # the aggregator alone on core 0, the generator on the others

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import socket
@@ -155,6 +156,7 @@ class Site:
             info = await self.call("GET", "/v1/job", _json)
             self.headers[SITE_HEADER] = info["site"]
             shared = await self.run.model(info)
+            self.run.joined()
             while True:
                 path = f"/v1/task?wait={LONG_POLL_SECONDS:g}"
                 task = await self.call("GET", path, _json)
@@ -298,8 +300,18 @@ class WorkerRun:
         self.train_seconds: float = config["trainSeconds"]
         self.ssl = client_context(ca_file=Path(config["ca"])) if config["ca"] else None
         self.tally = Tally()
+        self.joining = len(config["sites"])
         self._shared: SharedModel | None = None
         self._lock = asyncio.Lock()
+
+    def joined(self) -> None:
+        """A site has its session and the model: once all have, what they hold lives to the
+        end, and the collector stops walking it (500 sites' sessions and connections: the
+        collector was a quarter of this loop)."""
+        self.joining -= 1
+        if self.joining == 0:
+            gc.collect()
+            gc.freeze()
 
     async def model(self, info: dict[str, Any]) -> SharedModel:
         """The job's model, built once per process, checked against the aggregator's layout
@@ -337,6 +349,11 @@ async def play_sites(config: dict[str, Any]) -> Tally:
 
 def worker(config_path: Path) -> None:
     raise_fd_limit()
+    # As the aggregator settles its collector (flotilla.cli.aggregator.settle_collector),
+    # written out so the same generator can drive an aggregator of an older tree.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     config = json.loads(config_path.read_text())
     tally = asyncio.run(play_sites(config))
     result = {
