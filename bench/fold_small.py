@@ -7,15 +7,22 @@ What it leaves out is what made the change worth more in the real aggregator tha
 worker thread that holds the GIL makes the loop wait in the middle of its I/O, which only
 shows with a thousand connections (bench/load_sites.py; bench/README.md).
 
-    .venv/bin/python bench/fold_small.py [--updates 2000]
+With `--busy`, a spinning process holds every other core meanwhile, as the clients or the
+load generator do on a small machine: then the wall time per update is what the loop waits.
+
+    .venv/bin/python bench/fold_small.py [--updates 2000] [--busy]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import torch
 
@@ -39,8 +46,8 @@ def layouts() -> dict[str, Layout]:
     }
 
 
-async def per_update(layout: Layout, updates: int, *, flat: bool) -> float:
-    """CPU seconds of this process per update: the weights' check, then the fold."""
+async def per_update(layout: Layout, updates: int, *, flat: bool) -> tuple[float, float]:
+    """CPU and wall seconds of this process per update: the weights' check, then the fold."""
     global_views = layout.views(layout.allocate())
     body = layout.views(layout.allocate())
     for view in body.values():
@@ -55,7 +62,7 @@ async def per_update(layout: Layout, updates: int, *, flat: bool) -> float:
             return update_pass(layout.data_size, work, *args, **kwargs)
         return asyncio.to_thread(work, *args, **kwargs)
 
-    started = time.process_time()
+    started, wall = time.process_time(), time.perf_counter()
     for _ in range(updates):
         decoded = await run(decode_update, update, max_norm=None, minus=minus)
         await run(
@@ -66,21 +73,46 @@ async def per_update(layout: Layout, updates: int, *, flat: bool) -> float:
             minus=minus,
             release=lambda name: None,
         )
-    return (time.process_time() - started) / updates
+    cpu, wall = time.process_time() - started, time.perf_counter() - wall
+    return cpu / updates, wall / updates
+
+
+@contextlib.contextmanager
+def other_cores_busy(busy: bool) -> Iterator[None]:
+    """A spinning process per core but this one's, while the block runs."""
+    count = (os.cpu_count() or 1) - 1 if busy else 0
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--busy", action="store_true", help="spin every other core meanwhile")
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}; {args.updates} updates each, best of 3")
-    for name, layout in layouts().items():
-        before = min(asyncio.run(per_update(layout, args.updates, flat=False)) for _ in range(3))
-        after = min(asyncio.run(per_update(layout, args.updates, flat=True)) for _ in range(3))
-        print(
-            f"{name}: tensor by tensor in threads {before * 1e6:.0f} us, flat in place "
-            f"{after * 1e6:.0f} us of CPU per update: **{before / after:.1f}x**"
-        )
+    print(
+        f"torch threads {torch.get_num_threads()}; {args.updates} updates each, best of 3"
+        f"{'; every other core busy' if args.busy else ''}"
+    )
+    with other_cores_busy(args.busy):
+        for name, layout in layouts().items():
+            runs = {
+                flat: [asyncio.run(per_update(layout, args.updates, flat=flat)) for _ in range(3)]
+                for flat in (False, True)
+            }
+            (before_cpu, after_cpu), (before_wall, after_wall) = (
+                [min(run[i] for run in runs[flat]) for flat in (False, True)] for i in (0, 1)
+            )
+            print(
+                f"{name}: tensor by tensor in threads {before_cpu * 1e6:.0f} us CPU, "
+                f"{before_wall * 1e6:.0f} us wall; flat in place {after_cpu * 1e6:.0f} us CPU, "
+                f"{after_wall * 1e6:.0f} us wall per update: **{before_cpu / after_cpu:.1f}x** CPU"
+            )
 
 
 if __name__ == "__main__":
