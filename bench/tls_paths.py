@@ -62,7 +62,9 @@ Ciphersuites = TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY13
 
 def serve(*, size: int, pki: Path | None, levers: set[str]) -> None:
     """The server side (a process of its own): prints its port, serves until killed."""
-    os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")  # as `flotilla aggregator` does
+    # The Python parser, as `flotilla aggregator` takes for bodies past 1 MiB
+    # (server.choose_request_parser): these are 64-256 MiB.
+    os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")
     import asyncio
     import asyncio.sslproto
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,23 +246,3 @@ def test_a_token_used_twice_in_a_round_is_refused_as_duplicate(
     assert first == 200
     assert again == 409 and json.loads(body)["reason"] == "duplicate"
     assert other_site == 403 and json.loads(refused)["reason"] == "wrong_site"
-
-
-def test_the_aggregator_process_parses_http_with_aiohttp_python_parser(tmp_path: Path) -> None:
-    """Its parser hands body pieces on without copying them (see cli._aggregator); the
-    malformed-upload tests above run against aggregator processes, so against it."""
-    probe = (
-        "import sys, flotilla.cli as cli\n"
-        "try:\n"
-        f"    cli.main(['aggregator', '--job', {str(tmp_path / 'none.yaml')!r},"
-        f" '--tokens-file', 'x', '--state-dir', {str(tmp_path)!r}])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "import aiohttp.http_parser as p, aiohttp.web_protocol as w\n"
-        "print(w.HttpRequestParser is p.HttpRequestParserPy)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "AIOHTTP_NO_EXTENSIONS"}
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.split()[-1] == "True", out.stderr

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import resource
 import sys
 from pathlib import Path
@@ -89,11 +88,6 @@ def _listening_flags(aggregator: argparse.ArgumentParser) -> None:
 
 
 def _aggregator(args: argparse.Namespace) -> int:
-    # aiohttp's C parser copies every piece of a request body into a new bytes object; its
-    # Python parser hands the socket's piece on as it is. Uploads are model-sized, so that
-    # copy was a third pass over every byte the aggregator receives (~7% of the round at
-    # 10M parameters x 32 clients, bench/round_bench.py). Set before aiohttp is imported.
-    os.environ.setdefault("AIOHTTP_NO_EXTENSIONS", "1")
     raise_open_files_limit()
     from flotilla.fl.aggregator.main import AggregatorOptions, check_transport, serve
     from flotilla.fl.aggregator.tokens import load_tokens

@@ -27,7 +27,7 @@ from flotilla.fl.aggregator.engine import Phase, RoundEngine
 from flotilla.fl.aggregator.evaluation import CentralEvaluator
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.pace import UploadPace
-from flotilla.fl.aggregator.server import build_app
+from flotilla.fl.aggregator.server import build_app, choose_request_parser
 from flotilla.fl.aggregator.statelock import StateDirBusy, lock_state_dir
 from flotilla.fl.aggregator.tls_transport import serve_tls
 from flotilla.fl.aggregator.tokens import TokenBook, TokenFileWatcher
@@ -189,6 +189,7 @@ async def _serve_engine(
         engine, tracking_failures=lambda: exporter.failures_total if exporter else 0
     )
     metrics_runner = await _serve_metrics(metrics, options) if options.metrics_port else None
+    choose_request_parser(engine.intake.max_body_bytes)
     # Long keep-alive: an idle connection is how the aggregator knows a training
     # client is still there; its close is how it learns that the client died.
     runner = web.AppRunner(

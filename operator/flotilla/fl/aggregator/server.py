@@ -41,6 +41,15 @@ from flotilla.fl.resume import ContentRange
 
 log = logging.getLogger(__name__)
 
+# aiohttp's C request parser (llhttp) reads a request's head several times faster than its
+# Python parser, but copies every piece of a body into a new bytes object, where the Python
+# parser hands the socket's piece on as it is. Past this many bytes an update's body is
+# what a round is made of (the copy was a third pass over every byte received: ~7% of a
+# round at 10M parameters x 32 clients), so the Python parser reads it; below, a round is
+# many small requests (three a site: its task, the model, its update), and at 1,000 sites
+# of the digits CNN the C parser took 0.16-0.45 s off a round (bench/README.md).
+PYTHON_PARSER_PAST_BYTES = 1 << 20
+
 MAX_WAIT_SECONDS = 20.0
 
 ENGINE = web.AppKey("engine", RoundEngine)
@@ -50,6 +59,20 @@ BUFFERS = web.AppKey("buffers", FleetSizedBuffers)
 # /v1/job's answer but the caller's name, serialized once: every site asks it on joining,
 # and the spec through pydantic cost ~1.5 ms a join (1.5 s of a round at 1,000 sites).
 JOB_JSON = web.AppKey("job_json", str)
+
+
+def choose_request_parser(update_bytes: int) -> type:
+    """The request parser for updates of `update_bytes`, for every connection made after
+    this in this process (aiohttp makes each connection's parser from a module global of
+    web_protocol; it offers no per-server choice). Returns it."""
+    from aiohttp import http_parser, web_protocol
+
+    c_parser = getattr(http_parser, "HttpRequestParserC", None)  # None: AIOHTTP_NO_EXTENSIONS
+    python_parser = http_parser.HttpRequestParserPy
+    chosen = python_parser if update_bytes > PYTHON_PARSER_PAST_BYTES else c_parser
+    chosen = chosen or python_parser
+    setattr(web_protocol, "HttpRequestParser", chosen)  # noqa: B010 (not exported)
+    return chosen
 
 
 def build_app(
