@@ -83,10 +83,21 @@ class RawUpload:
         self.writer.close()
 
 
-def _job(buffers: int) -> Any:
-    clients = {"minClients": 3, "joinGraceSeconds": 60, "roundDeadlineSeconds": 30}
+def _job(buffers: int, sites: list[str] = SITES) -> Any:
+    clients = {"minClients": len(sites), "joinGraceSeconds": 60, "roundDeadlineSeconds": 30}
     spec = {"clients": clients, "limits": {"receiveBuffers": buffers}}
-    return digits_job(SITES, rounds=1, spec=spec)
+    return digits_job(sites, rounds=1, spec=spec)
+
+
+async def _a_holder_and_one_waiting(running: Aggregator, body: bytes) -> list[RawUpload]:
+    """site-a's upload, asked for its body (it holds the one buffer), and site-b's, waiting
+    for the buffer and asked ahead."""
+    first = await RawUpload.start(running, "site-a", body)
+    assert await first.asked_for_body()
+    second = await RawUpload.start(running, "site-b", body)
+    async with asyncio.timeout(20):
+        assert await second.asked_for_body()
+    return [first, second]
 
 
 def test_waiting_uploads_past_those_asked_ahead_are_asked_once_a_buffer_is_theirs(
@@ -102,11 +113,7 @@ def test_waiting_uploads_past_those_asked_ahead_are_asked_once_a_buffer_is_their
         async with aggregator(_job(buffers=1), tmp_path) as running:
             await running.join()
             body = bytes(running.delta(0.01))
-            first = await RawUpload.start(running, "site-a", body)
-            assert await first.asked_for_body()
-            second = await RawUpload.start(running, "site-b", body)
-            async with asyncio.timeout(20):
-                assert await second.asked_for_body()
+            first, second = await _a_holder_and_one_waiting(running, body)
             sent_when_b_asked = first.sent
             third = await RawUpload.start(running, "site-c", body)
 
@@ -132,6 +139,50 @@ def test_waiting_uploads_past_those_asked_ahead_are_asked_once_a_buffer_is_their
     assert sent == size, f"site-c was asked for its body when site-a had sent {sent} of {size}"
     assert [status for status, _ in answers] == [200, 200, 200], answers
     assert sorted(answered) == SITES
+
+
+def test_the_next_waiting_upload_is_asked_when_one_asked_ahead_is_handed_a_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One receive buffer and one body asked for ahead. site-a holds the buffer, site-b waits
+    asked ahead, site-c waits unasked. Once site-a's update is handed on, site-b holds the
+    buffer, and site-c takes its place ahead: asked while site-b's body is still on its way,
+    not after its last byte, when the buffer would be site-c's."""
+    monkeypatch.setattr(intake, "BODIES_ASKED_AHEAD", 1)
+    sites = [*SITES, "site-d"]
+
+    async def play() -> tuple[int, int, int, list[tuple[int, dict[str, Any]]], list[str]]:
+        async with aggregator(_job(buffers=1, sites=sites), tmp_path) as running:
+            await running.join()
+            body = bytes(running.delta(0.01))
+            first, second = await _a_holder_and_one_waiting(running, body)
+            third = await RawUpload.start(running, "site-c", body)
+            fourth = await RawUpload.start(running, "site-d", body)
+
+            async def sent_by_b_when_asked(upload: RawUpload) -> int:
+                assert await upload.asked_for_body()
+                return second.sent
+
+            slowly = {"piece": len(body) // 8 + 1, "every": 0.05}
+            async with asyncio.timeout(20):
+                d_asked = asyncio.create_task(sent_by_b_when_asked(fourth))
+                await first.send()
+                sent_c, _ = await asyncio.gather(sent_by_b_when_asked(third), second.send(**slowly))
+                await third.send(**slowly)
+                sent_d = await d_asked
+                await fourth.send()
+                answers = [await u.answer() for u in (first, second, third, fourth)]
+                await running.until(lambda e: e.persisted == 1)
+            for upload in (first, second, third, fourth):
+                upload.close()
+            answered = running.engine.ledger.rounds[0].answered
+            return sent_c, sent_d, len(body), answers, answered
+
+    sent_c, sent_d, size, answers, answered = asyncio.run(play())
+    assert sent_c < size, "site-c was asked only once site-b's body was in: not promoted"
+    assert sent_d == size, f"site-d was asked when site-b had sent {sent_d} of {size}: 2 ahead"
+    assert [status for status, _ in answers] == [200] * 4, answers
+    assert sorted(answered) == sites
 
 
 def test_a_refusal_before_the_body_is_the_final_answer_and_no_body_is_awaited(

@@ -15,6 +15,7 @@ aggregate.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 # wait in socket buffers (at most a connection's read buffer here, the rest in kernels and
 # on the link), so a slow link is busy while it waits. Beyond these, a waiting upload's
 # client holds its body (http_continue.py): 1,000 waiting bodies in socket buffers put the
-# host in TCP memory pressure.
+# host in TCP memory pressure. When one of them is handed a buffer, the longest waiting
+# upload not yet asked takes its place, so as many bodies stay on their way.
 BODIES_ASKED_AHEAD = 8
 
 
@@ -110,6 +112,9 @@ class UpdateIntake:
         self._uploads: dict[str, _Upload] = {}  # one per site, waiting or receiving
         self._leases: list[_Lease] = []
         self._asked_ahead = 0  # waiting uploads whose bodies were asked for
+        # Waiting uploads not asked yet, first come first: each future is set when the
+        # upload is to ask. One that stopped waiting is cancelled and skipped when reached.
+        self._unasked: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
     def buffers(self) -> int:
@@ -406,6 +411,10 @@ class UpdateIntake:
         self._reschedule()
         ahead = asks is not None and self._asked_ahead < BODIES_ASKED_AHEAD
         self._asked_ahead += ahead
+        turn: asyncio.Future[None] | None = None  # set when this one is to ask ahead
+        if asks is not None and not ahead:
+            turn = asyncio.get_running_loop().create_future()
+            self._unasked.append(turn)
         # Holders are judged as their bytes come; a stalled one sends none, so look again
         # now and then while this waits.
         loop, every = asyncio.get_running_loop(), self.pace.slow_link_after_seconds
@@ -421,6 +430,10 @@ class UpdateIntake:
             if ahead and asks is not None:
                 await asks()
             async with asyncio.timeout_at(until):
+                if turn is not None and asks is not None:
+                    await asyncio.wait((waiter, turn), return_when=asyncio.FIRST_COMPLETED)
+                    if not waiter.done():
+                        await asks()
                 return await waiter
         except BaseException as error:
             self._pool.abandon(waiter)
@@ -431,11 +444,23 @@ class UpdateIntake:
                 ) from None
             raise
         finally:
-            self._asked_ahead -= ahead
+            promoted = turn is not None and turn.done() and not turn.cancelled()
+            if turn is not None:
+                turn.cancel()
+            self._asked_ahead -= ahead or promoted
+            self._ask_next()
             judge[0].cancel()
             upload.waiter = None
             self._pool.leave(waiter)
             self._reschedule()
+
+    def _ask_next(self) -> None:
+        """Waiting uploads not asked yet take the places of those asked ahead that left."""
+        while self._asked_ahead < BODIES_ASKED_AHEAD and self._unasked:
+            turn = self._unasked.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                self._asked_ahead += 1
 
     def _give(self, slot: Slot) -> None:
         if self._pool.give(slot):
