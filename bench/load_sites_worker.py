@@ -1,11 +1,12 @@
 """The simulated sites of bench/load_sites.py, a few hundred per worker process on one asyncio
 loop, each with one keep-alive connection speaking the aggregator's real protocol: a bearer
-token, `GET /v1/job`, the `/v1/task` long-poll, the site report, the model download checked as
-the real client checks it, and the update upload with the real client's headers and body; the
-training is a fixed perturbation and `trainSeconds` of sleep. The driver starts it as a script,
-`python bench/load_sites_worker.py CONFIG.json` (the aggregator's URL and CA, the sites and
-their tokens, where to write), and it writes what it saw (per site and round, refusals,
-retries, sites that gave up) as JSON to the config's `out`, also when stopped by SIGTERM.
+token, `GET /v1/job`, the `/v1/task` long-poll (taking the model with the task, as the real
+client does), the site report, the model checked as the real client checks it, and the update
+upload with the real client's headers and body; the training is a fixed perturbation and
+`trainSeconds` of sleep. The driver starts it as a script, `python bench/load_sites_worker.py
+CONFIG.json` (the aggregator's URL and CA, the sites and their tokens, where to write), and it
+writes what it saw (per site and round, refusals, retries, sites that gave up) as JSON to the
+config's `out`, also when stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ PIECE = 64 * KIB  # upload bodies are sent in pieces of this size
 # aggregator's host, and autotuned (tcp_wmem, tcp_rmem: up to 4 and 32 MB), 1,000 sites put
 # the host in TCP memory pressure (tcp_mem), which drops packets of every connection on it.
 SOCKET_BUFFER = 64 * KIB
+# The protocol's names for a task that brings its model (fl/client/transport.py), spelled
+# here too so this generator also runs against trees from before them (A/B runs).
+MODEL_HELD_HEADER, TASK_HEADER = "X-Flotilla-Model-Held", "X-Flotilla-Task"
 
 
 class Refused(Exception):
@@ -139,6 +143,8 @@ class Site:
 
     def __init__(self, *, name: str, token: str, run: WorkerRun) -> None:
         self.name, self.run = name, run
+        self.received: tuple[int, Body] | None = None  # the model that came with a task
+        self.task_heard = 0.0  # when the last task's answer began
         self.headers = {"Authorization": f"Bearer {token}"}
         connector = aiohttp.TCPConnector(
             limit=1, ssl=run.ssl or False, keepalive_timeout=3600, socket_factory=_socket
@@ -150,7 +156,7 @@ class Site:
 
     async def play(self) -> str:
         """Join, then do what the aggregator says until the job ends; returns its phase."""
-        from flotilla.fl.client.loop import LONG_POLL_SECONDS, STALE
+        from flotilla.fl.client.loop import STALE
 
         try:
             info = await self.call("GET", "/v1/job", _json)
@@ -158,9 +164,8 @@ class Site:
             shared = await self.run.model(info)
             self.run.joined()
             while True:
-                path = f"/v1/task?wait={LONG_POLL_SECONDS:g}"
-                task = await self.call("GET", path, _json)
-                received, action = time.time(), task["action"]
+                task = await self.next_task(shared)
+                received, action = self.task_heard, task["action"]
                 try:
                     if action == "train":
                         await self.train(task, received, shared)
@@ -175,6 +180,32 @@ class Site:
         finally:
             await self.session.close()
 
+    async def next_task(self, shared: SharedModel) -> dict[str, Any]:
+        """The /v1/task long-poll, offering to take the model with the task as the real
+        client does (it holds none here: each round's model is new)."""
+        from flotilla.fl.client.loop import LONG_POLL_SECONDS
+
+        async def read(response: aiohttp.ClientResponse) -> Any:
+            self.task_heard = time.time()  # before a model that comes with it
+            raw = response.headers.get(TASK_HEADER)
+            if raw is None:
+                return await _json(response)
+            task = json.loads(raw)
+            version, unread = int(task["modelVersion"]), [response]
+
+            async def download(into: bytearray | None) -> None:
+                if unread:  # this answer's body; a retry for a failed keeper asks anew
+                    await self.read_model(unread.pop(), shared, version, into)
+                else:
+                    await self.download(version, shared, into)
+
+            self.received = (version, await shared.body(version, download))
+            return task
+
+        path = f"/v1/task?wait={LONG_POLL_SECONDS:g}"
+        task: dict[str, Any] = await self.call("GET", path, read, headers={MODEL_HELD_HEADER: "-1"})
+        return task
+
     async def report(self, task: dict[str, Any]) -> None:
         if task["action"] == "report":
             ready = {"ready": True, "data": {"train": EXAMPLES, "holdout": 0}}
@@ -187,7 +218,10 @@ class Site:
         event: dict[str, Any] = {"site": self.name, "round": int(task["round"]), "task": received}
         self.run.tally.events.append(event)
         version = int(task["modelVersion"])
-        body = await shared.body(version, lambda into: self.download(version, shared, into))
+        if self.received is not None and self.received[0] == version:
+            body = self.received[1]  # it came with the task
+        else:
+            body = await shared.body(version, lambda into: self.download(version, shared, into))
         event["model"] = time.time()
         await asyncio.sleep(self.run.train_seconds)
         metrics = {"train": {"loss": 0.0, "seconds": self.run.train_seconds, "epochs": 1}}
@@ -209,22 +243,31 @@ class Site:
             event["done"] = time.time()
 
     async def download(self, version: int, shared: SharedModel, into: bytearray | None) -> None:
+        await self.call(
+            "GET",
+            f"/v1/model/{version}",
+            lambda response: self.read_model(response, shared, version, into),
+        )
+
+    @staticmethod
+    async def read_model(
+        response: aiohttp.ClientResponse,
+        shared: SharedModel,
+        version: int,
+        into: bytearray | None,
+    ) -> None:
         """The model, checked as the real client checks it: its size and layout header."""
         size, header = shared.layout.total_size, shared.layout.header
-
-        async def read(response: aiohttp.ClientResponse) -> None:
-            got, head = 0, bytearray()
-            async for chunk in response.content.iter_any():
-                if into is not None:
-                    into[got : got + len(chunk)] = chunk
-                elif got < len(header):
-                    head += chunk[: len(header) - got]
-                got += len(chunk)
-            kept = into if into is not None else head
-            if got != size or kept[: len(header)] != header:
-                raise RuntimeError(f"model {version}: {got} bytes of {size}, or another layout")
-
-        await self.call("GET", f"/v1/model/{version}", read)
+        got, head = 0, bytearray()
+        async for chunk in response.content.iter_any():
+            if into is not None:
+                into[got : got + len(chunk)] = chunk
+            elif got < len(header):
+                head += chunk[: len(header) - got]
+            got += len(chunk)
+        kept = into if into is not None else head
+        if got != size or kept[: len(header)] != header:
+            raise RuntimeError(f"model {version}: {got} bytes of {size}, or another layout")
 
     async def call(
         self,

@@ -366,6 +366,29 @@ def test_random_paths_and_tokens_never_fail_the_server(
     assert status < 500, f"{target}: {status} {answer[:300]!r}"
 
 
+@FUZZ
+@given(held=st.text(max_size=24))
+@example(held="²")
+@example(held="-1 ")
+@example(held="99999999999999999999999")
+def test_random_held_model_versions_are_refused_or_served(served: Served, held: str) -> None:
+    try:
+        status, answer = _send(
+            served,
+            "GET",
+            "/v1/task?wait=0",
+            None,
+            Authorization=served.header("site-c"),
+            **{"X-Flotilla-Model-Held": held.encode("utf-8")},
+        )
+    except (ValueError, http.client.HTTPException):
+        return  # not a header http.client sends
+    TRIED["held model versions"] += 1
+    assert status < 500, f"{held!r}: {status} {answer[:300]!r}"
+    if status >= 400 and answer.startswith(b"{"):  # ours; aiohttp's parser answers text
+        assert json.loads(answer)["reason"] == "bad_header", answer[:300]
+
+
 # -- the invariant -------------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ ALLOWED_HEADERS = {
     "x-flotilla-update",  # "weights" (float32) or "delta": what the body's tensors hold
     "x-flotilla-site",  # the site's own name, checked against its token (docs/security.md)
     "expect",  # "100-continue" on an update: its body waits until asked for
+    "x-flotilla-model-held",  # on /v1/task: the model version the client holds, or -1
     # Resumable transfers (docs/round-engine.md): a random id and byte counts, nothing else.
     "x-flotilla-upload-id",
     "x-flotilla-zstd-frame-bytes",
@@ -62,12 +63,13 @@ ALLOWED_HEADERS = {
     "range",
 }
 # What those may hold: a random id (secrets.token_urlsafe), numbers and byte ranges.
-RESUME_VALUES = {
+VALUE_FORMS = {
     "x-flotilla-upload-id": r"[A-Za-z0-9_-]{8,64}",
     "x-flotilla-zstd-frame-bytes": r"\d+",
     "x-flotilla-resume-from": r"\d+",
     "content-range": r"bytes \d+-\d+/\d+",
     "range": r"bytes=\d+-",
+    "x-flotilla-model-held": r"-1|\d+",
 }
 
 
@@ -213,7 +215,7 @@ def test_no_image_or_annotation_crosses_the_wire(tmp_path: Path, digits_dir: Pat
             assert request.headers.get("x-flotilla-site", SITES[0]) in SITES
             assert request.headers.get("x-flotilla-update", "delta") in ("delta", "weights")
             assert request.headers.get("expect", "100-continue") == "100-continue"
-            for name, form in RESUME_VALUES.items():
+            for name, form in VALUE_FORMS.items():
                 value = request.headers.get(name)
                 assert value is None or re.fullmatch(form, value), (name, value)
             if "x-flotilla-metrics" in request.headers:

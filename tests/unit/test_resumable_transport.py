@@ -76,19 +76,24 @@ def test_an_upload_broken_by_a_reset_resumes_and_is_folded_once(
     assert 0 < stats["resumed"]["up"] < size
 
 
+def _download_reset_at(running: Any, offset: int) -> NetFault:
+    """A proxy that resets its first connection once `offset` bytes went down it. The link is
+    capped: the client reads each piece as it comes, so what crossed before the reset is in
+    its buffer (a reset drops what a socket had not read yet)."""
+    return NetFault(
+        running.client.server.port,
+        down=Link(rate=1e6),
+        resets=ResetAt(offset=offset, direction="down", connection=0),
+    ).start()
+
+
 @pytest.mark.parametrize("share", [0.5, 0.95])
 def test_a_download_broken_by_a_reset_resumes_with_a_range(tmp_path: Path, share: float) -> None:
     async def play() -> tuple[bool, dict[str, Any]]:
         async with aggregator(_job(zstd=False), tmp_path) as running:
             await running.join()
             model = running.engine.global_model
-            # A capped link: the client reads each piece as it comes, so what crossed before
-            # the reset is in its buffer (a reset drops what a socket had not read yet).
-            proxy = NetFault(
-                running.client.server.port,
-                down=Link(rate=1e6),
-                resets=ResetAt(offset=int(len(model) * share), direction="down", connection=0),
-            ).start()
+            proxy = _download_reset_at(running, int(len(model) * share))
             try:
                 conn = AggregatorConnection(
                     proxy.url(), running.tokens["site-a"], backoff=Backoff(initial=0.05)
@@ -113,3 +118,51 @@ def test_a_download_broken_by_a_reset_resumes_with_a_range(tmp_path: Path, share
     assert share * seen["size"] - read_piece(seen["size"]) - 1024 <= seen["resumed"]["down"]
     assert seen["resumed"]["down"] <= share * seen["size"]
     assert seen["links"]["resumedDownloads"] == 1
+
+
+def test_a_model_sent_with_its_task_and_broken_by_a_reset_goes_on_with_a_range(
+    tmp_path: Path,
+) -> None:
+    """The task's answer carries the model (the client holds none); the reset lands halfway
+    through it. The task is not asked again: the rest of the model comes from /v1/model with
+    a Range, and the buffer ends as the model. Asked again holding that version, the task
+    comes alone and the buffer is left as it is."""
+
+    async def play() -> dict[str, Any]:
+        async with aggregator(_job(zstd=False), tmp_path) as running:
+            await running.join()
+            model = running.engine.global_model
+            proxy = _download_reset_at(running, len(model) // 2)
+            try:
+                conn = AggregatorConnection(
+                    proxy.url(), running.tokens["site-a"], backoff=Backoff(initial=0.05)
+                )
+                into = bytearray(len(model))
+                task, received = await asyncio.to_thread(
+                    conn.get_task, wait=5, held=None, into=into
+                )
+                seen = {"task": task, "received": received, "same": into == model}
+                into[:] = bytes(len(into))
+                again, received = await asyncio.to_thread(
+                    conn.get_task, wait=5, held=task["modelVersion"], into=into
+                )
+                seen |= {"again": again, "received again": received, "untouched": not any(into)}
+                conn.close()
+            finally:
+                proxy.close()
+            return seen | {
+                "resets": conn.stats.resets,
+                "resumed": conn.stats.resumed_bytes,
+                "links": running.engine.intake.links.json()["site-a"],
+                "size": len(model),
+            }
+
+    seen = asyncio.run(play())
+    assert seen["task"]["action"] == "train" and seen["received"] and seen["same"]
+    assert seen["resets"]["down"] == 1
+    # The reset counts the answer's head too: a little less than half the model crossed.
+    half = seen["size"] // 2
+    assert half - read_piece(seen["size"]) - 1024 <= seen["resumed"]["down"] <= half
+    assert seen["links"]["resumedDownloads"] == 1
+    assert seen["again"]["action"] == "train"
+    assert not seen["received again"] and seen["untouched"]

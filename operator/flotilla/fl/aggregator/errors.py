@@ -141,6 +141,10 @@ class BadPath(Refused):
     """A path parameter that is not a non-negative integer."""
 
 
+class BadHeader(Refused):
+    """A header of Flotilla's protocol whose value is not of its form."""
+
+
 class BadEncoding(Refused):
     """A body encoding the aggregator does not read (Content-Encoding, or unknown)."""
 

@@ -57,6 +57,7 @@ ANSWERS: Mapping[type[errors.Refused], tuple[int, str]] = {
     errors.BadReport: (400, "bad_report"),
     errors.BadQuery: (400, "bad_query"),
     errors.BadPath: (400, "bad_path"),
+    errors.BadHeader: (400, "bad_header"),
     errors.BadEncoding: (415, "bad_encoding"),
     errors.BadUpdateKind: (400, "bad_update_kind"),
     errors.BadUploadId: (400, "bad_upload_id"),

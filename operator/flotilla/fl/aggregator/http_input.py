@@ -15,6 +15,7 @@ from aiohttp import web
 
 from flotilla.fl.aggregator.errors import (
     BadEncoding,
+    BadHeader,
     BadJson,
     BadMetrics,
     BadPath,
@@ -46,6 +47,9 @@ from flotilla.redaction import redact_urls
 MAX_JSON_BYTES = 16 * 1024  # a report's body, or the metrics header
 MAX_ERROR_CHARS = 2000
 SITE_HEADER = "X-Flotilla-Site"  # the site a client says it is; checked against its token
+# On /v1/task: the model version the client holds (-1: none). Sending it says the client
+# takes the model in a task's answer (server.py, `_task`).
+MODEL_HELD_HEADER = "X-Flotilla-Model-Held"
 
 
 def authenticated(request: web.Request, tokens: TokenBook) -> str:
@@ -79,6 +83,19 @@ def path_int(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     if not is_count(raw):
         raise BadPath(f"{name} {raw!r} is not a non-negative integer")
+    return int(raw)
+
+
+def model_held(request: web.Request) -> int | None:
+    """The model version the client holds (-1: none), or None when it did not say: then it
+    takes only JSON from /v1/task."""
+    raw = request.headers.get(MODEL_HELD_HEADER)
+    if raw is None:
+        return None
+    if raw.strip() == "-1":
+        return -1
+    if not is_count(raw.strip()):
+        raise BadHeader(f"{MODEL_HELD_HEADER} {raw[:32]!r} is not a model version or -1")
     return int(raw)
 
 

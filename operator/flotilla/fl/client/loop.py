@@ -188,7 +188,7 @@ class FederatedClient:
             wait = LONG_POLL_SECONDS
             if self.data.train is None:
                 wait = min(wait, max(self.data.next_try - time.monotonic(), 0.0))
-            task = self.conn.get_json("/v1/task", params={"wait": wait}, wait=wait)
+            task = self._next_task(wait)
             action = task["action"]
             try:
                 if action == "report":
@@ -209,6 +209,19 @@ class FederatedClient:
                 self.load_data()
                 self.conn.post_json("/v1/site-report", self.data.report)
 
+    def _next_task(self, wait: float) -> dict[str, Any]:
+        """The next task; a small model it needs comes with it, into the model buffer."""
+        held, self.cached_version = self.cached_version, None  # the answer may overwrite it
+        try:
+            task, received = self.conn.get_task(wait=wait, held=held, into=self.weights)
+        finally:  # a download that gave up broke too
+            self.metrics.transfers(self.conn.stats)
+        if received:
+            self._took_model(int(task["modelVersion"]))
+        else:
+            self.cached_version = held
+        return task
+
     def _ensure_model(self, version: int) -> None:
         if self.cached_version == version:
             return
@@ -217,6 +230,10 @@ class FederatedClient:
             self.conn.download_into(f"/v1/model/{version}", self.weights)
         finally:  # a download that gave up broke too
             self.metrics.transfers(self.conn.stats)
+        self._took_model(version)
+
+    def _took_model(self, version: int) -> None:
+        """The model buffer holds version `version`, as received: check it and load it."""
         self.metrics.received.inc(len(self.weights))
         if self.weights[: len(self.layout.header)] != self.layout.header:
             raise RuntimeError("the aggregator sent a model with another layout")

@@ -43,6 +43,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SITE_HEADER = "X-Flotilla-Site"
+# Sent with /v1/task: the model version held (-1: none), which says this client takes a
+# model the task needs in the task's answer; the task then comes in TASK_HEADER.
+MODEL_HELD_HEADER = "X-Flotilla-Model-Held"
+TASK_HEADER = "X-Flotilla-Task"
 # A download is read in pieces: a reset loses at most the piece being read (a buffered
 # readinto fills its whole target or raises, so one model-sized read would lose it all).
 # A 64th of the model, from 16 KiB to 1 MiB: large models in 1 MiB pieces (half the client
@@ -142,6 +146,38 @@ class AggregatorConnection:
 
         return self._with_retries(attempt)
 
+    def get_task(
+        self, *, wait: float, held: int | None, into: Buffer
+    ) -> tuple[dict[str, Any], bool]:
+        """The next task (/v1/task, a long-poll of `wait` seconds) and whether `into` now
+        holds the model it names: the aggregator sends a small model a task needs with the
+        task, unless it is version `held`. A model body broken partway goes on from its
+        bytes through /v1/model (Range). Whatever `into` held is lost once this raises."""
+        query = f"?{urllib.parse.urlencode({'wait': wait})}"
+        headers = {MODEL_HELD_HEADER: str(-1 if held is None else held)}
+
+        def attempt() -> tuple[dict[str, Any], http.client.HTTPResponse | None]:
+            response = self._request(
+                "GET", "/v1/task" + query, headers=headers, timeout=self._timeout + wait
+            )
+            raw = response.getheader(TASK_HEADER)
+            if raw is None or response.status != 200:
+                return _json_body(response), None
+            return _task_of(raw, response), response
+
+        task, response = self._with_retries(attempt)
+        if response is None:
+            return task, False
+        filled = _Filled()
+        try:
+            self._download_start(response, len(into), asked=0)
+            _read_into(response, memoryview(into), filled)
+        except RETRYABLE as error:
+            self.close()
+            log.info("the model in the task's answer broke at byte %d: %s", filled.upto, error)
+            self.download_into(f"/v1/model/{task['modelVersion']}", into, start=filled.upto)
+        return task, True
+
     def post_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
 
@@ -153,24 +189,19 @@ class AggregatorConnection:
 
         return self._with_retries(attempt)
 
-    def download_into(self, path: str, buffer: Buffer) -> None:
+    def download_into(self, path: str, buffer: Buffer, *, start: int = 0) -> None:
         """Read a body of exactly len(buffer) bytes into `buffer`; a broken download goes on
-        from the bytes it has (`Range`), unless the aggregator answers with the whole body."""
-        view, size, got = memoryview(buffer), len(buffer), 0
-        piece = read_piece(size)
+        from the bytes it has (`Range`), unless the aggregator answers with the whole body.
+        `start`: bytes already in `buffer` from a download that broke."""
+        view, filled = memoryview(buffer), _Filled(start)
 
         def attempt() -> None:
-            nonlocal got
-            if got:
+            if filled.upto:
                 self.stats.resets["down"] += 1
-            ranged = {"Range": f"bytes={got}-"} if got else None
+            ranged = {"Range": f"bytes={filled.upto}-"} if filled.upto else None
             response = self._request("GET", path, headers=ranged)
-            got = self._download_start(response, size, asked=got)
-            while got < size:
-                n = response.readinto(view[got : got + piece])
-                if not n:
-                    raise ConnectionError(f"the model download ended after {got} of {size} bytes")
-                got += n
+            filled.upto = self._download_start(response, len(view), asked=filled.upto)
+            _read_into(response, view, filled)
 
         self._with_retries(attempt)
 
@@ -391,6 +422,37 @@ def _json_body(response: http.client.HTTPResponse) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AggregatorRefused(502, "not_json", "the aggregator answered a non-object")
     return data
+
+
+@dataclass
+class _Filled:
+    """How far a download has filled its buffer."""
+
+    upto: int = 0
+
+
+def _read_into(response: http.client.HTTPResponse, view: memoryview, filled: _Filled) -> None:
+    """The rest of the body into `view` from `filled.upto`, a piece at a time: a reset
+    loses at most the piece being read. Raises when the body ends short."""
+    size = len(view)
+    piece = read_piece(size)
+    while filled.upto < size:
+        n = response.readinto(view[filled.upto : filled.upto + piece])
+        if not n:
+            raise ConnectionError(f"the model download ended after {filled.upto} of {size} bytes")
+        filled.upto += n
+
+
+def _task_of(raw: str, response: http.client.HTTPResponse) -> dict[str, Any]:
+    """The task in an answer that carries the model as its body."""
+    try:
+        task = json.loads(raw)
+    except json.JSONDecodeError:
+        task = None
+    if not isinstance(task, dict) or not isinstance(task.get("modelVersion"), int):
+        response.close()
+        raise AggregatorRefused(502, "not_json", f"{TASK_HEADER} is no task: {raw[:200]!r}")
+    return task
 
 
 def read_piece(size: int) -> int:
