@@ -333,6 +333,8 @@ def main() -> None:
         "for other machines)",
     )
     args = parser.parse_args()
+    if args.profile:  # cProfile writes its stats there only at the end, and not to a missing dir
+        args.profile.mkdir(parents=True, exist_ok=True)
     limit = raise_fd_limit()
     print(
         f"machine: {os.cpu_count()} cores, {available_bytes() / GIB:.0f} GB free; "

@@ -2,11 +2,10 @@
 
 A client sends the update's headers with `Expect: 100-continue` and holds the body back.
 The aggregator answers `100 Continue` when the intake starts reading the body, which is
-once the upload holds a receive buffer (intake.py), or earlier for a few uploads waiting
-for one, the longest waiting (`intake.BODIES_ASKED_AHEAD`: a slow link is busy while it
-waits); a
-refusal before then (a closed round, a site not sampled) is the final answer, and no body
-byte crossed the link. So an upload waiting its turn beyond those holds nothing at the
+once the upload holds a receive buffer (intake.py), or earlier for the few that have
+waited longest for one (`intake.BODIES_ASKED_AHEAD`: a slow link is busy while it waits);
+a refusal before then (a closed round, a site not sampled) is the final answer, and no
+body byte crossed the link. So an upload waiting its turn beyond those holds nothing at the
 aggregator: no body in its connection's read buffer, none in its socket's kernel buffers.
 At 1,000 sites those waiting bodies were most of the aggregator's memory per site, and at
 1M x 1,000 they put the host's TCP stack in memory pressure (bench/README.md, "Waiting

@@ -92,11 +92,10 @@ def model_held(request: web.Request) -> int | None:
     raw = request.headers.get(MODEL_HELD_HEADER)
     if raw is None:
         return None
-    if raw.strip() == "-1":
-        return -1
-    if not is_count(raw.strip()):
+    value = raw.strip()
+    if value != "-1" and not is_count(value):
         raise BadHeader(f"{MODEL_HELD_HEADER} {raw[:32]!r} is not a model version or -1")
-    return int(raw)
+    return int(value)
 
 
 def is_count(raw: str) -> bool:

@@ -39,25 +39,32 @@ class Slot:
 
     buffer: memoryview
     fence: ReadFence
-    # The last tensor views made over this buffer, with the offsets they were made for:
-    # bodies mostly come in the layout's order, and a torch view per tensor per upload was
-    # ~7% of the event loop at 1,000 sites (bench/README.md, "The collector"). Kept across
-    # fences (`refenced`): the buffer is the same.
-    _views: list[object] = field(default_factory=list, compare=False, repr=False)
+    _kept: _KeptViews = field(default_factory=lambda: _KeptViews(), compare=False, repr=False)
 
     def views(self, layout: Layout, offsets: Mapping[str, tuple[int, int]]) -> TensorViews:
         """`layout`'s tensors over this buffer's data at `offsets` (a body's, relative to
         the buffer's start)."""
-        kept = self._views
-        if kept and kept[0] is layout and kept[1] == offsets:
-            return kept[2]  # type: ignore[return-value]
-        views = layout.views(self.buffer, offsets=offsets, base=0)
-        kept[:] = [layout, dict(offsets), views]
-        return views
+        kept = self._kept
+        if kept.views is None or kept.layout is not layout or kept.offsets != offsets:
+            kept.layout, kept.offsets = layout, dict(offsets)
+            kept.views = layout.views(self.buffer, offsets=offsets, base=0)
+        return kept.views
 
     def refenced(self, fence: ReadFence) -> Slot:
         """This buffer behind another reader's fence."""
-        return Slot(self.buffer, fence, self._views)
+        return Slot(self.buffer, fence, self._kept)
+
+
+@dataclass
+class _KeptViews:
+    """The last tensor views made over a buffer, with the offsets they were made for: bodies
+    mostly come in the layout's order, and a torch view per tensor per upload was ~7% of the
+    event loop at 1,000 sites (bench/README.md, "The collector"). Kept across fences
+    (`Slot.refenced`): the buffer is the same."""
+
+    layout: Layout | None = None
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    views: TensorViews | None = None
 
 
 class ReceivePool:

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 # parser hands the socket's piece on as it is. Past this many bytes an update's body is
 # what a round is made of (the copy was a third pass over every byte received: ~7% of a
 # round at 10M parameters x 32 clients), so the Python parser reads it; below, a round is
-# many small requests (three a site: its task, the model, its update), and at 1,000 sites
+# many small requests (two or three a site: its task, the model unless it came with the
+# task, its update), and at 1,000 sites
 # of the digits CNN the C parser took 0.16-0.45 s off a round (bench/README.md).
 PYTHON_PARSER_PAST_BYTES = 1 << 20
 

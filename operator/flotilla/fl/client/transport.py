@@ -135,14 +135,9 @@ class AggregatorConnection:
             self._conn.close()
             self._conn = None
 
-    def get_json(
-        self, path: str, *, params: Mapping[str, Any] | None = None, wait: float = 0.0
-    ) -> dict[str, Any]:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-
+    def get_json(self, path: str) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
-            response = self._request("GET", path + query, timeout=self._timeout + wait)
-            return _json_body(response)
+            return _json_body(self._request("GET", path))
 
         return self._with_retries(attempt)
 
