@@ -131,6 +131,33 @@ def test_a_waiting_task_long_poll_answers_at_once_when_the_aggregator_stops() ->
     assert task["action"] == later["action"] == "wait"
 
 
+def test_a_waiting_task_long_poll_sleeps_through_a_round_closing_and_wakes_as_one_opens() -> None:
+    """Closing a round and waiting for clients give no one work: at 1,000 sites, waking
+    every long-poll for them cost 2,000 wake-ups a round."""
+    d = Desk(["a", "b"])
+    d.ready("a", "b")
+    asked: list[str] = []
+    task_for = d.desk.task_for
+    d.desk.task_for = lambda site: (asked.append(site), task_for(site))[1]  # type: ignore[method-assign]
+
+    async def play() -> tuple[int, dict[str, Any]]:
+        d.open_round(["b"])
+        polling = asyncio.create_task(d.desk.wait_task("a", timeout=3600))
+        await asyncio.sleep(0)
+        d.state.close_round()  # the round's end: still nothing for "a"
+        d.state.set_phase(Phase.WAITING, "waiting for clients")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        asked_while_waiting = len(asked)
+        d.open_round(["a", "b"])
+        return asked_while_waiting, await asyncio.wait_for(polling, 5)
+
+    asked_while_waiting, task = asyncio.run(play())
+    assert asked_while_waiting == 1, "a phase that gives no work woke the long-poll"
+    assert task["action"] == "train" and task["round"] == 1
+    assert asked == ["a", "a"]
+
+
 def test_the_desk_asks_the_sampled_sites_to_train_until_their_update_is_folded() -> None:
     d = Desk(["a", "b", "c"])
     d.ready("a", "b", "c")

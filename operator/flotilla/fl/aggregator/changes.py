@@ -5,10 +5,11 @@ loop, a client's task, /v1/status) bumps the one `Changes` it was given; whoever
 waits for the next bump or a time on the clock, whichever comes first. All waiting goes
 through the clock, so a test with a fake clock plays whole rounds without sleeping.
 
-A client's task changes only with the phase, so /v1/task long-polls wait for phase changes
-alone: were each folded update to wake them, the k-th update of a round would wake the k
-sites already waiting, O(sites^2) a round (at 1,000 sites: 25-33 s of CPU a round against
-3.4-5.6 s, bench/load_sites.py).
+A waiting client's task changes only when a phase that hands out work begins (training,
+evaluating, the end), so /v1/task long-polls wait for those changes alone: were each folded
+update to wake them, the k-th update of a round would wake the k sites already waiting,
+O(sites^2) a round (at 1,000 sites: 25-33 s of CPU a round against 3.4-5.6 s,
+bench/load_sites.py). Nor does a round's close wake them: a waiting site waits on after it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Changes:
         self._clock = clock
         self._seq = 0
         self._changed = asyncio.Event()
-        self._phase_changed = asyncio.Event()
+        self._work_changed = asyncio.Event()
         self._closed = False
 
     @property
@@ -63,22 +64,23 @@ class Changes:
         """Wake every wait; the long-polls (which check `closed` before they wait) answer
         now, so the HTTP server's shutdown does not wait them out (main.py)."""
         self._closed = True
-        self.bump(phase=True)
+        self.bump(work=True)
 
-    def bump(self, *, phase: bool = False) -> None:
-        """A change; `phase`: one of the phase, which also wakes `wait(phase=True)`."""
+    def bump(self, *, work: bool = False) -> None:
+        """A change; `work`: one that may give a waiting client work, which also wakes
+        `wait(work=True)`."""
         self._seq += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if phase:
-            changed, self._phase_changed = self._phase_changed, asyncio.Event()
+        if work:
+            changed, self._work_changed = self._work_changed, asyncio.Event()
             changed.set()
 
-    async def wait(self, timeout: float, *, phase: bool = False) -> None:
-        """Until the next bump (with `phase`: the next phase change), or `timeout` seconds
-        on the clock."""
+    async def wait(self, timeout: float, *, work: bool = False) -> None:
+        """Until the next bump (with `work`: the next that may give a client work), or
+        `timeout` seconds on the clock."""
         # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
         # event is set, and the engine then ran on to its round deadline instead of stopping.
         with contextlib.suppress(TimeoutError):
             async with self._clock.timeout(timeout):
-                await (self._phase_changed if phase else self._changed).wait()
+                await (self._work_changed if work else self._changed).wait()

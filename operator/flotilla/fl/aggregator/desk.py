@@ -98,14 +98,14 @@ class ClientDesk:
 
     async def wait_task(self, site: str, *, timeout: float) -> dict[str, Any]:
         """The site's next action, once it has one (long-poll): never "wait" before timeout.
-        Only a phase change turns a "wait" into something else (the site's own report and
-        upload are its own requests), so only one wakes this."""
+        Only a phase that hands out work turns a "wait" into something else (the site's own
+        report and upload are its own requests), so only its start wakes this."""
         end, changes = self._clock() + timeout, self._state.changes
         while (task := self.task_for(site))["action"] == "wait" and not changes.closed:
             remaining = end - self._clock()
             if remaining <= 0:
                 break
-            await self._state.changes.wait(remaining, phase=True)
+            await self._state.changes.wait(remaining, work=True)
         return task
 
     async def wait_released(self, *, timeout: float) -> None:
