@@ -196,7 +196,8 @@ def test_the_desk_asks_for_the_final_evaluation_and_files_it_in_the_ledger() -> 
     d.desk.receive_evaluation(
         site="a", version=1, metrics={"loss": 0.25, "examples": 5, "accuracy": 0.75}
     )
-    assert d.state.evaluated == {"a"}
+    assert not d.state.evaluation_asked_of("a") and not d.state.evaluation_asked_of("b")
+    assert d.state.all_evaluated()
     assert d.ledger.evaluations[1]["a"].loss == 0.25
     assert d.action("a") == "wait"
 

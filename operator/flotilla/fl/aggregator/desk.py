@@ -68,7 +68,7 @@ class ClientDesk:
             action = "report"  # new here, or this aggregator restarted: say how your data is
         elif state.phase is Phase.TRAINING and self._trains(site):
             action = "train"
-        elif state.phase is Phase.EVALUATING and site in state.asked - state.evaluated:
+        elif state.phase is Phase.EVALUATING and state.evaluation_asked_of(site):
             action = "evaluate"
         elif state.finished:
             action = state.phase.value

@@ -122,9 +122,10 @@ class EngineState:
     def answers(self) -> Mapping[str, ClientReport]:
         return self._play.answers
 
-    @property
-    def evaluated(self) -> frozenset[str]:
-        return frozenset(self._play.evaluated)
+    def evaluation_asked_of(self, site: str) -> bool:
+        """`site` is to evaluate the final model and has not yet: in O(1), as every waiting
+        site asks this when the evaluation opens."""
+        return site in self._play.asked and site not in self._play.evaluated
 
     @property
     def round_started(self) -> float:
