@@ -66,15 +66,15 @@ def test_a_bump_wakes_a_waiter_at_once_and_a_timeout_on_the_clock_ends_a_wait() 
 def test_a_work_waiter_sleeps_through_other_changes_and_wakes_on_one_that_may_give_work() -> None:
     async def play() -> tuple[bool, bool, bool]:
         changes = Changes(FakeClock())
-        phase_waiter = asyncio.create_task(changes.wait(3600, work=True))
+        work_waiter = asyncio.create_task(changes.wait(3600, work=True))
         any_waiter = asyncio.create_task(changes.wait(3600))
         await asyncio.sleep(0.01)
         changes.bump()  # an update folded, a site seen: no client's task changed
         await asyncio.sleep(0.01)
-        slept, any_woken = not phase_waiter.done(), any_waiter.done()
+        slept, any_woken = not work_waiter.done(), any_waiter.done()
         changes.bump(work=True)
-        await asyncio.wait_for(phase_waiter, 1)
-        return slept, any_woken, phase_waiter.done()
+        await asyncio.wait_for(work_waiter, 1)
+        return slept, any_woken, work_waiter.done()
 
     assert asyncio.run(play()) == (True, True, True)
 
