@@ -42,7 +42,7 @@ PIECE = 64 * KIB  # upload bodies are sent in pieces of this size
 # aggregator's host, and autotuned (tcp_wmem, tcp_rmem: up to 4 and 32 MB), 1,000 sites put
 # the host in TCP memory pressure (tcp_mem), which drops packets of every connection on it.
 SOCKET_BUFFER = 64 * KIB
-# The protocol's names for a task that brings its model (fl/client/transport.py), spelled
+# The protocol's names for a task that brings its model (fl/headers.py), spelled
 # here too so this generator also runs against trees from before them (A/B runs).
 MODEL_HELD_HEADER, TASK_HEADER = "X-Flotilla-Model-Held", "X-Flotilla-Task"
 

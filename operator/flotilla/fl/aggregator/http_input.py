@@ -32,6 +32,7 @@ from flotilla.fl.aggregator.http_errors import content_encoded
 from flotilla.fl.aggregator.reports import checked_label_report, checked_update_metrics
 from flotilla.fl.aggregator.terms import Resumable
 from flotilla.fl.aggregator.tokens import TokenBook
+from flotilla.fl.headers import MODEL_HELD_HEADER, SITE_HEADER
 from flotilla.fl.resume import (
     FRAME_BYTES_HEADER,
     RESUME_FROM_HEADER,
@@ -46,10 +47,6 @@ from flotilla.redaction import redact_urls
 
 MAX_JSON_BYTES = 16 * 1024  # a report's body, or the metrics header
 MAX_ERROR_CHARS = 2000
-SITE_HEADER = "X-Flotilla-Site"  # the site a client says it is; checked against its token
-# On /v1/task: the model version the client holds (-1: none). Sending it says the client
-# takes the model in a task's answer (server.py, `_task`).
-MODEL_HELD_HEADER = "X-Flotilla-Model-Held"
 
 
 def authenticated(request: web.Request, tokens: TokenBook) -> str:

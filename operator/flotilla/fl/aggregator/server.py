@@ -39,6 +39,7 @@ from flotilla.fl.aggregator.http_errors import content_encoded, refusals
 from flotilla.fl.aggregator.metrics import AggregatorMetrics
 from flotilla.fl.aggregator.reports import checked_eval_report, examples_count
 from flotilla.fl.aggregator.tokens import TokenBook
+from flotilla.fl.headers import TASK_HEADER
 from flotilla.fl.resume import ContentRange
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,10 @@ PYTHON_PARSER_PAST_BYTES = 1 << 20
 MAX_WAIT_SECONDS = 20.0
 
 # A model up to this size comes in the answer of the task that needs it, to a client that
-# says which it holds (http_input.MODEL_HELD_HEADER): one request a site a round fewer (at
+# says which it holds (fl/headers.py, MODEL_HELD_HEADER): one request a site a round fewer (at
 # 1,000 sites a third of the requests), and on a far link one round trip fewer. A bigger
 # model is fetched on its own, where a broken download goes on from its bytes (Range).
 INLINE_MODEL_BYTES = 1 << 20
-TASK_HEADER = "X-Flotilla-Task"
 NEEDS_MODEL = ("train", "evaluate")
 
 ENGINE = web.AppKey("engine", RoundEngine)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flotilla.fl.client.continued import expect_continue
+from flotilla.fl.headers import MODEL_HELD_HEADER, SITE_HEADER, TASK_HEADER
 from flotilla.fl.resume import (
     RESUME_FROM_HEADER,
     RESUME_REFUSALS,
@@ -42,11 +43,6 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-SITE_HEADER = "X-Flotilla-Site"
-# Sent with /v1/task: the model version held (-1: none), which says this client takes a
-# model the task needs in the task's answer; the task then comes in TASK_HEADER.
-MODEL_HELD_HEADER = "X-Flotilla-Model-Held"
-TASK_HEADER = "X-Flotilla-Task"
 # A download is read in pieces: a reset loses at most the piece being read (a buffered
 # readinto fills its whole target or raises, so one model-sized read would lose it all).
 # A 64th of the model, from 16 KiB to 1 MiB: large models in 1 MiB pieces (half the client
