@@ -136,5 +136,8 @@ def test_a_client_cut_off_past_the_deadline_is_dropped_and_rejoins_the_next_roun
     assert first["clientsSampled"] == 3
     assert first["sites"] == ["site-a", "site-b"]
     assert first["durationSeconds"] >= DEADLINE  # waited for it until the deadline, no longer
-    assert second["sites"] == SITES  # back for the very next round
+    # Back for the very next round: sampled with the others (a round samples present sites
+    # only). Whether its 10 local epochs also fit that round's 8 s depends on the machine's
+    # load: a loaded CI run once had it sampled and late.
+    assert second["clientsSampled"] == 3
     assert stats.resets >= 1
