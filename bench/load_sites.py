@@ -27,7 +27,7 @@ held at 64 KiB (SOCKET_BUFFER): a real site's are in its own kernel, not the agg
 
     .venv/bin/python bench/load_sites.py [--models cnn,1m] [--clients 100,300,1000]
         [--rounds 4] [--processes 2] [--transport tls|plain] [--train-seconds 0.5]
-        [--deadline 300] [--keep DIR] [--profile DIR] [--pin]
+        [--deadline 300] [--keep DIR] [--profile DIR] [--pin] [--timeline]
 
 The bench raises its own open-files limit to the hard limit, for its worker processes; the
 aggregator raises its own at start. A job whose round fails is not retried
@@ -35,7 +35,8 @@ aggregator raises its own at start. A job whose round fails is not retried
 failed.
 
 The simulated sites are load_sites_worker.py, what is sampled of the aggregator and the host
-load_sites_watch.py, the figures and the table load_sites_report.py.
+load_sites_watch.py, the figures and the table load_sites_report.py, a round's course
+step by step (`--timeline`) load_sites_timeline.py.
 
 Not part of the test suite: figures in one run, never pass/fail (bench/README.md).
 """
@@ -60,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load_sites_config import BENCH_DIR, GIB, MODELS, RunConfig, raise_fd_limit
 from load_sites_report import HEADER, needed_bytes, report_targets, row, summarize
+from load_sites_timeline import LoopClock, timeline
 from load_sites_watch import Watch, tcp_memory_pressures
 from procs import available_bytes, status_kib, stop_group
 
@@ -267,7 +269,11 @@ def run_one(config: RunConfig, root: Path) -> dict[str, Any]:
     workers: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
         pressures = tcp_memory_pressures()
-        with Watch(aggregator.pid, port=int(url.rsplit(":", 1)[1])) as watch:
+        clock = LoopClock(aggregator.pid) if config.timeline else None
+        with (
+            Watch(aggregator.pid, port=int(url.rsplit(":", 1)[1])) as watch,
+            clock or contextlib.nullcontext(),
+        ):
             workers = start_workers(
                 config,
                 url=url,
@@ -299,7 +305,12 @@ def run_one(config: RunConfig, root: Path) -> dict[str, Any]:
         watch=watch,
         memory={"base": base, "peak": peak, "pressures": tcp_memory_pressures() - pressures},
         fd_limit=limit,
-    ) | {"scratch": str(scratch), "message": status["message"], "failure": status["failure"]}
+    ) | {
+        "scratch": str(scratch),
+        "message": status["message"],
+        "failure": status["failure"],
+        "timeline": timeline(history, tallies, clock) if clock else "",
+    }
 
 
 def _fd_limit(pid: int) -> str:
@@ -331,6 +342,12 @@ def main() -> None:
         action="store_true",
         help="the aggregator alone on core 0, the generator on the others (its sites stand "
         "for other machines)",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="after each run, every round's course in 100 ms steps: the aggregator's event "
+        "loop busy, sites with their model, uploads answered",
     )
     args = parser.parse_args()
     if args.profile:  # cProfile writes its stats there only at the end, and not to a missing dir
@@ -369,9 +386,12 @@ def main() -> None:
                     deadline=args.deadline,
                     profile=args.profile.resolve() if args.profile else None,
                     pin=args.pin,
+                    timeline=args.timeline,
                 )
                 results.append(run_one(config, root))
                 print(row(results[-1], args.train_seconds), flush=True)
+                if results[-1]["timeline"]:
+                    print(results[-1]["timeline"], flush=True)
     report_targets(results, args.train_seconds)
 
 

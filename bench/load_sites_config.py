@@ -49,3 +49,4 @@ class RunConfig:
     deadline: float
     profile: Path | None = None
     pin: bool = False  # the aggregator alone on core 0, the generator on the others
+    timeline: bool = False  # sample the aggregator's event loop every 5 ms (load_sites_timeline)

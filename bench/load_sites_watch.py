@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from load_sites_config import KIB
-from procs import status_kib
+from procs import PeriodicSampler, status_kib
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,41 +45,30 @@ class Sample(NamedTuple):
     sockets: int  # KiB queued in the aggregator's client sockets (ss: receive + send), or -1
 
 
-class Watch:
+class Watch(PeriodicSampler):
     """Samples the aggregator (CPU, RSS, descriptors, threads), the workers' CPU and the
     host's TCP buffer memory from /proc every `period` seconds, in a thread."""
 
     def __init__(self, pid: int, port: int, period: float = 0.1) -> None:
-        self.pid, self.port, self.period = pid, port, period
+        super().__init__(period)
+        self.pid, self.port = pid, port
         self.workers: list[int] = []
         self.rows: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        count = 0
-        while not self._stop.wait(self.period):
-            pid, count = self.pid, count + 1
-            self.rows.append(
-                Sample(
-                    at=time.time(),
-                    cpu=cpu_seconds(pid),
-                    rss=status_kib(pid, "VmRSS"),
-                    fds=open_fds(pid),
-                    threads=status_kib(pid, "Threads"),
-                    generator=sum(cpu_seconds(w) for w in self.workers),
-                    tcp=tcp_kib(),
-                    sockets=socket_kib(self.port) if count % 10 == 0 else -1,
-                )
+    def sample(self) -> None:
+        pid, count = self.pid, len(self.rows) + 1
+        self.rows.append(
+            Sample(
+                at=time.time(),
+                cpu=cpu_seconds(pid),
+                rss=status_kib(pid, "VmRSS"),
+                fds=open_fds(pid),
+                threads=status_kib(pid, "Threads"),
+                generator=sum(cpu_seconds(w) for w in self.workers),
+                tcp=tcp_kib(),
+                sockets=socket_kib(self.port) if count % 10 == 0 else -1,
             )
+        )
 
     def at(self, moment: float) -> Sample:
         """The last sample taken before `moment` (the first one if none was)."""

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -56,15 +57,15 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-class PeakSampler:
-    """Calls `measure` (KiB) every `period` seconds in a thread while in use; keeps the peak."""
+class PeriodicSampler:
+    """Calls `sample` every `period` seconds in a thread while in use (`with`)."""
 
-    def __init__(self, measure: Callable[[], int], period: float) -> None:
-        self.measure, self.period, self.peak_kib = measure, period, 0
+    def __init__(self, period: float) -> None:
+        self.period = period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -74,7 +75,21 @@ class PeakSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            self.peak_kib = max(self.peak_kib, self.measure())
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class PeakSampler(PeriodicSampler):
+    """Calls `measure` (KiB) every `period` seconds in a thread while in use; keeps the peak."""
+
+    def __init__(self, measure: Callable[[], int], period: float) -> None:
+        super().__init__(period)
+        self.measure, self.peak_kib = measure, 0
+
+    def sample(self) -> None:
+        self.peak_kib = max(self.peak_kib, self.measure())
 
 
 def tree_rss_peak(pid: int, period: float = 0.2) -> PeakSampler:
