@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import selectors
 import socket
@@ -38,7 +39,7 @@ REQUEST = (
     b"X-Flotilla-Site: site-0001\r\nX-Flotilla-Model-Held: 2\r\n\r\n"
 )
 TASK = {"action": "wait", "round": 3, "modelVersion": 2, "deadlineSeconds": 12.5}
-TASK_BYTES = b'{"action": "wait", "round": 3, "modelVersion": 2, "deadlineSeconds": 12.5}'
+TASK_BYTES = json.dumps(TASK).encode()  # what aiohttp's json_response sends
 ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
     b"Content-Length: %d\r\n\r\n" % len(TASK_BYTES) + TASK_BYTES
@@ -60,7 +61,10 @@ def run_client(port: int, requests: int, connections: int, queue: Queue[str]) ->
         for key, _ in selector.select():
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
-            received[sock] += sock.recv(1 << 16)
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("the server closed a connection with requests left")
+            received[sock] += data
             while sock in left and b"\r\n\r\n" in received[sock]:
                 head, rest = received[sock].split(b"\r\n\r\n", 1)
                 length = next(

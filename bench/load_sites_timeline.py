@@ -31,25 +31,26 @@ def loop_seconds(pid: int) -> float:
 
 
 class LoopClock(PeriodicSampler):
-    """(wall time, the main thread's on-CPU seconds), every `period` seconds, in a thread."""
+    """The main thread's on-CPU seconds against wall time, every `period` seconds, in a thread."""
 
     def __init__(self, pid: int, period: float = PERIOD_S) -> None:
         super().__init__(period)
         self.pid = pid
-        self.samples: list[tuple[float, float]] = []
+        self.times: list[float] = []  # wall times, ascending
+        self.seconds: list[float] = []  # the thread's on-CPU seconds at each
 
     def sample(self) -> None:
-        self.samples.append((time.time(), loop_seconds(self.pid)))
+        self.times.append(time.time())
+        self.seconds.append(loop_seconds(self.pid))
 
     def busy(self, start: float, end: float) -> float:
         """The loop's share of a core between two wall times (between the samples nearest
         inside them); NaN where fewer than two samples fall inside."""
-        times = [at for at, _ in self.samples]
+        times, seconds = self.times, self.seconds
         first, last = bisect.bisect_left(times, start), bisect.bisect_right(times, end) - 1
         if last <= first:
             return float("nan")
-        (t0, c0), (t1, c1) = self.samples[first], self.samples[last]
-        return (c1 - c0) / (t1 - t0)
+        return (seconds[last] - seconds[first]) / (times[last] - times[first])
 
 
 def _counts(moments: list[float], start: float, steps: int) -> list[int]:
